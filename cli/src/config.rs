@@ -1,0 +1,117 @@
+//! Flags and environment variables of `offer-router`, and the one place where they become
+//! the config structs of `pipeline`. Every variable is listed, with its default, in the
+//! README's "Configuration" section and in `offer-router <command> --help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use pipeline::config::{ConsumerDefaults, DbConfig, ServiceConfig, TelemetryConfig};
+use pipeline::retry::ExponentialBackoff;
+
+/// Where the database is.
+#[derive(Debug, Args)]
+pub(crate) struct DbArgs {
+    /// Postgres URL (the `./dev` script sets it to the private cluster).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Connections in this process's pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    database_max_connections: u32,
+}
+
+impl DbArgs {
+    pub(crate) fn config(&self) -> DbConfig {
+        DbConfig { max_connections: self.database_max_connections, ..DbConfig::new(&self.database_url) }
+    }
+}
+
+/// Logging and Sentry.
+#[derive(Debug, Args)]
+pub(crate) struct TelemetryArgs {
+    /// Sentry DSN; unset or empty keeps everything local.
+    #[arg(long, env = "SENTRY_DSN")]
+    sentry_dsn: Option<String>,
+    /// Sentry environment tag.
+    #[arg(long, env = "SENTRY_ENVIRONMENT", default_value = "development")]
+    sentry_environment: String,
+    /// Share of traces (spans) sent to Sentry, 0.0 to 1.0.
+    #[arg(long, env = "SENTRY_TRACES_SAMPLE_RATE", default_value_t = 0.0)]
+    sentry_traces_sample_rate: f32,
+    /// Log filter, `tracing` syntax (e.g. `info,pipeline=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info,sqlx::postgres::notice=warn")]
+    log: String,
+}
+
+impl TelemetryArgs {
+    pub(crate) fn config(&self) -> TelemetryConfig {
+        TelemetryConfig {
+            sentry_dsn: self.sentry_dsn.clone(),
+            environment: Some(self.sentry_environment.clone()),
+            traces_sample_rate: self.sentry_traces_sample_rate,
+            log_filter: Some(self.log.clone()),
+        }
+    }
+}
+
+/// Everything `offer-router serve` takes.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) db: DbArgs,
+    #[command(flatten)]
+    pub(crate) telemetry: TelemetryArgs,
+    /// Address of the HTTP server.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// Do not apply migrations at start-up.
+    #[arg(long, env = "NO_MIGRATE")]
+    no_migrate: bool,
+    /// Messages each consumer reads per batch.
+    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 100)]
+    batch_size: u32,
+    /// Seconds a read message stays invisible to other consumers.
+    #[arg(long, env = "VISIBILITY_TIMEOUT_SECS", default_value_t = 30)]
+    visibility_timeout_secs: u64,
+    /// Delay after a message's first failed attempt, in milliseconds (doubles per attempt).
+    #[arg(long, env = "RETRY_BACKOFF_BASE_MS", default_value_t = 1_000)]
+    retry_backoff_base_ms: u64,
+    /// Longest delay between attempts, in milliseconds.
+    #[arg(long, env = "RETRY_BACKOFF_CAP_MS", default_value_t = 300_000)]
+    retry_backoff_cap_ms: u64,
+    /// Longest sleep between polls of an empty queue, in milliseconds.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 250)]
+    poll_interval_ms: u64,
+    /// Retries of the identify worker before `submissions_dlq`.
+    #[arg(long, env = "IDENTIFY_MAX_RETRIES", default_value_t = 3)]
+    identify_max_retries: u32,
+    /// Retries of the router before `routing_dlq`.
+    #[arg(long, env = "ROUTING_MAX_RETRIES", default_value_t = 3)]
+    routing_max_retries: u32,
+    /// Seconds shutdown waits for workers to finish the batch in hand.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    pub(crate) fn config(&self) -> ServiceConfig {
+        ServiceConfig {
+            db: self.db.config(),
+            telemetry: self.telemetry.config(),
+            http_addr: self.http_addr,
+            migrate_on_start: !self.no_migrate,
+            consumer: ConsumerDefaults {
+                batch_size: self.batch_size.max(1),
+                visibility_timeout: Duration::from_secs(self.visibility_timeout_secs.max(1)),
+                backoff: ExponentialBackoff {
+                    base: Duration::from_millis(self.retry_backoff_base_ms),
+                    cap: Duration::from_millis(self.retry_backoff_cap_ms.max(self.retry_backoff_base_ms)),
+                },
+                poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
+            },
+            identify_max_retries: self.identify_max_retries,
+            routing_max_retries: self.routing_max_retries,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+}

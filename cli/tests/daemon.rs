@@ -1,0 +1,94 @@
+//! The `offer-router` daemon as an operator runs it: a real process against a fresh
+//! database, answering its health endpoints over HTTP and stopping cleanly on SIGTERM.
+
+#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::ConnectOptions;
+use sqlx::PgPool;
+
+/// Kills the child if the test fails before it is reaped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_local_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("address").to_string()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Value)> {
+    let response = client.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.ok()?))
+}
+
+#[sqlx::test(migrations = false)]
+async fn serve_migrates_answers_health_checks_and_stops_on_sigterm(pool: PgPool) {
+    let database_url = pool.connect_options().to_url_lossy().to_string();
+    let addr = free_local_addr();
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_offer-router"))
+            .arg("serve")
+            .env("DATABASE_URL", &database_url)
+            .env("HTTP_ADDR", &addr)
+            .env_remove("SENTRY_DSN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start offer-router"),
+    );
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        if let Some((200, body)) = get(&client, &format!("http://{addr}/readyz")).await {
+            break body;
+        }
+        if let Some(status) = daemon.0.try_wait().expect("poll child") {
+            panic!("daemon exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "daemon not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(get(&client, &format!("http://{addr}/healthz")).await, Some((200, serde_json::json!({"status": "ok"}))));
+
+    // It migrated the database it was given.
+    let queues: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.meta").fetch_one(&pool).await.expect("meta");
+    assert_eq!(queues, 5);
+
+    let pid = Pid::from_raw(i32::try_from(daemon.0.id()).expect("pid fits"));
+    kill(pid, Signal::SIGTERM).expect("send SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().expect("poll child") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
+
+#[test]
+fn a_missing_database_url_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run offer-router");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--database-url"), "{stderr}");
+}

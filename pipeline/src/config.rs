@@ -1,0 +1,120 @@
+//! Configuration structs, one per component, with documented defaults.
+//!
+//! Nothing here reads the environment: the `offer-router` binary maps its flags and
+//! environment variables onto these structs in one place (`cli/src/config.rs`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::queue::QueueName;
+use crate::retry::ExponentialBackoff;
+
+/// How to reach Postgres.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// A `postgres://` URL.
+    pub url: String,
+    /// Pool size per process (default 16).
+    pub max_connections: u32,
+    /// How long to wait for a free pooled connection (default 10 s).
+    pub acquire_timeout: Duration,
+}
+
+impl DbConfig {
+    /// Defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), max_connections: 16, acquire_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Logging and Sentry.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// Sentry DSN; `None` keeps everything local (logs only).
+    pub sentry_dsn: Option<String>,
+    /// Sentry environment tag (default `development`).
+    pub environment: Option<String>,
+    /// Share of traces sent to Sentry, 0.0 to 1.0 (default 0.0: errors only).
+    pub traces_sample_rate: f32,
+    /// A `tracing` filter such as `info,pipeline=debug` (default `info`).
+    pub log_filter: Option<String>,
+}
+
+/// Knobs shared by every queue consumer; each worker takes a copy and sets its own retries.
+#[derive(Debug, Clone)]
+pub struct ConsumerDefaults {
+    /// Messages read per batch (default 100).
+    pub batch_size: u32,
+    /// How long a read message stays invisible to other consumers (default 30 s).
+    pub visibility_timeout: Duration,
+    /// Backoff between attempts of a failing message (default 1 s doubling to 5 min).
+    pub backoff: ExponentialBackoff,
+    /// Longest sleep between polls of an empty queue (default 250 ms).
+    pub poll_interval: Duration,
+}
+
+impl Default for ConsumerDefaults {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            visibility_timeout: Duration::from_secs(30),
+            backoff: ExponentialBackoff::default(),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// One consumer: which queue it reads, where its dead letters go, and how it retries.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Name of the worker, recorded in logs, telemetry and dead-letter envelopes.
+    pub worker: String,
+    /// The queue read.
+    pub queue: QueueName,
+    /// Where messages go after their last attempt or when they cannot be decoded.
+    pub dead_letter_queue: QueueName,
+    /// Retries after the first attempt; a message is tried at most `max_retries + 1` times.
+    pub max_retries: u32,
+    /// Shared knobs.
+    pub defaults: ConsumerDefaults,
+}
+
+impl ConsumerConfig {
+    /// A consumer of `queue` whose dead letters go to `<queue>_dlq`, with 3 retries.
+    pub fn new(worker: impl Into<String>, queue: QueueName) -> crate::Result<Self> {
+        let dead_letter_queue = queue.dead_letter_queue()?;
+        Ok(Self {
+            worker: worker.into(),
+            queue,
+            dead_letter_queue,
+            max_retries: 3,
+            defaults: ConsumerDefaults::default(),
+        })
+    }
+
+    /// Total attempts a message gets.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_retries.saturating_add(1)
+    }
+}
+
+/// Everything the service daemon needs, built once at start-up.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Database.
+    pub db: DbConfig,
+    /// Logs and Sentry.
+    pub telemetry: TelemetryConfig,
+    /// Address of the HTTP server (health, and later the ingest and admin API).
+    pub http_addr: SocketAddr,
+    /// Whether the daemon applies migrations at start-up (default yes).
+    pub migrate_on_start: bool,
+    /// Consumer knobs shared by the workers.
+    pub consumer: ConsumerDefaults,
+    /// Retries of the identify worker (`IDENTIFY_MAX_RETRIES`, default 3).
+    pub identify_max_retries: u32,
+    /// Retries of the router worker (`ROUTING_MAX_RETRIES`, default 3).
+    pub routing_max_retries: u32,
+    /// How long shutdown waits for workers to finish their batch (default 30 s).
+    pub shutdown_grace: Duration,
+}

@@ -1,0 +1,46 @@
+//! The error type of the `pipeline` crate: one variant per stage that can fail.
+
+/// Everything that can go wrong in the shared plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A query or connection failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Installing the PGMQ SQL failed.
+    #[error("installing pgmq failed: {0}")]
+    InstallPgmq(#[from] pgmq::PgmqError),
+    /// A queue name PGMQ would not accept.
+    #[error("invalid queue name `{0}`: use 1 to 47 characters of a-z, 0-9 and _")]
+    InvalidQueueName(String),
+    /// A message could not be encoded as JSON.
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A handler broke the consumer contract (for example returned the wrong number of outcomes).
+    #[error("handler `{worker}` broke its contract: {reason}")]
+    HandlerContract {
+        /// The worker whose handler misbehaved.
+        worker: String,
+        /// What it did wrong.
+        reason: String,
+    },
+    /// A handler failed for a whole batch (its writes were rolled back).
+    #[error("handler `{worker}` failed: {source}")]
+    Handler {
+        /// The worker whose handler failed.
+        worker: String,
+        /// What the handler reported.
+        source: BoxError,
+    },
+    /// Telemetry could not be set up.
+    #[error("telemetry setup failed: {0}")]
+    Telemetry(String),
+}
+
+/// Any error a handler may report.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,16 @@
+//! Shared service plumbing for every Offer Router worker: configuration types, the database
+//! pool and migrations (PGMQ included), queue helpers, telemetry, and the consumer loop that
+//! moves a batch of messages one step through the pipeline in one transaction.
+//!
+//! This crate never reads environment variables and never exits: binaries build the config
+//! structs here (see `cli`) and hand them in.
+
+pub mod config;
+pub mod consumer;
+pub mod db;
+mod error;
+pub mod queue;
+pub mod retry;
+pub mod telemetry;
+
+pub use error::{BoxError, Error, Result};
