@@ -1,6 +1,21 @@
-//! The rule language of Offer Router (see `shared/RULES.md`): parsing, type checking, the
-//! Z3 analysis behind `rulec check`, the decision DAG and the Wasm emitter, and the reference
-//! interpreter every other engine is checked against.
+//! The rule language of Offer Router (see `shared/RULES.md`): reading a rules file
+//! ([`syntax`]), type checking it into a [`model::RuleSet`], the reference interpreter
+//! ([`interp`]), and the analysis behind `rulec check` ([`analysis`]), which encodes rules
+//! over finite atoms ([`atoms`]) and asks Z3 ([`solver`]) only what cheap bounds cannot settle.
 //!
-//! Empty until the `rulec check` issue lands. It will link Z3 (the only crate that does) and
-//! will do no network or database I/O.
+//! This crate links Z3 (the only one that does) and does no network or database I/O.
+
+pub mod analysis;
+pub mod atoms;
+pub mod finding;
+pub mod generate;
+pub mod interp;
+pub mod model;
+pub mod report;
+pub mod solver;
+pub mod source;
+pub mod syntax;
+
+mod error;
+
+pub use error::{Error, Result};

@@ -1,0 +1,123 @@
+//! `rulec`: the rule compiler's command line. `check` reports every finding of a rules file
+//! (RULES.md, "Checks") in human, JSON or SARIF form. Exit codes: 0 no error-level finding,
+//! 1 error-level findings (or warnings with `--deny warnings`), 2 the tool could not run.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "rulec", version, about = "Offer Router's rule compiler")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a rules file: syntax, types, and conflicts, shadowed, duplicate, redundant and
+    /// overlapping rules and gaps, each with an example lead.
+    Check {
+        /// The rules file (YAML).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Treat these findings as errors for the exit code (`warnings`).
+        #[arg(long, value_enum)]
+        deny: Vec<Deny>,
+        /// Print analysis figures (rules, candidate pairs, solver calls) to stderr.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Print a generated, realistic rules file (for benchmarks and trying the tools).
+    Generate {
+        /// Number of rules.
+        #[arg(long, default_value_t = 1000)]
+        rules: usize,
+        /// Seed: the same seed gives the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// Compiler-style diagnostics with source lines and carets.
+    Human,
+    /// The stable JSON shape of RULES.md.
+    Json,
+    /// SARIF 2.1.0 for code-scanning UIs.
+    Sarif,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Deny {
+    /// Warnings fail the check too.
+    Warnings,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Check { file, format, deny, stats } => check(&file, format, deny.contains(&Deny::Warnings), stats),
+        Command::Generate { rules, seed } => {
+            let text = compiler::generate::rule_set(rules, seed);
+            if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn check(file: &PathBuf, format: Format, deny_warnings: bool, stats: bool) -> ExitCode {
+    let bytes = match read_limited(file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("error: cannot read `{}`: {error}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let report = match compiler::report::check(&file.display().to_string(), &bytes) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let output = match format {
+        Format::Human => report.to_human(std::io::stdout().is_terminal()),
+        Format::Json => format!("{:#}\n", report.to_json()),
+        Format::Sarif => format!("{:#}\n", report.to_sarif()),
+    };
+    if std::io::stdout().lock().write_all(output.as_bytes()).is_err() {
+        return ExitCode::from(2);
+    }
+    if stats {
+        eprintln!(
+            "rules: {}, pairs: {}, candidate pairs: {}, solver calls: {}",
+            report.stats.rules, report.stats.pairs, report.stats.candidate_pairs, report.stats.solver_calls
+        );
+    }
+    let failed = report.errors() > 0 || (deny_warnings && report.warnings() > 0);
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// Reads at most one byte more than the compiler accepts, so a huge file is refused by the
+/// compiler's size check without being loaded whole.
+fn read_limited(path: &PathBuf) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(compiler::report::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}

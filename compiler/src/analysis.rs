@@ -1,0 +1,496 @@
+//! The analysis behind `rulec check`: unsatisfiable, conflicting, shadowed (also by a union
+//! of rules), duplicate, redundant and overlapping rules, and gaps, each with a witness lead
+//! where one exists, re-checked by the reference interpreter before it is reported.
+//!
+//! Rules are compared over atoms ([`crate::atoms`]). Cheap per-field bounds (each rule's
+//! projection on every field, indexed per atom) settle most questions: rules whose bounds do
+//! not meet cannot overlap, conjunctions whose bounds meet do overlap (the witness is read
+//! off the bounds), and a greedy point often shows that a rule decides some lead. Only what
+//! is left goes to the solver, through the [`Solver`] seam, which keeps its state between
+//! queries.
+
+use crate::atoms::{AtomSet, Atoms, Formula};
+use crate::finding::{Code, Finding};
+use crate::model::RuleSet;
+use crate::solver::{Answer, Lit, Solver, Z3Solver};
+use crate::{Error, Result};
+
+/// Figures of one analysis run (for `rulec check --stats` and the benchmark).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Rules that take part (enabled, type-correct).
+    pub rules: usize,
+    /// Pairs of such rules.
+    pub pairs: usize,
+    /// Pairs whose per-field bounds meet (the rest were settled by the bounds alone).
+    pub candidate_pairs: usize,
+    /// Queries sent to the solver.
+    pub solver_calls: usize,
+}
+
+/// The rules in first-match order with everything the analysis derives from them.
+struct Ctx<'a> {
+    rules: &'a RuleSet,
+    atoms: Atoms,
+    /// Rule index (in `rules.rules`) of each position.
+    order: Vec<usize>,
+    formulas: Vec<Formula>,
+    boxes: Vec<Vec<AtomSet>>,
+    exact: Vec<bool>,
+    /// Per field, per atom: the positions whose bounds allow it.
+    index: Vec<Vec<AtomSet>>,
+}
+
+impl Ctx<'_> {
+    fn name(&self, k: usize) -> &str {
+        &self.rules.rules[self.order[k]].name
+    }
+
+    fn route(&self, k: usize) -> &str {
+        &self.rules.rules[self.order[k]].route
+    }
+
+    fn priority(&self, k: usize) -> i64 {
+        self.rules.rules[self.order[k]].priority
+    }
+
+    fn when_span(&self, k: usize) -> std::ops::Range<usize> {
+        self.rules.rules[self.order[k]].raw.when.span.clone()
+    }
+
+    fn quote(&self, positions: &[usize]) -> String {
+        let names: Vec<String> = positions.iter().map(|&p| format!("`{}`", self.name(p))).collect();
+        match names.len() {
+            0 => String::new(),
+            1 => names[0].clone(),
+            n => format!("{} and {}", names[..n - 1].join(", "), names[n - 1]),
+        }
+    }
+
+    /// Positions (other than `k`) whose bounds meet `k`'s on every field.
+    fn overlapping(&self, k: usize, live: &AtomSet) -> AtomSet {
+        let mut out = live.clone();
+        for (field, allowed) in self.boxes[k].iter().enumerate() {
+            if allowed.is_full() {
+                continue;
+            }
+            let mut any = AtomSet::empty(self.order.len());
+            for atom in allowed.iter() {
+                any = any.or(&self.index[field][atom]);
+            }
+            out = out.and(&any);
+        }
+        let mut without = AtomSet::empty(self.order.len());
+        without.insert(k);
+        out.and(&without.complement())
+    }
+
+    /// An atom of `set`: "missing" for an unconstrained field, else the first value atom.
+    fn pick(set: &AtomSet) -> usize {
+        if set.is_full() { 0 } else { set.iter().find(|&a| a != 0).or_else(|| set.iter().next()).unwrap_or(0) }
+    }
+
+    fn meet_point(&self, a: usize, b: usize) -> Vec<usize> {
+        self.boxes[a].iter().zip(&self.boxes[b]).map(|(x, y)| Self::pick(&x.and(y))).collect()
+    }
+
+    /// A point in `k`'s bounds allowed by as few of `others` as possible, per field.
+    fn greedy_point(&self, k: usize, others: &[usize]) -> Vec<usize> {
+        self.boxes[k]
+            .iter()
+            .enumerate()
+            .map(|(field, allowed)| {
+                // Count, per atom, the others that allow it; a rule unconstrained on this
+                // field allows every atom alike, so it does not change the choice.
+                let mut counts = vec![0u32; allowed.universe()];
+                for &o in others {
+                    let theirs = &self.boxes[o][field];
+                    if !theirs.is_full() {
+                        theirs.iter().for_each(|atom| counts[atom] += 1);
+                    }
+                }
+                allowed.iter().min_by_key(|&atom| (counts[atom], usize::from(atom == 0))).unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// A point satisfying all of `formulas`, found without the solver, if the search finds one.
+    fn quick_point(&self, formula: &Formula) -> Option<Vec<usize>> {
+        let full: Vec<AtomSet> = self.atoms.domains().iter().map(|&n| AtomSet::full(n)).collect();
+        let bounds = formula.find_bounds(full)?;
+        let point: Vec<usize> = bounds.iter().map(Self::pick).collect();
+        formula.eval(&point).then_some(point)
+    }
+
+    fn witness(&self, point: &[usize]) -> serde_json::Map<String, serde_json::Value> {
+        self.atoms.lead_of(point).to_json(self.rules)
+    }
+
+    /// Re-checks a witness with the interpreter: `matching` must match, `missing` must not.
+    fn verify(&self, code: Code, point: &[usize], matching: &[usize], missing: &[usize]) -> Result<()> {
+        let lead = self.atoms.lead_of(point);
+        let ok = matching.iter().all(|&k| self.rules.matches(self.order[k], &lead))
+            && missing.iter().all(|&k| !self.rules.matches(self.order[k], &lead));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::WitnessMismatch {
+                code: code.as_str(),
+                rules: matching.iter().chain(missing).map(|&k| self.name(k).to_owned()).collect(),
+                witness: serde_json::Value::Object(lead.to_json(self.rules)).to_string(),
+            })
+        }
+    }
+
+    /// First-match "decided by a rule of another route than `route`" over `positions`
+    /// (ascending), or by the fall-through when `fall_through_differs`.
+    fn decided_elsewhere(&self, positions: &[usize], route: &str, fall_through_differs: bool) -> Formula {
+        let mut parts = Vec::new();
+        for (i, &p) in positions.iter().enumerate() {
+            if self.route(p) != route {
+                let mut conj = vec![self.formulas[p].clone()];
+                conj.extend(positions[..i].iter().map(|&q| self.formulas[q].not()));
+                parts.push(Formula::and(conj));
+            }
+        }
+        if fall_through_differs {
+            parts.push(Formula::and(positions.iter().map(|&q| self.formulas[q].not()).collect()));
+        }
+        Formula::or(parts)
+    }
+}
+
+/// Whether some point satisfies both `a` and `b`; returns it.
+fn overlap(ctx: &Ctx<'_>, solver: &mut dyn Solver, a: usize, b: usize) -> Result<Option<Vec<usize>>> {
+    if ctx.exact[a] && ctx.exact[b] {
+        return Ok(Some(ctx.meet_point(a, b)));
+    }
+    if let Some(point) = ctx.quick_point(&Formula::and(vec![ctx.formulas[a].clone(), ctx.formulas[b].clone()])) {
+        return Ok(Some(point));
+    }
+    Ok(match solver.check(&[Lit::Matches(a), Lit::Matches(b)], None)? {
+        Answer::Sat(point) => Some(point),
+        Answer::Unsat(_) => None,
+    })
+}
+
+/// Shrinks an unsat core of `Misses` literals (with `Matches(k)`) to a minimal one.
+fn minimize(solver: &mut dyn Solver, k: usize, core: Vec<usize>) -> Result<Vec<usize>> {
+    let mut core = core;
+    let mut i = 0;
+    while core.len() > 1 && i < core.len() {
+        let mut trial: Vec<Lit> = vec![Lit::Matches(k)];
+        trial.extend(core.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, &e)| Lit::Misses(e)));
+        match solver.check(&trial, None)? {
+            Answer::Unsat(_) => {
+                core.remove(i);
+            }
+            Answer::Sat(_) => i += 1,
+        }
+    }
+    Ok(core)
+}
+
+/// Analyzes the type-correct, enabled rules of `rules`.
+pub fn analyze(rules: &RuleSet) -> Result<(Vec<Finding>, Stats)> {
+    let order = rules.order();
+    let atoms = Atoms::new(rules);
+    let domains = atoms.domains();
+    let formulas: Vec<Formula> = order
+        .iter()
+        .map(|&i| rules.rules[i].cond.as_ref().map_or(Formula::False, |c| Formula::of(&atoms, c)))
+        .collect();
+    let boxes: Vec<Vec<AtomSet>> = formulas.iter().map(|f| f.project(&domains)).collect();
+    let exact = formulas.iter().map(Formula::is_conjunction).collect();
+    let n = order.len();
+    let mut solver = Z3Solver::new(&domains, formulas.clone());
+    let mut ctx = Ctx { rules, atoms, order, formulas, boxes, exact, index: Vec::new() };
+    let mut findings = Vec::new();
+    let mut stats = Stats { rules: n, pairs: n * n.saturating_sub(1) / 2, ..Stats::default() };
+
+    // Satisfiable rules.
+    let mut live = AtomSet::empty(n);
+    for k in 0..n {
+        let sat = if ctx.boxes[k].iter().any(AtomSet::is_empty) {
+            false
+        } else if ctx.exact[k] || ctx.quick_point(&ctx.formulas[k]).is_some() {
+            true
+        } else {
+            matches!(solver.check(&[Lit::Matches(k)], None)?, Answer::Sat(_))
+        };
+        if sat {
+            live.insert(k);
+        } else {
+            findings.push(
+                Finding::new(
+                    Code::Unsatisfiable,
+                    format!("rule `{}` can never match: its condition contradicts itself", ctx.name(k)),
+                )
+                .rule(ctx.name(k))
+                .label(ctx.when_span(k), "no lead satisfies this"),
+            );
+        }
+    }
+    ctx.index = domains
+        .iter()
+        .enumerate()
+        .map(|(field, &atoms)| {
+            (0..atoms)
+                .map(|atom| {
+                    let mut set = AtomSet::empty(n);
+                    for k in live.iter().filter(|&k| ctx.boxes[k][field].contains(atom)) {
+                        set.insert(k);
+                    }
+                    set
+                })
+                .collect()
+        })
+        .collect();
+
+    for k in live.iter().collect::<Vec<_>>() {
+        let candidates = ctx.overlapping(k, &live);
+        let earlier: Vec<usize> = candidates.iter().filter(|&e| e < k).collect();
+        let later: Vec<usize> = candidates.iter().filter(|&l| l > k).collect();
+        stats.candidate_pairs += earlier.len();
+
+        // Conflicts: same priority, different routes, some lead matches both.
+        let mut conflicting = Vec::new();
+        for &e in earlier.iter().filter(|&&e| ctx.priority(e) == ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
+            if let Some(point) = overlap(&ctx, &mut solver, e, k)? {
+                ctx.verify(Code::Conflict, &point, &[e, k], &[])?;
+                conflicting.push(e);
+                let mut f = Finding::new(
+                    Code::Conflict,
+                    format!(
+                        "rules `{}` and `{}` have the same priority ({}) and both match some leads, but route to `{}` and `{}`",
+                        ctx.name(k),
+                        ctx.name(e),
+                        ctx.priority(k),
+                        ctx.route(k),
+                        ctx.route(e)
+                    ),
+                )
+                .rule(ctx.name(k))
+                .rule(ctx.name(e))
+                .label(ctx.when_span(k), format!("routes to `{}`", ctx.route(k)))
+                .label(ctx.when_span(e), format!("routes to `{}`", ctx.route(e)));
+                f.witness = Some(ctx.witness(&point));
+                findings.push(f);
+            }
+        }
+
+        // Does `k` decide some lead?
+        let decides: Option<Vec<usize>> = {
+            let point = ctx.greedy_point(k, &earlier);
+            let decides_here =
+                |p: &Vec<usize>| ctx.formulas[k].eval(p) && earlier.iter().all(|&e| !ctx.formulas[e].eval(p));
+            let searched = || {
+                let mut parts = vec![ctx.formulas[k].clone()];
+                parts.extend(earlier.iter().map(|&e| ctx.formulas[e].not()));
+                ctx.quick_point(&Formula::and(parts))
+            };
+            if decides_here(&point) {
+                Some(point)
+            } else if let Some(point) = searched().filter(decides_here) {
+                Some(point)
+            } else {
+                let mut query = vec![Lit::Matches(k)];
+                query.extend(earlier.iter().map(|&e| Lit::Misses(e)));
+                match solver.check(&query, None)? {
+                    Answer::Sat(point) => Some(point),
+                    Answer::Unsat(core) => {
+                        let covering: Vec<usize> = core
+                            .into_iter()
+                            .filter_map(|l| if let Lit::Misses(e) = l { Some(e) } else { None })
+                            .collect();
+                        let mut covering = minimize(&mut solver, k, covering)?;
+                        covering.sort_unstable();
+                        report_never_decides(&ctx, &mut solver, &mut findings, k, &earlier, &covering, &conflicting)?;
+                        None
+                    }
+                }
+            }
+        };
+        let Some(point) = decides else { continue };
+
+        // Redundant: removing `k` would send every lead it decides to the same route anyway.
+        let default_same = rules.default_route.as_deref() == Some(ctx.route(k));
+        let later_same: Vec<usize> = later.iter().copied().filter(|&l| ctx.route(l) == ctx.route(k)).collect();
+        if !later_same.is_empty() || default_same {
+            let next = later
+                .iter()
+                .find(|&&l| ctx.formulas[l].eval(&point))
+                .map_or(rules.default_route.as_deref(), |&l| Some(ctx.route(l)));
+            // An equivalent later twin is reported there, as a duplicate.
+            let twin = later_same.iter().any(|&l| ctx.boxes[l] == ctx.boxes[k] && ctx.exact[l] && ctx.exact[k]);
+            if next == Some(ctx.route(k)) && !twin {
+                let mut query = vec![Lit::Matches(k)];
+                query.extend(earlier.iter().map(|&e| Lit::Misses(e)));
+                let elsewhere = ctx.decided_elsewhere(&later, ctx.route(k), !default_same);
+                if let Answer::Unsat(_) = solver.check(&query, Some(&elsewhere))? {
+                    let through = if later_same.is_empty() {
+                        "the default route".to_owned()
+                    } else if default_same {
+                        format!("{} or the default route", ctx.quote(&later_same))
+                    } else {
+                        ctx.quote(&later_same)
+                    };
+                    let mut f = Finding::new(
+                        Code::Redundant,
+                        format!(
+                            "removing rule `{}` changes no decision: every lead it decides would still go to `{}` through {through}",
+                            ctx.name(k),
+                            ctx.route(k)
+                        ),
+                    )
+                    .rule(ctx.name(k))
+                    .label(ctx.when_span(k), "redundant");
+                    for &l in &later_same {
+                        f = f.rule(ctx.name(l)).label(ctx.when_span(l), format!("also routes to `{}`", ctx.route(l)));
+                    }
+                    findings.push(f);
+                    continue;
+                }
+            }
+        }
+
+        // Overlaps: different priorities and routes; priority decides.
+        for &e in earlier.iter().filter(|&&e| ctx.priority(e) != ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
+            if let Some(point) = overlap(&ctx, &mut solver, e, k)? {
+                ctx.verify(Code::Overlap, &point, &[e, k], &[])?;
+                let mut f = Finding::new(
+                    Code::Overlap,
+                    format!(
+                        "rules `{}` (priority {}, route `{}`) and `{}` (priority {}, route `{}`) both match some leads; `{}` decides them",
+                        ctx.name(e),
+                        ctx.priority(e),
+                        ctx.route(e),
+                        ctx.name(k),
+                        ctx.priority(k),
+                        ctx.route(k),
+                        ctx.name(e)
+                    ),
+                )
+                .rule(ctx.name(k))
+                .rule(ctx.name(e))
+                .label(ctx.when_span(k), "overlaps")
+                .label(ctx.when_span(e), "takes the shared leads");
+                f.witness = Some(ctx.witness(&point));
+                findings.push(f);
+            }
+        }
+    }
+
+    if rules.default_route.is_none() {
+        gap(&ctx, &mut solver, &live, &mut findings)?;
+    }
+    stats.solver_calls = solver.calls();
+    Ok((findings, stats))
+}
+
+fn report_never_decides(
+    ctx: &Ctx<'_>,
+    solver: &mut dyn Solver,
+    findings: &mut Vec<Finding>,
+    k: usize,
+    earlier: &[usize],
+    covering: &[usize],
+    conflicting: &[usize],
+) -> Result<()> {
+    // An equivalent earlier rule: a duplicate (same route), the conflict already reported (same
+    // priority), or shadowing by that one rule.
+    for &e in earlier.iter().filter(|&&e| ctx.boxes[e] == ctx.boxes[k]) {
+        let equivalent = (ctx.exact[e] && ctx.exact[k])
+            || (matches!(solver.check(&[Lit::Matches(e), Lit::Misses(k)], None)?, Answer::Unsat(_))
+                && matches!(solver.check(&[Lit::Matches(k), Lit::Misses(e)], None)?, Answer::Unsat(_)));
+        if !equivalent {
+            continue;
+        }
+        if ctx.route(e) == ctx.route(k) {
+            findings.push(
+                Finding::new(
+                    Code::Duplicate,
+                    format!(
+                        "rules `{}` and `{}` match exactly the same leads and both route to `{}`",
+                        ctx.name(k),
+                        ctx.name(e),
+                        ctx.route(k)
+                    ),
+                )
+                .rule(ctx.name(k))
+                .rule(ctx.name(e))
+                .label(ctx.when_span(k), "the same leads")
+                .label(ctx.when_span(e), "as this rule"),
+            );
+            return Ok(());
+        }
+        if conflicting.contains(&e) {
+            return Ok(());
+        }
+        findings.push(shadowed(ctx, k, &[e]));
+        return Ok(());
+    }
+    let elsewhere = ctx.decided_elsewhere(earlier, ctx.route(k), false);
+    let same_route_only = matches!(elsewhere, Formula::False)
+        || matches!(solver.check(&[Lit::Matches(k)], Some(&elsewhere))?, Answer::Unsat(_));
+    if same_route_only {
+        let mut f = Finding::new(
+            Code::Redundant,
+            format!(
+                "rule `{}` never decides, and {} already send every lead it matches to `{}`: removing it changes nothing",
+                ctx.name(k),
+                ctx.quote(covering),
+                ctx.route(k)
+            ),
+        )
+        .rule(ctx.name(k))
+        .label(ctx.when_span(k), "redundant");
+        for &c in covering {
+            f = f.rule(ctx.name(c)).label(ctx.when_span(c), format!("routes to `{}` first", ctx.route(c)));
+        }
+        findings.push(f);
+    } else {
+        findings.push(shadowed(ctx, k, covering));
+    }
+    Ok(())
+}
+
+fn shadowed(ctx: &Ctx<'_>, k: usize, covering: &[usize]) -> Finding {
+    let mut f = Finding::new(
+        Code::Shadowed,
+        format!(
+            "rule `{}` never decides: every lead it matches is taken first by {}",
+            ctx.name(k),
+            ctx.quote(covering)
+        ),
+    )
+    .rule(ctx.name(k))
+    .label(ctx.when_span(k), "never decides");
+    for &c in covering {
+        f = f
+            .rule(ctx.name(c))
+            .label(ctx.when_span(c), format!("priority {}, routes to `{}`", ctx.priority(c), ctx.route(c)));
+    }
+    f
+}
+
+fn gap(ctx: &Ctx<'_>, solver: &mut dyn Solver, live: &AtomSet, findings: &mut Vec<Finding>) -> Result<()> {
+    let all: Vec<usize> = live.iter().collect();
+    let missing_everything = vec![0; ctx.atoms.fields.len()];
+    let point = if all.iter().all(|&k| !ctx.formulas[k].eval(&missing_everything)) {
+        Some(missing_everything)
+    } else {
+        let query: Vec<Lit> = all.iter().map(|&k| Lit::Misses(k)).collect();
+        match solver.check(&query, None)? {
+            Answer::Sat(point) => Some(point),
+            Answer::Unsat(_) => None,
+        }
+    };
+    if let Some(point) = point {
+        ctx.verify(Code::Gap, &point, &[], &all)?;
+        let mut f = Finding::new(Code::Gap, "some leads match no rule and there is no `default_route`");
+        f.witness = Some(ctx.witness(&point));
+        findings.push(f);
+    }
+    Ok(())
+}

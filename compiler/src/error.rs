@@ -1,0 +1,24 @@
+//! The error type of the `compiler` crate: the tool could not do its job (as opposed to
+//! findings, which are data).
+
+/// Why the compiler could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A witness the solver produced did not reproduce its claim in the reference
+    /// interpreter: a bug in the encoding, never reported as a finding.
+    #[error("internal error: the witness for {code} on {rules:?} does not reproduce in the interpreter: {witness}")]
+    WitnessMismatch {
+        /// The finding's code.
+        code: &'static str,
+        /// Its rules.
+        rules: Vec<String>,
+        /// The witness.
+        witness: String,
+    },
+    /// The solver gave up (returned `unknown`).
+    #[error("the solver could not decide a query: {0}")]
+    SolverUnknown(String),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,166 @@
+//! The reference interpreter: first-match semantics exactly as RULES.md defines them,
+//! including missing fields and `not`. Every other engine (the Z3 encoding's witnesses, the
+//! compiled module) is checked against it, so it stays deliberately simple.
+
+use serde_json::{Map, Value as Json};
+
+use crate::model::{Cond, FieldType, Pred, Rule, RuleSet, format_units, parse_decimal, to_units};
+
+/// A field value of a lead, typed by the schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// enum or string
+    Str(String),
+    /// int or decimal, in units of the field's scale
+    Num(i128),
+    /// bool
+    Bool(bool),
+}
+
+/// A lead as the rules see it: one optional value per declared field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lead {
+    /// Indexed like `RuleSet::fields`.
+    pub values: Vec<Option<Value>>,
+}
+
+/// A lead that does not fit the schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeadError {
+    /// Not a JSON object.
+    #[error("a lead must be a JSON object")]
+    NotAnObject,
+    /// A value of the wrong JSON type or not exact in the field.
+    #[error("field `{field}`: {problem}")]
+    BadValue {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Lead {
+    /// Reads a lead from JSON. Keys that are not declared fields are ignored; `null` means
+    /// missing. Numbers must be exact in their field (a decimal with at most `scale` digits).
+    pub fn from_json(rules: &RuleSet, json: &Json) -> Result<Lead, LeadError> {
+        let object = json.as_object().ok_or(LeadError::NotAnObject)?;
+        let mut values = Vec::with_capacity(rules.fields.len());
+        for field in &rules.fields {
+            let bad = |problem: String| LeadError::BadValue { field: field.name.clone(), problem };
+            let value = match object.get(&field.name) {
+                None | Some(Json::Null) => None,
+                Some(v) => Some(match &field.ty {
+                    FieldType::Enum(_) | FieldType::String => {
+                        Value::Str(v.as_str().ok_or_else(|| bad(format!("expected a string, got {v}")))?.to_owned())
+                    }
+                    FieldType::Bool => {
+                        Value::Bool(v.as_bool().ok_or_else(|| bad(format!("expected true or false, got {v}")))?)
+                    }
+                    FieldType::Int { .. } | FieldType::Decimal { .. } => {
+                        let text = match v {
+                            Json::Number(n) => n.to_string(),
+                            Json::String(s) => s.clone(),
+                            _ => return Err(bad(format!("expected a number, got {v}"))),
+                        };
+                        let scale = field.ty.scale();
+                        let units = parse_decimal(&text)
+                            .and_then(|(m, s)| to_units(m, s, scale))
+                            .ok_or_else(|| bad(format!("`{text}` is not exact with {scale} digits after the point")))?;
+                        Value::Num(units)
+                    }
+                }),
+            };
+            values.push(value);
+        }
+        Ok(Lead { values })
+    }
+
+    /// The lead as JSON (missing fields left out).
+    pub fn to_json(&self, rules: &RuleSet) -> Map<String, Json> {
+        let mut out = Map::new();
+        for (field, value) in rules.fields.iter().zip(&self.values) {
+            let Some(value) = value else { continue };
+            let json = match value {
+                Value::Str(s) => Json::String(s.clone()),
+                Value::Bool(b) => Json::Bool(*b),
+                Value::Num(units) => {
+                    let text = format_units(*units, field.ty.scale());
+                    match serde_json::from_str::<serde_json::Number>(&text) {
+                        Ok(n)
+                            if field.ty.scale() == 0
+                                || n.as_f64().map(|f| f.to_string()) == Some(trim_zeros(&text)) =>
+                        {
+                            Json::Number(n)
+                        }
+                        _ => Json::String(text),
+                    }
+                }
+            };
+            out.insert(field.name.clone(), json);
+        }
+        out
+    }
+}
+
+/// `12.50` → `12.5`, `3.00` → `3`: how f64 prints exact short decimals.
+fn trim_zeros(text: &str) -> String {
+    if !text.contains('.') {
+        return text.to_owned();
+    }
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Whether a present or missing value satisfies a test.
+pub fn test(pred: &Pred, value: Option<&Value>) -> bool {
+    match (pred, value) {
+        (Pred::Missing, v) => v.is_none(),
+        (_, None) => false,
+        (Pred::Present, Some(_)) => true,
+        (Pred::Num(ranges), Some(Value::Num(n))) => ranges.iter().any(|&(lo, hi)| lo <= *n && *n < hi),
+        (Pred::Str(set), Some(Value::Str(s))) => set.contains(s),
+        (Pred::StartsWith(p), Some(Value::Str(s))) => s.starts_with(p.as_str()),
+        (Pred::EndsWith(p), Some(Value::Str(s))) => s.ends_with(p.as_str()),
+        (Pred::Bool(b), Some(Value::Bool(v))) => b == v,
+        _ => false,
+    }
+}
+
+/// Evaluates a condition on a lead.
+pub fn eval(cond: &Cond, lead: &Lead) -> bool {
+    match cond {
+        Cond::And(items) => items.iter().all(|c| eval(c, lead)),
+        Cond::Or(items) => items.iter().any(|c| eval(c, lead)),
+        Cond::Not(inner) => !eval(inner, lead),
+        Cond::Test(field, pred) => test(pred, lead.values.get(*field).and_then(Option::as_ref)),
+    }
+}
+
+/// What first-match decided for a lead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision<'a> {
+    /// The rule that decided, if any.
+    pub rule: Option<&'a Rule>,
+    /// Where the lead goes: the rule's route, else the default route, else nowhere.
+    pub route: Option<&'a str>,
+}
+
+impl RuleSet {
+    /// Whether rule `index` matches `lead` (false for a rule with a type error).
+    pub fn matches(&self, index: usize, lead: &Lead) -> bool {
+        self.rules[index].cond.as_ref().is_some_and(|c| eval(c, lead))
+    }
+
+    /// First match over `order` (from [`RuleSet::order`]).
+    pub fn decide_in<'a>(&'a self, order: &[usize], lead: &Lead) -> Decision<'a> {
+        match order.iter().find(|&&i| self.matches(i, lead)) {
+            Some(&i) => Decision { rule: Some(&self.rules[i]), route: Some(&self.rules[i].route) },
+            None => Decision { rule: None, route: self.default_route.as_deref() },
+        }
+    }
+
+    /// First match: enabled rules by ascending priority, ties in file order.
+    pub fn decide(&self, lead: &Lead) -> Decision<'_> {
+        self.decide_in(&self.order(), lead)
+    }
+}

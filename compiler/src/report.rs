@@ -1,0 +1,221 @@
+//! `rulec check`'s report: the entry point [`check`] and the three output formats, JSON (the
+//! stable shape of RULES.md), SARIF 2.1.0 (for code-scanning UIs) and human-readable
+//! compiler-style diagnostics with the YAML source lines and carets.
+
+use serde_json::{Value, json};
+
+use crate::analysis::{self, Stats};
+use crate::finding::{Code, Finding, Severity};
+use crate::source::Source;
+use crate::{Result, model, syntax};
+
+/// Largest rules file read (bigger files are refused with a finding, not loaded).
+pub const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The outcome of checking one rules file.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The file.
+    pub source: Source,
+    /// Rules in the file (enabled or not).
+    pub rules_checked: usize,
+    /// Every finding: shape and type problems first, then per rule in first-match order.
+    pub findings: Vec<Finding>,
+    /// Analysis figures.
+    pub stats: Stats,
+}
+
+/// Checks a rules file given as bytes: reads, type-checks and, when there are no syntax or
+/// type errors, analyzes it. `Err` only when the analysis itself fails (a solver `unknown` or
+/// a witness the interpreter does not confirm: a bug).
+pub fn check(name: &str, bytes: &[u8]) -> Result<Report> {
+    let (checked, findings, stats) = check_rules(name, bytes)?;
+    let rules_checked = checked.as_ref().map_or(0, |(rules, _)| rules.rules.len());
+    let source = checked.map_or_else(|| Source::new(name, String::from_utf8_lossy(bytes).into_owned()), |(_, s)| s);
+    Ok(Report { source, rules_checked, findings, stats })
+}
+
+type Checked = (Option<(model::RuleSet, Source)>, Vec<Finding>, Stats);
+
+/// Like [`check`], also returning the checked rule set (for `compile`, `eval`, `explain`).
+pub fn check_rules(name: &str, bytes: &[u8]) -> Result<Checked> {
+    if bytes.len() > MAX_FILE_BYTES {
+        let f = Finding::new(
+            Code::Syntax,
+            format!(
+                "the file is {:.1} MiB; rules files are limited to {} MiB",
+                bytes.len() as f64 / 1048576.0,
+                MAX_FILE_BYTES / 1048576
+            ),
+        );
+        return Ok((None, vec![f], Stats::default()));
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            let at = error.valid_up_to();
+            let f = Finding::new(Code::Syntax, format!("the file is not UTF-8: invalid byte at offset {at}"))
+                .label(at..at + 1, "here");
+            return Ok((None, vec![f], Stats::default()));
+        }
+    };
+    let source = Source::new(name, text);
+    let (doc, mut findings) = syntax::document::read(text);
+    let (rules, type_findings) = model::check(&doc);
+    findings.extend(type_findings);
+    let mut stats = Stats::default();
+    if findings.iter().all(|f| f.severity() != Severity::Error) {
+        let (analysis, s) = analysis::analyze(&rules)?;
+        findings.extend(analysis);
+        stats = s;
+    }
+    Ok((Some((rules, source)), findings, stats))
+}
+
+impl Report {
+    /// Error-level findings.
+    pub fn errors(&self) -> usize {
+        self.findings.iter().filter(|f| f.severity() == Severity::Error).count()
+    }
+
+    /// Warnings.
+    pub fn warnings(&self) -> usize {
+        self.findings.iter().filter(|f| f.severity() == Severity::Warning).count()
+    }
+
+    /// The stable JSON shape of RULES.md.
+    pub fn to_json(&self) -> Value {
+        let findings: Vec<Value> = self
+            .findings
+            .iter()
+            .map(|f| {
+                let mut object = json!({
+                    "code": f.code,
+                    "severity": f.severity(),
+                    "rules": f.rules,
+                    "message": f.message,
+                });
+                if let (Some(witness), Some(map)) = (&f.witness, object.as_object_mut()) {
+                    map.insert("witness".to_owned(), Value::Object(witness.clone()));
+                }
+                object
+            })
+            .collect();
+        json!({
+            "rules_checked": self.rules_checked,
+            "errors": self.errors(),
+            "warnings": self.warnings(),
+            "findings": findings,
+        })
+    }
+
+    /// SARIF 2.1.0, one result per finding, located at its primary label.
+    pub fn to_sarif(&self) -> Value {
+        let rules: Vec<Value> = Code::ALL
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.as_str(),
+                    "defaultConfiguration": { "level": sarif_level(c.severity()) },
+                    "shortDescription": { "text": format!("rulec {} finding", c.as_str()) },
+                })
+            })
+            .collect();
+        let results: Vec<Value> = self
+            .findings
+            .iter()
+            .map(|f| {
+                let mut message = f.message.clone();
+                if let Some(w) = &f.witness {
+                    message.push_str(&format!(" Example lead: {}", Value::Object(w.clone())));
+                }
+                let locations: Vec<Value> = f
+                    .labels
+                    .iter()
+                    .take(1)
+                    .map(|l| {
+                        let (line, column) = self.source.line_col(l.span.start);
+                        let (end_line, end_column) = self.source.line_col(l.span.end.max(l.span.start + 1));
+                        json!({ "physicalLocation": {
+                            "artifactLocation": { "uri": self.source.name },
+                            "region": { "startLine": line, "startColumn": column, "endLine": end_line, "endColumn": end_column },
+                        }})
+                    })
+                    .collect();
+                json!({
+                    "ruleId": f.code.as_str(),
+                    "level": sarif_level(f.severity()),
+                    "message": { "text": message },
+                    "locations": locations,
+                    "properties": { "rules": f.rules },
+                })
+            })
+            .collect();
+        json!({
+            "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+            "version": "2.1.0",
+            "runs": [{
+                "tool": { "driver": { "name": "rulec", "version": env!("CARGO_PKG_VERSION"), "rules": rules } },
+                "results": results,
+            }],
+        })
+    }
+
+    /// Compiler-style diagnostics with source lines and carets, and a summary line.
+    pub fn to_human(&self, color: bool) -> String {
+        use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource};
+        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+        let handler = GraphicalReportHandler::new_themed(theme).with_width(110);
+        let mut out = String::new();
+        for f in &self.findings {
+            let severity = match f.severity() {
+                Severity::Error => miette::Severity::Error,
+                Severity::Warning => miette::Severity::Warning,
+                Severity::Info => miette::Severity::Advice,
+            };
+            let mut diagnostic =
+                MietteDiagnostic::new(f.message.clone()).with_code(f.code.as_str()).with_severity(severity);
+            let labels: Vec<LabeledSpan> = f
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let span = l.span.start.min(self.source.text.len())..l.span.end.min(self.source.text.len());
+                    if i == 0 {
+                        LabeledSpan::new_primary_with_span(Some(l.text.clone()), span)
+                    } else {
+                        LabeledSpan::new_with_span(Some(l.text.clone()), span)
+                    }
+                })
+                .collect();
+            diagnostic = diagnostic.with_labels(labels);
+            if let Some(w) = &f.witness {
+                diagnostic = diagnostic.with_help(format!("example lead: {}", Value::Object(w.clone())));
+            }
+            let report = miette::Report::new(diagnostic)
+                .with_source_code(NamedSource::new(&self.source.name, self.source.text.clone()));
+            if handler.render_report(&mut out, report.as_ref()).is_err() {
+                out.push_str(&format!("{}: {}\n", f.code.as_str(), f.message));
+            }
+            out.push('\n');
+        }
+        let infos = self.findings.len() - self.errors() - self.warnings();
+        out.push_str(&format!(
+            "{}: {} rules checked: {} errors, {} warnings, {} infos\n",
+            self.source.name,
+            self.rules_checked,
+            self.errors(),
+            self.warnings(),
+            infos
+        ));
+        out
+    }
+}
+
+fn sarif_level(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+        Severity::Info => "note",
+    }
+}

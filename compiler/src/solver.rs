@@ -1,0 +1,165 @@
+//! The seam between the analysis and Z3 (after cedar's `symcc/solver.rs`): the analysis
+//! asks [`Solver::check`] whether some lead makes a set of rules match or miss (plus an
+//! optional extra formula), and gets a point (one atom per field) or an unsat core. Only
+//! this file knows Z3.
+//!
+//! Encoding: one integer per field, `0 <= x_f < atoms(f)`; each rule `i` gets two indicator
+//! literals `m_i => φ_i` and `n_i => ¬φ_i`, asserted once, the first time they are used, so
+//! every query reuses the solver's state through `check_assumptions`.
+
+use std::collections::HashMap;
+
+use z3::ast::{Bool, Int};
+use z3::{SatResult, Solver as Z3};
+
+use crate::atoms::{AtomSet, Formula};
+use crate::{Error, Result};
+
+/// An assumption about one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lit {
+    /// The rule matches.
+    Matches(usize),
+    /// The rule does not match.
+    Misses(usize),
+}
+
+/// The solver's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A point satisfying everything.
+    Sat(Vec<usize>),
+    /// No such point; a subset of the assumptions that is already contradictory.
+    Unsat(Vec<Lit>),
+}
+
+/// What the analysis needs from a solver.
+pub trait Solver {
+    /// Is there a point satisfying `assumptions` (and `extra`, when given)?
+    fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer>;
+    /// Queries answered so far.
+    fn calls(&self) -> usize;
+}
+
+/// Z3 behind the [`Solver`] seam.
+pub struct Z3Solver {
+    solver: Z3,
+    vars: Vec<Int>,
+    rules: Vec<Formula>,
+    indicators: HashMap<Lit, Bool>,
+    by_name: HashMap<String, Lit>,
+    calls: usize,
+}
+
+impl Z3Solver {
+    /// A solver over fields with `domains[f]` atoms each, for these rule formulas.
+    pub fn new(domains: &[usize], rules: Vec<Formula>) -> Self {
+        let solver = Z3::new();
+        let vars: Vec<Int> = (0..domains.len()).map(|f| Int::new_const(format!("x{f}"))).collect();
+        for (var, &n) in vars.iter().zip(domains) {
+            solver.assert(var.ge(Int::from_i64(0)));
+            solver.assert(var.le(Int::from_i64(n as i64 - 1)));
+        }
+        Self { solver, vars, rules, indicators: HashMap::new(), by_name: HashMap::new(), calls: 0 }
+    }
+
+    fn set(&self, field: usize, set: &AtomSet) -> Bool {
+        let var = &self.vars[field];
+        // Encode the smaller of the set and its complement as ranges.
+        let (runs, negate) = {
+            let direct = set.runs();
+            let complement = set.complement().runs();
+            if complement.len() < direct.len() { (complement, true) } else { (direct, false) }
+        };
+        let parts: Vec<Bool> = runs
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    var.eq(Int::from_i64(lo as i64))
+                } else {
+                    Bool::and(&[var.ge(Int::from_i64(lo as i64)), var.le(Int::from_i64(hi as i64))])
+                }
+            })
+            .collect();
+        let any = Bool::or(&parts);
+        if negate { any.not() } else { any }
+    }
+
+    fn encode(&self, formula: &Formula) -> Bool {
+        match formula {
+            Formula::True => Bool::from_bool(true),
+            Formula::False => Bool::from_bool(false),
+            Formula::And(items) => Bool::and(&items.iter().map(|f| self.encode(f)).collect::<Vec<_>>()),
+            Formula::Or(items) => Bool::or(&items.iter().map(|f| self.encode(f)).collect::<Vec<_>>()),
+            Formula::In(field, set) => self.set(*field, set),
+        }
+    }
+
+    fn indicator(&mut self, lit: Lit) -> Bool {
+        if let Some(b) = self.indicators.get(&lit) {
+            return b.clone();
+        }
+        let (name, body) = match lit {
+            Lit::Matches(i) => (format!("m{i}"), self.encode(&self.rules[i])),
+            Lit::Misses(i) => (format!("n{i}"), self.encode(&self.rules[i]).not()),
+        };
+        let b = Bool::new_const(name.as_str());
+        self.solver.assert(b.implies(&body));
+        self.indicators.insert(lit, b.clone());
+        self.by_name.insert(name, lit);
+        b
+    }
+
+    fn run(&mut self, assumptions: &[Lit]) -> Result<Answer> {
+        self.calls += 1;
+        let bools: Vec<Bool> = assumptions.iter().map(|&l| self.indicator(l)).collect();
+        match self.solver.check_assumptions(&bools) {
+            SatResult::Sat => {
+                let model = self.solver.get_model().ok_or_else(|| Error::SolverUnknown("no model".to_owned()))?;
+                let point = self
+                    .vars
+                    .iter()
+                    .map(|v| {
+                        model.eval(v, true).and_then(|x| x.as_i64()).map_or(0, |x| usize::try_from(x).unwrap_or(0))
+                    })
+                    .collect();
+                Ok(Answer::Sat(point))
+            }
+            SatResult::Unsat => {
+                let core = self
+                    .solver
+                    .get_unsat_core()
+                    .iter()
+                    .filter_map(|b| self.by_name.get(&b.to_string()).copied())
+                    .collect();
+                Ok(Answer::Unsat(core))
+            }
+            SatResult::Unknown => Err(Error::SolverUnknown(self.solver.get_reason_unknown().unwrap_or_default())),
+        }
+    }
+}
+
+impl Solver for Z3Solver {
+    fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer> {
+        match extra {
+            None => self.run(assumptions),
+            Some(formula) => {
+                // Define the indicators outside the scope: an assertion made after `push`
+                // is gone after `pop`, but the indicator would stay cached.
+                for &lit in assumptions {
+                    self.indicator(lit);
+                }
+                self.solver.push();
+                let encoded = self.encode(formula);
+                self.solver.assert(&encoded);
+                let answer = self.run(assumptions);
+                self.solver.pop(1);
+                answer
+            }
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls
+    }
+}
