@@ -122,6 +122,27 @@ impl Ctx<'_> {
         formula.eval(&point).then_some(point)
     }
 
+    /// A finding about rules `k` (the subject) and `e` that both match the witness `point`,
+    /// verified with the interpreter first.
+    fn pair_finding(
+        &self,
+        code: Code,
+        k: usize,
+        e: usize,
+        message: String,
+        labels: (String, String),
+        point: &[usize],
+    ) -> Result<Finding> {
+        self.verify(code, point, &[e, k], &[])?;
+        let mut f = Finding::new(code, message)
+            .rule(self.name(k))
+            .rule(self.name(e))
+            .label(self.when_span(k), labels.0)
+            .label(self.when_span(e), labels.1);
+        f.witness = Some(self.witness(point));
+        Ok(f)
+    }
+
     fn witness(&self, point: &[usize]) -> serde_json::Map<String, serde_json::Value> {
         self.atoms.lead_of(point).to_json(self.rules)
     }
@@ -257,25 +278,17 @@ pub fn analyze(rules: &RuleSet) -> Result<(Vec<Finding>, Stats)> {
         let mut conflicting = Vec::new();
         for &e in earlier.iter().filter(|&&e| ctx.priority(e) == ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
             if let Some(point) = overlap(&ctx, &mut solver, e, k)? {
-                ctx.verify(Code::Conflict, &point, &[e, k], &[])?;
                 conflicting.push(e);
-                let mut f = Finding::new(
-                    Code::Conflict,
-                    format!(
-                        "rules `{}` and `{}` have the same priority ({}) and both match some leads, but route to `{}` and `{}`",
-                        ctx.name(k),
-                        ctx.name(e),
-                        ctx.priority(k),
-                        ctx.route(k),
-                        ctx.route(e)
-                    ),
-                )
-                .rule(ctx.name(k))
-                .rule(ctx.name(e))
-                .label(ctx.when_span(k), format!("routes to `{}`", ctx.route(k)))
-                .label(ctx.when_span(e), format!("routes to `{}`", ctx.route(e)));
-                f.witness = Some(ctx.witness(&point));
-                findings.push(f);
+                let message = format!(
+                    "rules `{}` and `{}` have the same priority ({}) and both match some leads, but route to `{}` and `{}`",
+                    ctx.name(k),
+                    ctx.name(e),
+                    ctx.priority(k),
+                    ctx.route(k),
+                    ctx.route(e)
+                );
+                let labels = (format!("routes to `{}`", ctx.route(k)), format!("routes to `{}`", ctx.route(e)));
+                findings.push(ctx.pair_finding(Code::Conflict, k, e, message, labels, &point)?);
             }
         }
 
@@ -357,26 +370,18 @@ pub fn analyze(rules: &RuleSet) -> Result<(Vec<Finding>, Stats)> {
         // Overlaps: different priorities and routes; priority decides.
         for &e in earlier.iter().filter(|&&e| ctx.priority(e) != ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
             if let Some(point) = overlap(&ctx, &mut solver, e, k)? {
-                ctx.verify(Code::Overlap, &point, &[e, k], &[])?;
-                let mut f = Finding::new(
-                    Code::Overlap,
-                    format!(
-                        "rules `{}` (priority {}, route `{}`) and `{}` (priority {}, route `{}`) both match some leads; `{}` decides them",
-                        ctx.name(e),
-                        ctx.priority(e),
-                        ctx.route(e),
-                        ctx.name(k),
-                        ctx.priority(k),
-                        ctx.route(k),
-                        ctx.name(e)
-                    ),
-                )
-                .rule(ctx.name(k))
-                .rule(ctx.name(e))
-                .label(ctx.when_span(k), "overlaps")
-                .label(ctx.when_span(e), "takes the shared leads");
-                f.witness = Some(ctx.witness(&point));
-                findings.push(f);
+                let message = format!(
+                    "rules `{}` (priority {}, route `{}`) and `{}` (priority {}, route `{}`) both match some leads; `{}` decides them",
+                    ctx.name(e),
+                    ctx.priority(e),
+                    ctx.route(e),
+                    ctx.name(k),
+                    ctx.priority(k),
+                    ctx.route(k),
+                    ctx.name(e)
+                );
+                let labels = ("overlaps".to_owned(), "takes the shared leads".to_owned());
+                findings.push(ctx.pair_finding(Code::Overlap, k, e, message, labels, &point)?);
             }
         }
     }
