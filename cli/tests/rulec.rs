@@ -62,3 +62,60 @@ fn generated_rule_sets_check_without_tool_errors() {
     assert_eq!(json["rules_checked"], 300);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn eval_with_the_module_agrees_with_the_interpreter_line_for_line() {
+    let module = rulec(&["eval", "examples/rules.yaml", "examples/leads.jsonl"]);
+    let interpreter = rulec(&["eval", "examples/rules.yaml", "examples/leads.jsonl", "--engine", "interpreter"]);
+    assert!(module.status.success() && interpreter.status.success(), "{}", String::from_utf8_lossy(&module.stderr));
+    let lines = String::from_utf8(module.stdout).expect("utf-8");
+    assert_eq!(lines, String::from_utf8(interpreter.stdout).expect("utf-8"));
+    let answers: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(answers.len(), 40);
+    assert!(answers.iter().all(|a| a.get("route").is_some() && a.get("rule").is_some()));
+    assert!(
+        answers.iter().any(|a| a["rule"].is_null() && a["route"] == "unsold"),
+        "some lead falls to the default route"
+    );
+}
+
+#[test]
+fn compile_writes_module_and_manifest_and_refuses_errors() {
+    let dir = std::env::temp_dir().join(format!("rulec-compile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = dir.join("tree.wasm");
+    let compiled = rulec(&["compile", "examples/rules.yaml", "-o", out.to_str().expect("utf-8")]);
+    assert!(compiled.status.success(), "{}", String::from_utf8_lossy(&compiled.stderr));
+    let wasm = std::fs::read(&out).expect("module written");
+    assert_eq!(&wasm[..4], b"\0asm");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tree.manifest.json")).expect("manifest written"))
+            .expect("JSON");
+    assert_eq!(manifest["abi_version"], 1);
+    assert_eq!(manifest["rules"].as_array().map(Vec::len), Some(38));
+    assert!(manifest["dag"]["nodes"].as_u64().is_some());
+
+    let refused = rulec(&["compile", &fixture("conflict"), "-o", dir.join("x.wasm").to_str().expect("utf-8")]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(!dir.join("x.wasm").exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn explain_names_the_deciding_rule_and_the_failing_test_of_each_earlier_one() {
+    let dir = std::env::temp_dir().join(format!("rulec-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let lead = dir.join("lead.json");
+    std::fs::write(&lead, r#"{"site": "degreefinder", "state": "FL", "age": 41, "program": "medical_assisting", "email_domain": "yahoo.com"}"#)
+        .expect("write lead");
+    let explained = rulec(&["explain", "examples/rules.yaml", lead.to_str().expect("utf-8")]);
+    assert!(explained.status.success(), "{}", String::from_utf8_lossy(&explained.stderr));
+    let text = String::from_utf8(explained.stdout).expect("utf-8");
+    assert!(text.contains("no   block-test-traffic (priority 5)"), "{text}");
+    assert!(text.contains("is false (examples/rules.yaml:"), "{text}");
+    assert!(
+        text.lines().last().is_some_and(|l| l.starts_with("decided by `") || l.starts_with("no rule matched")),
+        "{text}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

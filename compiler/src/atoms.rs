@@ -210,7 +210,7 @@ fn collect_preds<'c>(cond: &'c Cond, out: &mut Vec<(usize, &'c Pred)>) {
     match cond {
         Cond::And(items) | Cond::Or(items) => items.iter().for_each(|c| collect_preds(c, out)),
         Cond::Not(inner) => collect_preds(inner, out),
-        Cond::Test(field, pred) => out.push((*field, pred)),
+        Cond::Test(field, pred, _) => out.push((*field, pred)),
     }
 }
 
@@ -271,6 +271,12 @@ impl Atoms {
             });
         }
         Self { fields, affixes }
+    }
+
+    /// The prefixes and suffixes tested on string field `field` (empty for other fields).
+    pub fn affixes(&self, field: usize) -> (&[String], &[String]) {
+        let (p, s) = &self.affixes[field];
+        (p, s)
     }
 
     /// Number of atoms of each field.
@@ -379,7 +385,7 @@ impl Formula {
                 let parts = items.iter().map(|c| Self::build(atoms, c, positive)).collect();
                 if matches!(cond, Cond::And(_)) == positive { Self::and(parts) } else { Self::or(parts) }
             }
-            Cond::Test(field, pred) => {
+            Cond::Test(field, pred, _) => {
                 let set = atoms.pred_set(*field, pred);
                 Self::set(*field, if positive { set } else { set.complement() })
             }
@@ -524,6 +530,32 @@ impl Formula {
                 *budget -= 1;
                 item.search(bounds.clone(), budget)
             }),
+        }
+    }
+
+    /// The formula once field `field` is known to be in atom `atom`.
+    pub fn restrict(&self, field: usize, atom: usize) -> Formula {
+        match self {
+            Formula::True | Formula::False => self.clone(),
+            Formula::In(f, set) if *f == field => {
+                if set.contains(atom) {
+                    Formula::True
+                } else {
+                    Formula::False
+                }
+            }
+            Formula::In(..) => self.clone(),
+            Formula::And(items) => Self::and(items.iter().map(|i| i.restrict(field, atom)).collect()),
+            Formula::Or(items) => Self::or(items.iter().map(|i| i.restrict(field, atom)).collect()),
+        }
+    }
+
+    /// Whether the formula tests `field`.
+    pub fn mentions(&self, field: usize) -> bool {
+        match self {
+            Formula::True | Formula::False => false,
+            Formula::In(f, _) => *f == field,
+            Formula::And(items) | Formula::Or(items) => items.iter().any(|i| i.mentions(field)),
         }
     }
 

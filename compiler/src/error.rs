@@ -15,6 +15,19 @@ pub enum Error {
         /// The witness.
         witness: String,
     },
+    /// Translation validation found a lead on which the DAG and first match disagree: a
+    /// compiler bug. The module is not written.
+    #[error("internal error: translation validation failed: the decision DAG and the rules disagree on {lead}")]
+    TranslationValidation {
+        /// The lead, as JSON.
+        lead: String,
+    },
+    /// An emitted module broke one of the module rules (valid, no imports, no loops).
+    #[error("internal error: the emitted module is invalid: {0}")]
+    InvalidModule(String),
+    /// The rule set has error-level findings and cannot be compiled.
+    #[error("the rule set has {0} error-level findings; fix them first (`rulec check`)")]
+    NotCompilable(usize),
     /// The solver gave up (returned `unknown`).
     #[error("the solver could not decide a query: {0}")]
     SolverUnknown(String),

@@ -132,7 +132,7 @@ pub fn eval(cond: &Cond, lead: &Lead) -> bool {
         Cond::And(items) => items.iter().all(|c| eval(c, lead)),
         Cond::Or(items) => items.iter().any(|c| eval(c, lead)),
         Cond::Not(inner) => !eval(inner, lead),
-        Cond::Test(field, pred) => test(pred, lead.values.get(*field).and_then(Option::as_ref)),
+        Cond::Test(field, pred, _) => test(pred, lead.values.get(*field).and_then(Option::as_ref)),
     }
 }
 
@@ -162,5 +162,25 @@ impl RuleSet {
     /// First match: enabled rules by ascending priority, ties in file order.
     pub fn decide(&self, lead: &Lead) -> Decision<'_> {
         self.decide_in(&self.order(), lead)
+    }
+}
+
+/// Why a condition is false for a lead: the span of the first test that fails it (for a
+/// `not`, the first test that makes its operand true). `None` if the condition holds.
+pub fn first_failure(cond: &Cond, lead: &Lead) -> Option<std::ops::Range<usize>> {
+    explain(cond, lead, true)
+}
+
+/// The test that makes `cond` differ from `want`, if it does.
+fn explain(cond: &Cond, lead: &Lead, want: bool) -> Option<std::ops::Range<usize>> {
+    if eval(cond, lead) == want {
+        return None;
+    }
+    match cond {
+        Cond::Test(_, _, span) => Some(span.clone()),
+        Cond::Not(inner) => explain(inner, lead, !want),
+        // A false `and` (or a true `or`) is decided by its first such operand; a false `or`
+        // (or a true `and`) by all of them: report the first.
+        Cond::And(items) | Cond::Or(items) => items.iter().find_map(|c| explain(c, lead, want)),
     }
 }

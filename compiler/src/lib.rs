@@ -7,6 +7,8 @@
 
 pub mod analysis;
 pub mod atoms;
+pub mod compile;
+pub mod dag;
 pub mod finding;
 pub mod generate;
 pub mod interp;
@@ -15,6 +17,7 @@ pub mod report;
 pub mod solver;
 pub mod source;
 pub mod syntax;
+pub mod wasm;
 
 mod error;
 

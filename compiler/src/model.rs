@@ -102,8 +102,8 @@ pub enum Cond {
     Or(Vec<Cond>),
     /// Not it.
     Not(Box<Cond>),
-    /// A test on field `.0`.
-    Test(usize, Pred),
+    /// A test on field `.0`; `.2` is the test's byte span in the file (for `explain`).
+    Test(usize, Pred, std::ops::Range<usize>),
 }
 
 /// A checked rule.
@@ -222,7 +222,7 @@ impl Checker<'_> {
                     );
                 };
                 let field = &self.fields[index];
-                self.pred(rule, field, &test.op, &test.span).map(|p| Cond::Test(index, p))
+                self.pred(rule, field, &test.op, &test.span).map(|p| Cond::Test(index, p, rule.when_span(&test.span)))
             }
         }
     }

@@ -139,6 +139,59 @@ impl Z3Solver {
     }
 }
 
+impl Z3Solver {
+    /// Looks for a point where `dag` and first match over the rules (in order) disagree;
+    /// `None` proves them equal.
+    pub fn dag_counterexample(&mut self, dag: &crate::dag::Dag) -> Result<Option<Vec<usize>>> {
+        use crate::dag::Node;
+        use petgraph::Direction;
+        use petgraph::visit::EdgeRef;
+        let mut terms: HashMap<petgraph::graph::NodeIndex, Int> = HashMap::new();
+        let mut order: Vec<petgraph::graph::NodeIndex> = petgraph::algo::toposort(&dag.graph, None)
+            .map_err(|_| Error::SolverUnknown("the decision DAG has a cycle".to_owned()))?;
+        order.reverse();
+        for node in order {
+            let term = match dag.graph[node] {
+                Node::Leaf(decision) => Int::from_i64(decision.map_or(-1, |p| p as i64)),
+                Node::Test { field } => {
+                    let edges: Vec<_> = dag.graph.edges_directed(node, Direction::Outgoing).collect();
+                    let Some((last, rest)) = edges.split_last() else { continue };
+                    let mut acc = terms[&last.target()].clone();
+                    for edge in rest.iter().rev() {
+                        acc = self.set(field, edge.weight()).ite(&terms[&edge.target()], &acc);
+                    }
+                    acc
+                }
+            };
+            terms.insert(node, term);
+        }
+        let mut first_match = Int::from_i64(-1);
+        for (position, formula) in self.rules.iter().enumerate().rev() {
+            first_match = self.encode(formula).ite(&Int::from_i64(position as i64), &first_match);
+        }
+        self.calls += 1;
+        self.solver.push();
+        self.solver.assert(terms[&dag.root].eq(&first_match).not());
+        let result = match self.solver.check() {
+            SatResult::Unsat => Ok(None),
+            SatResult::Sat => {
+                let model = self.solver.get_model().ok_or_else(|| Error::SolverUnknown("no model".to_owned()))?;
+                Ok(Some(
+                    self.vars
+                        .iter()
+                        .map(|v| {
+                            model.eval(v, true).and_then(|x| x.as_i64()).map_or(0, |x| usize::try_from(x).unwrap_or(0))
+                        })
+                        .collect(),
+                ))
+            }
+            SatResult::Unknown => Err(Error::SolverUnknown(self.solver.get_reason_unknown().unwrap_or_default())),
+        };
+        self.solver.pop(1);
+        result
+    }
+}
+
 impl Solver for Z3Solver {
     fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer> {
         match extra {

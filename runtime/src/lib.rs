@@ -1,4 +1,19 @@
-//! The decision-module contract between the compiler and the router (ABI version, input
-//! layout, manifest) and the wasmtime host that loads, calls and hot-swaps modules.
+//! The decision-module contract between `compiler` and the router, and its host.
 //!
-//! Empty until the code-generation issue lands. It will know nothing of Postgres or PGMQ.
+//! - [`abi`]: the ABI version, the input record layout and the module's exports;
+//! - [`manifest`]: the JSON stored beside each module (layout, value→class tables, rules);
+//! - [`encode`]: a lead (JSON) to its fixed-layout input record;
+//! - [`host`]: loading a module with wasmtime (one `Engine`, an `InstancePre`, a `Store`
+//!   per worker), calling it single or batched, and [`host::Handle`], which swaps modules
+//!   atomically while calls are in flight.
+//!
+//! This crate knows nothing of Postgres, PGMQ or the rule language.
+
+pub mod abi;
+pub mod encode;
+pub mod host;
+pub mod manifest;
+
+mod error;
+
+pub use error::{Error, Result};

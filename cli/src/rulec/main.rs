@@ -1,6 +1,10 @@
 //! `rulec`: the rule compiler's command line. `check` reports every finding of a rules file
-//! (RULES.md, "Checks") in human, JSON or SARIF form. Exit codes: 0 no error-level finding,
-//! 1 error-level findings (or warnings with `--deny warnings`), 2 the tool could not run.
+//! (RULES.md, "Checks") in human, JSON or SARIF form; `compile` writes the decision module
+//! and its manifest; `eval`, `explain` and `bench` run them. Exit codes: 0 fine, 1
+//! error-level findings (or warnings with `--deny warnings`; for `compile`/`eval`, a refused
+//! rule set or a lead that cannot be decided), 2 the tool could not run.
+
+mod tools;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -31,6 +35,44 @@ enum Command {
         /// Print analysis figures (rules, candidate pairs, solver calls) to stderr.
         #[arg(long)]
         stats: bool,
+    },
+    /// Compile a rules file to a Wasm decision module and its manifest
+    /// (`OUT` and `OUT` with `.manifest.json`); refuses a rule set with errors.
+    Compile {
+        /// The rules file.
+        file: PathBuf,
+        /// The module to write.
+        #[arg(short, long, default_value = "tree.wasm")]
+        output: PathBuf,
+    },
+    /// Decide every lead of a JSON-lines file; prints `{"route": .., "rule": ..}` per line.
+    Eval {
+        /// The rules file.
+        file: PathBuf,
+        /// One lead (JSON object) per line.
+        leads: PathBuf,
+        /// Which engine decides.
+        #[arg(long, value_enum, default_value_t = tools::Engine::Module)]
+        engine: tools::Engine,
+    },
+    /// Show which rule decides a lead and why each earlier rule did not match.
+    Explain {
+        /// The rules file.
+        file: PathBuf,
+        /// A file with one lead (JSON object).
+        lead: PathBuf,
+    },
+    /// Measure ns per decision of the interpreter and the module (single, batched, and
+    /// encode + decide), on a rules file or on generated sets.
+    Bench {
+        /// A rules file; without it, generated sets of `--rules` sizes.
+        file: Option<PathBuf>,
+        /// Sizes of the generated sets.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        rules: Vec<usize>,
+        /// Leads per set.
+        #[arg(long, default_value_t = 10_000)]
+        leads: usize,
     },
     /// Print a generated, realistic rules file (for benchmarks and trying the tools).
     Generate {
@@ -69,6 +111,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { file, format, deny, stats } => check(&file, format, deny.contains(&Deny::Warnings), stats),
+        Command::Compile { file, output } => exit(tools::compile(&file, &output).map(|()| true)),
+        Command::Eval { file, leads, engine } => exit(tools::eval(&file, &leads, engine)),
+        Command::Explain { file, lead } => exit(tools::explain(&file, &lead).map(|()| true)),
+        Command::Bench { file, rules, leads } => exit(tools::bench(file.as_deref(), &rules, leads).map(|()| true)),
         Command::Generate { rules, seed } => {
             let text = compiler::generate::rule_set(rules, seed);
             if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
@@ -120,4 +166,21 @@ fn read_limited(path: &PathBuf) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(compiler::report::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Maps a tool result to the exit code: refused rule sets and undecidable leads are 1,
+/// anything else that went wrong is 2.
+fn exit(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) if error.downcast_ref::<tools::Refused>().is_some() => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -5,8 +5,6 @@
 //! To refresh the snapshots after an intended change: `UPDATE_SNAPSHOTS=1 cargo test -p compiler`,
 //! then review the diff.
 
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -164,7 +162,7 @@ fn expr() -> impl Strategy<Value = String> {
     })
 }
 
-fn rule_set() -> impl Strategy<Value = String> {
+pub(crate) fn rule_set() -> impl Strategy<Value = String> {
     let rule = (1i64..=3, prop::sample::select(vec!["a", "b", "c"]), expr());
     (prop::collection::vec(rule, 1..=7), any::<bool>()).prop_map(|(rules, default)| {
         let mut text = HEADER.to_owned();
@@ -181,7 +179,7 @@ fn rule_set() -> impl Strategy<Value = String> {
     })
 }
 
-fn lead() -> impl Strategy<Value = Value> {
+pub(crate) fn lead() -> impl Strategy<Value = Value> {
     let age = prop_oneof![Just(Value::Null), (0i64..=100).prop_map(|v| json!(v))];
     let state = prop_oneof![Just(Value::Null), prop::sample::select(vec!["CA", "NY", "TX"]).prop_map(|v| json!(v))];
     let score = prop_oneof![Just(Value::Null), (0i64..=1000).prop_map(|v| json!(format!("{}.{}", v / 10, v % 10)))];

@@ -1,0 +1,244 @@
+//! The decision module end to end: compiled by `compiler`, loaded and called through
+//! `runtime`, and compared with the reference interpreter; translation validation catching a
+//! broken DAG; the host refusing bad modules and manifests; hot swapping under load.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use compiler::compile::{self, Compiled};
+use compiler::interp::Lead;
+use compiler::model::RuleSet;
+use compiler::report::check_rules;
+use proptest::prelude::*;
+use runtime::host::{self, Handle, Program, Worker};
+use runtime::manifest::Manifest;
+use serde_json::{Value, json};
+
+use crate::check::{lead, rule_set};
+
+fn rules_of(text: &str) -> (RuleSet, Vec<u8>) {
+    let (checked, findings, _) = check_rules("t.yaml", text.as_bytes()).expect("runs");
+    assert!(
+        findings.iter().all(|f| !matches!(f.code, compiler::finding::Code::Syntax | compiler::finding::Code::Type)),
+        "{findings:?}"
+    );
+    (checked.expect("parses").0, text.as_bytes().to_vec())
+}
+
+/// Compiles whatever the rules say (findings are not a reason to refuse here).
+fn compiled(text: &str) -> (RuleSet, Compiled) {
+    let (rules, bytes) = rules_of(text);
+    let compiled = compile::compile(&rules, &[], &bytes).expect("compiles");
+    (rules, compiled)
+}
+
+fn program(compiled: &Compiled) -> Arc<Program> {
+    let engine = host::engine().expect("engine");
+    Arc::new(Program::load(&engine, &compiled.wasm, compiled.manifest.clone()).expect("loads"))
+}
+
+fn example() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules.yaml"))
+        .expect("example rules")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_module_decides_like_the_interpreter(text in rule_set(), leads in prop::collection::vec(lead(), 96)) {
+        let (rules, compiled) = compiled(&text);
+        let program = program(&compiled);
+        let mut session = program.session().expect("session");
+        let mut records = vec![0u8; program.manifest().record_size * leads.len()];
+        for (lead, record) in leads.iter().zip(records.chunks_mut(program.manifest().record_size)) {
+            program.encoder().encode(lead, record).expect("encodes");
+        }
+        let mut batched = Vec::new();
+        session.decide_records(&records, &mut batched).expect("batch");
+        for (json, from_batch) in leads.iter().zip(batched) {
+            let expected = rules.decide(&Lead::from_json(&rules, json).expect("lead"));
+            let got = session.decide_json(json).expect("decides");
+            prop_assert_eq!(got.rule.map(|r| r.name.as_str()), expected.rule.map(|r| r.name.as_str()), "{}\n{}", json, text);
+            prop_assert_eq!(got.route, expected.route);
+            prop_assert_eq!(from_batch.map(|i| program.manifest().rules[i].name.as_str()), expected.rule.map(|r| r.name.as_str()));
+        }
+    }
+}
+
+#[test]
+fn the_example_module_agrees_with_the_interpreter_on_the_sample_leads() {
+    let (rules, compiled) = compiled(&example());
+    let program = program(&compiled);
+    let mut session = program.session().expect("session");
+    let leads =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/leads.jsonl")).expect("leads");
+    let mut decided = 0;
+    for line in leads.lines().filter(|l| !l.trim().is_empty()) {
+        let json: Value = serde_json::from_str(line).expect("JSON lead");
+        let expected = rules.decide(&Lead::from_json(&rules, &json).expect("lead"));
+        let got = session.decide_json(&json).expect("decides");
+        assert_eq!(got.rule.map(|r| r.name.as_str()), expected.rule.map(|r| r.name.as_str()), "{json}");
+        assert_eq!(got.route, expected.route);
+        decided += 1;
+    }
+    assert!(decided >= 40);
+    assert!(compiled.dag.max_depth <= rules.fields.len());
+}
+
+#[test]
+fn a_broken_dag_is_caught_by_translation_validation() {
+    let text = example();
+    let (rules, _) = rules_of(&text);
+    let mut lowered = compile::lower(&rules);
+    compile::validate(&rules, &lowered).expect("the real DAG is valid");
+    // Send the example's first sample lead somewhere else.
+    let lead = Lead::from_json(&rules, &json!({"site": "degreefinder", "state": "FL", "age": 41})).expect("lead");
+    let point = lowered.atoms.point_of(&lead);
+    let right = lowered.dag.eval(&point);
+    lowered.dag.corrupt_leaf_at(&point, if right == Some(0) { Some(1) } else { Some(0) });
+    let error = compile::validate(&rules, &lowered).expect_err("a broken DAG must not validate");
+    assert!(error.to_string().contains("translation validation failed"), "{error}");
+
+    // The same on a rule set small enough to validate by enumeration.
+    let small = "version: 1\nroutes: [a, b]\nfields:\n  age: { type: int, min: 0, max: 9 }\nrules:\n  - name: young\n    priority: 1\n    when: age < 5\n    route: a\n";
+    let (rules, _) = rules_of(small);
+    let mut lowered = compile::lower(&rules);
+    assert_eq!(compile::validate(&rules, &lowered).expect("valid"), compile::Validation::Enumeration);
+    let point = lowered.atoms.point_of(&Lead::from_json(&rules, &json!({"age": 3})).expect("lead"));
+    lowered.dag.corrupt_leaf_at(&point, None);
+    assert!(compile::validate(&rules, &lowered).is_err());
+}
+
+#[test]
+fn rule_sets_with_errors_are_not_compiled() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check/conflict.yaml"))
+            .expect("fixture");
+    let (checked, findings, _) = check_rules("c.yaml", text.as_bytes()).expect("runs");
+    let (rules, _) = checked.expect("parses");
+    let error = compile::compile(&rules, &findings, text.as_bytes()).expect_err("refused");
+    assert!(error.to_string().contains("error-level findings"), "{error}");
+}
+
+#[test]
+fn the_host_refuses_bad_modules_and_manifests() {
+    let (_, compiled) = compiled(&example());
+    let engine = host::engine().expect("engine");
+    let load = |wasm: &[u8], manifest: Manifest| {
+        Program::load(&engine, wasm, manifest).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+
+    // A manifest that belongs to another module.
+    let mut other = compiled.manifest.clone();
+    other.module_hash = "00".repeat(32);
+    assert!(load(&compiled.wasm, other).contains("does not match the module"));
+
+    // A truncated module (with a manifest that names exactly those bytes).
+    let truncated = &compiled.wasm[..compiled.wasm.len() / 2];
+    let mut manifest = compiled.manifest.clone();
+    manifest.module_hash = host::sha256_hex(truncated);
+    assert!(load(truncated, manifest).contains("invalid decision module"));
+
+    // A module that imports something.
+    let mut module = wasm_encoder::Module::new();
+    let mut types = wasm_encoder::TypeSection::new();
+    types.ty().function([], []);
+    let mut imports = wasm_encoder::ImportSection::new();
+    imports.import("env", "clock", wasm_encoder::EntityType::Function(0));
+    module.section(&types).section(&imports);
+    let importing = module.finish();
+    let mut manifest = compiled.manifest.clone();
+    manifest.module_hash = host::sha256_hex(&importing);
+    assert!(load(&importing, manifest).contains("imports nothing"));
+
+    // A manifest with a wrong layout or ABI version.
+    let mut manifest = compiled.manifest.clone();
+    manifest.record_size += 8;
+    assert!(load(&compiled.wasm, manifest).contains("record_size"));
+    let mut manifest = compiled.manifest.clone();
+    manifest.abi_version = 99;
+    assert!(load(&compiled.wasm, manifest).contains("ABI version"));
+    assert!(Manifest::from_json("{\"abi_version\": 1}").is_err());
+
+    // Verification: the emitted module passes; garbage and a loop in `decide` do not.
+    assert!(compiler::wasm::verify(&compiled.wasm).is_ok());
+    assert!(compiler::wasm::verify(b"\0asm\x01\0\0\0\x05").is_err());
+    let mut module = wasm_encoder::Module::new();
+    let mut types = wasm_encoder::TypeSection::new();
+    types.ty().function([], [wasm_encoder::ValType::I32]);
+    let mut funcs = wasm_encoder::FunctionSection::new();
+    funcs.function(0).function(0);
+    let mut code = wasm_encoder::CodeSection::new();
+    let mut version = wasm_encoder::Function::new([]);
+    version.instructions().i32_const(1).end();
+    let mut looping = wasm_encoder::Function::new([]);
+    looping.instructions().loop_(wasm_encoder::BlockType::Empty).end().i32_const(0).end();
+    code.function(&version).function(&looping);
+    module.section(&types).section(&funcs).section(&code);
+    let error = compiler::wasm::verify(&module.finish()).expect_err("a loop in decide");
+    assert!(error.to_string().contains("loop in the per-lead path"), "{error}");
+}
+
+#[test]
+fn leads_that_do_not_fit_get_clear_errors() {
+    let (_, compiled) = compiled(&example());
+    let program = program(&compiled);
+    let mut session = program.session().expect("session");
+    for (lead, problem) in [
+        (json!({"age": "old"}), "`age`"),
+        (json!({"age": 1000}), "outside the field's domain"),
+        (json!({"state": "ZZ"}), "not one of the field's values"),
+        (json!({"loan_amount": 10.555}), "not exact"),
+        (json!([1, 2]), "JSON object"),
+    ] {
+        let error = session.decide_json(&lead).expect_err("refused").to_string();
+        assert!(error.contains(problem), "{lead}: {error}");
+    }
+}
+
+#[test]
+fn workers_switch_to_a_swapped_module_between_calls() {
+    let (_, first) = compiled(
+        "version: 1\nroutes: [a, b]\nfields:\n  age: { type: int, min: 0, max: 99 }\nrules:\n  - name: old\n    priority: 1\n    when: age >= 50\n    route: a\n",
+    );
+    let (_, second) = compiled(
+        "version: 1\nroutes: [a, b]\nfields:\n  age: { type: int, min: 0, max: 99 }\nrules:\n  - name: young\n    priority: 1\n    when: age < 50\n    route: b\n",
+    );
+    let engine = host::engine().expect("engine");
+    let load = |c: &Compiled| Program::load(&engine, &c.wasm, c.manifest.clone()).expect("loads");
+    let handle = Arc::new(Handle::new(load(&first)));
+    let lead = json!({"age": 30});
+
+    let mut worker = Worker::new(Arc::clone(&handle)).expect("worker");
+    assert_eq!(worker.session().expect("session").decide_json(&lead).expect("decides").rule, None);
+    handle.swap(load(&second));
+    assert_eq!(worker.session().expect("session").decide_json(&lead).expect("decides").route, Some("b"));
+
+    // Under load: every answer comes from one of the two modules, none fails.
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let handle = Arc::clone(&handle);
+            std::thread::spawn(move || {
+                let mut worker = Worker::new(handle).expect("worker");
+                for i in 0..5_000 {
+                    let session = worker.session().expect("session");
+                    let route =
+                        session.decide_json(&json!({"age": i % 100})).expect("decides").route.map(str::to_owned);
+                    let age = i % 100;
+                    assert!(
+                        route.is_none()
+                            || (route.as_deref() == Some("a") && age >= 50)
+                            || (route.as_deref() == Some("b") && age < 50)
+                    );
+                }
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        handle.swap(load(if i % 2 == 0 { &first } else { &second }));
+    }
+    for t in threads {
+        t.join().expect("no panic");
+    }
+}

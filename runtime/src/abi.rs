@@ -1,0 +1,52 @@
+//! The decision-module ABI, version 1.
+//!
+//! A module imports nothing and exports:
+//! - `memory`: its linear memory, at least `manifest.memory_bytes()` long;
+//! - `abi_version() -> i32`: [`ABI_VERSION`];
+//! - `decide(record: i32) -> i32`: decides the lead whose input record starts at byte
+//!   `record`; returns 0 for "no rule matched", else 1 + the rule's index in the manifest's
+//!   rule table (first-match order);
+//! - `decide_batch(records: i32, count: i32, out: i32)`: decides `count` consecutive records
+//!   and writes one little-endian i32 result per lead at `out`.
+//!
+//! An input record is `4 * fields` bytes of i32 slots, one per field in manifest order (a
+//! class field's class id, 0 = missing; a number field's presence, 0 or 1), padded to 8,
+//! then one i64 slot per number field (its value in units of `10^-scale`). The host writes
+//! records from byte 0 and reads batch results at `manifest.output_offset`.
+
+/// The ABI version this host speaks.
+pub const ABI_VERSION: u32 = 1;
+/// Export names.
+pub const EXPORT_MEMORY: &str = "memory";
+/// Export names.
+pub const EXPORT_VERSION: &str = "abi_version";
+/// Export names.
+pub const EXPORT_DECIDE: &str = "decide";
+/// Export names.
+pub const EXPORT_DECIDE_BATCH: &str = "decide_batch";
+
+/// Byte layout of the input record for `fields` fields of which `numbers` are numeric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of fields (one i32 slot each).
+    pub fields: usize,
+    /// Number of numeric fields (one i64 slot each).
+    pub numbers: usize,
+}
+
+impl Layout {
+    /// Offset of field `i`'s i32 slot.
+    pub fn slot(&self, i: usize) -> usize {
+        4 * i
+    }
+
+    /// Offset of the `k`th numeric field's i64 value.
+    pub fn value(&self, k: usize) -> usize {
+        (4 * self.fields).next_multiple_of(8) + 8 * k
+    }
+
+    /// Size of one record.
+    pub fn record_size(&self) -> usize {
+        (4 * self.fields).next_multiple_of(8) + 8 * self.numbers
+    }
+}

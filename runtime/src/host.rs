@@ -1,0 +1,250 @@
+//! Loading and calling decision modules with wasmtime, and swapping them while in use.
+//!
+//! One [`Engine`] per process compiles modules; a [`Program`] is a compiled module with its
+//! manifest, checked against each other and pre-linked (`InstancePre`); a [`Session`] is one
+//! worker's instance (its own `Store`); a [`Handle`] holds the current program and swaps it
+//! atomically. A [`Worker`] notices a swap before its next call and re-instantiates, so a
+//! batch always runs on one module and a swap never waits for in-flight calls.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Memory, Module, OptLevel, Store, TypedFunc, ValType};
+
+use crate::abi::{ABI_VERSION, EXPORT_DECIDE, EXPORT_DECIDE_BATCH, EXPORT_MEMORY, EXPORT_VERSION};
+use crate::encode::Encoder;
+use crate::manifest::{Manifest, RuleEntry};
+use crate::{Error, Result};
+
+/// The engine every program of a process shares (Cranelift, optimized for speed).
+pub fn engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.cranelift_opt_level(OptLevel::Speed);
+    Engine::new(&config).map_err(|e| Error::Module(e.to_string()))
+}
+
+/// SHA-256 of bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A checked, compiled, pre-linked decision module.
+pub struct Program {
+    manifest: Manifest,
+    encoder: Encoder,
+    pre: InstancePre<()>,
+    engine: Engine,
+}
+
+fn func_type(module: &Module, name: &str, params: &[ValType], results: &[ValType]) -> Result<()> {
+    let Some(ExternType::Func(ty)) = module.get_export(name) else {
+        return Err(Error::Module(format!("no exported function `{name}`")));
+    };
+    let same = |a: &mut dyn ExactSizeIterator<Item = ValType>, b: &[ValType]| {
+        a.len() == b.len() && a.zip(b).all(|(x, y)| ValType::eq(&x, y))
+    };
+    if !same(&mut ty.params(), params) || !same(&mut ty.results(), results) {
+        return Err(Error::Module(format!("`{name}` has the wrong signature: {ty}")));
+    }
+    Ok(())
+}
+
+impl Program {
+    /// Compiles `wasm` and checks it against `manifest`: same module hash, ABI version,
+    /// no imports, the ABI's exports with their signatures, and enough memory.
+    pub fn load(engine: &Engine, wasm: &[u8], manifest: Manifest) -> Result<Program> {
+        manifest.check()?;
+        let hash = sha256_hex(wasm);
+        if hash != manifest.module_hash {
+            return Err(Error::Mismatch(format!("module hash {hash}, manifest says {}", manifest.module_hash)));
+        }
+        let module = Module::new(engine, wasm).map_err(|e| Error::Module(format!("{e:#}")))?;
+        if let Some(import) = module.imports().next() {
+            return Err(Error::Module(format!(
+                "a decision module imports nothing, this one imports `{}::{}`",
+                import.module(),
+                import.name()
+            )));
+        }
+        func_type(&module, EXPORT_VERSION, &[], &[ValType::I32])?;
+        func_type(&module, EXPORT_DECIDE, &[ValType::I32], &[ValType::I32])?;
+        func_type(&module, EXPORT_DECIDE_BATCH, &[ValType::I32, ValType::I32, ValType::I32], &[])?;
+        match module.get_export(EXPORT_MEMORY) {
+            Some(ExternType::Memory(memory)) if memory.minimum() * 65536 >= manifest.memory_bytes() as u64 => {}
+            Some(ExternType::Memory(_)) => {
+                return Err(Error::Mismatch(
+                    "the module's memory is smaller than the manifest's batch needs".to_owned(),
+                ));
+            }
+            _ => return Err(Error::Module(format!("no exported `{EXPORT_MEMORY}`"))),
+        }
+        let pre = Linker::new(engine).instantiate_pre(&module).map_err(|e| Error::Module(format!("{e:#}")))?;
+        let encoder = Encoder::new(&manifest);
+        Ok(Program { manifest, encoder, pre, engine: engine.clone() })
+    }
+
+    /// Loads from the module bytes and the manifest's JSON text.
+    pub fn load_json(engine: &Engine, wasm: &[u8], manifest: &str) -> Result<Program> {
+        Self::load(engine, wasm, Manifest::from_json(manifest)?)
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The lead encoder for this module.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// A new instance for one worker.
+    pub fn session(self: &Arc<Self>) -> Result<Session> {
+        let call = |e: wasmtime::Error| Error::Call(format!("{e:#}"));
+        let mut store = Store::new(&self.engine, ());
+        let instance = self.pre.instantiate(&mut store).map_err(call)?;
+        let version: TypedFunc<(), i32> = instance.get_typed_func(&mut store, EXPORT_VERSION).map_err(call)?;
+        let found = version.call(&mut store, ()).map_err(call)?;
+        if u32::try_from(found).ok() != Some(ABI_VERSION) {
+            return Err(Error::Mismatch(format!("the module reports ABI version {found}")));
+        }
+        let decide = instance.get_typed_func(&mut store, EXPORT_DECIDE).map_err(call)?;
+        let decide_batch = instance.get_typed_func(&mut store, EXPORT_DECIDE_BATCH).map_err(call)?;
+        let memory =
+            instance.get_memory(&mut store, EXPORT_MEMORY).ok_or_else(|| Error::Module("no memory".to_owned()))?;
+        Ok(Session {
+            program: Arc::clone(self),
+            store,
+            memory,
+            decide,
+            decide_batch,
+            scratch: vec![0; self.manifest.record_size],
+        })
+    }
+}
+
+/// What a module decided for a lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// The deciding rule, if any.
+    pub rule: Option<&'a RuleEntry>,
+    /// The rule's route, else the default route, else none (unmatched).
+    pub route: Option<&'a str>,
+}
+
+/// One worker's instance of a program.
+pub struct Session {
+    program: Arc<Program>,
+    store: Store<()>,
+    memory: Memory,
+    decide: TypedFunc<i32, i32>,
+    decide_batch: TypedFunc<(i32, i32, i32), ()>,
+    scratch: Vec<u8>,
+}
+
+impl Session {
+    /// The program this session runs.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
+    }
+
+    fn answer(&self, raw: i32) -> Result<Option<usize>> {
+        match usize::try_from(raw) {
+            Ok(0) => Ok(None),
+            Ok(n) if n <= self.program.manifest.rules.len() => Ok(Some(n - 1)),
+            _ => Err(Error::Call(format!("the module answered {raw}, outside the rule table"))),
+        }
+    }
+
+    /// Decides one encoded record: the rule index, or `None` for no match.
+    pub fn decide_record(&mut self, record: &[u8]) -> Result<Option<usize>> {
+        let size = self.program.manifest.record_size;
+        self.memory.data_mut(&mut self.store)[..size].copy_from_slice(&record[..size]);
+        let raw = self.decide.call(&mut self.store, 0).map_err(|e| Error::Call(format!("{e:#}")))?;
+        self.answer(raw)
+    }
+
+    /// Decides consecutive encoded records (any number; batched by the manifest's
+    /// `max_batch`), appending one answer per record to `out`.
+    pub fn decide_records(&mut self, records: &[u8], out: &mut Vec<Option<usize>>) -> Result<()> {
+        let manifest = &self.program.manifest;
+        let (size, max, output) = (manifest.record_size, manifest.max_batch, manifest.output_offset);
+        if size == 0 {
+            return Err(Error::Call("empty records".to_owned()));
+        }
+        for chunk in records.chunks(size * max) {
+            let count = chunk.len() / size;
+            let memory = self.memory.data_mut(&mut self.store);
+            memory[..count * size].copy_from_slice(&chunk[..count * size]);
+            let args = (0, i32::try_from(count).unwrap_or(i32::MAX), i32::try_from(output).unwrap_or(i32::MAX));
+            self.decide_batch.call(&mut self.store, args).map_err(|e| Error::Call(format!("{e:#}")))?;
+            let memory = self.memory.data(&self.store);
+            for i in 0..count {
+                let at = output + 4 * i;
+                let raw = i32::from_le_bytes([memory[at], memory[at + 1], memory[at + 2], memory[at + 3]]);
+                out.push(self.answer(raw)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes and decides one lead.
+    pub fn decide_json(&mut self, lead: &Value) -> Result<Decision<'_>> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let encoded = self.program.encoder.encode(lead, &mut scratch);
+        let answer = encoded.and_then(|()| self.decide_record(&scratch));
+        self.scratch = scratch;
+        let manifest = &self.program.manifest;
+        Ok(match answer? {
+            Some(i) => Decision { rule: Some(&manifest.rules[i]), route: Some(&manifest.rules[i].route) },
+            None => Decision { rule: None, route: manifest.default_route.as_deref() },
+        })
+    }
+}
+
+/// The current program, swappable while workers use it.
+pub struct Handle {
+    current: ArcSwap<Program>,
+}
+
+impl Handle {
+    /// A handle on `program`.
+    pub fn new(program: Program) -> Self {
+        Self { current: ArcSwap::from_pointee(program) }
+    }
+
+    /// The program now.
+    pub fn current(&self) -> Arc<Program> {
+        self.current.load_full()
+    }
+
+    /// Makes `program` current; calls in flight finish on the old one. Returns the old one.
+    pub fn swap(&self, program: Program) -> Arc<Program> {
+        self.current.swap(Arc::new(program))
+    }
+}
+
+/// A worker's view of a [`Handle`]: a session on the current program, renewed after a swap.
+pub struct Worker {
+    handle: Arc<Handle>,
+    session: Session,
+}
+
+impl Worker {
+    /// A worker on `handle`'s current program.
+    pub fn new(handle: Arc<Handle>) -> Result<Self> {
+        let session = handle.current().session()?;
+        Ok(Self { handle, session })
+    }
+
+    /// The session to use for the next batch: re-instantiated if the program was swapped.
+    pub fn session(&mut self) -> Result<&mut Session> {
+        let current = self.handle.current();
+        if !Arc::ptr_eq(&current, self.session.program()) {
+            self.session = current.session()?;
+        }
+        Ok(&mut self.session)
+    }
+}

@@ -1,0 +1,164 @@
+//! The manifest stored beside every decision module: everything the host needs to encode a
+//! lead for the module and to read its answer, plus provenance (hashes, compiler version).
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{ABI_VERSION, Layout};
+use crate::{Error, Result};
+
+/// The manifest of one compiled module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// ABI the module speaks ([`ABI_VERSION`]).
+    pub abi_version: u32,
+    /// SHA-256 (hex) of the rules file the module was compiled from.
+    pub rule_set_hash: String,
+    /// SHA-256 (hex) of the module's bytes: ties the manifest to its module.
+    pub module_hash: String,
+    /// Version of the compiler that produced it.
+    pub compiler_version: String,
+    /// Bytes per input record.
+    pub record_size: usize,
+    /// Most records one `decide_batch` call takes.
+    pub max_batch: usize,
+    /// Where `decide_batch` results go.
+    pub output_offset: usize,
+    /// Where unmatched leads go, if anywhere.
+    pub default_route: Option<String>,
+    /// The input layout, in slot order.
+    pub fields: Vec<FieldLayout>,
+    /// The rules in first-match order; `decide` answers 1 + an index into this table.
+    pub rules: Vec<RuleEntry>,
+    /// Figures of the decision DAG behind the module (nodes, edges, depths).
+    #[serde(default)]
+    pub dag: serde_json::Value,
+}
+
+/// One field of the input record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldLayout {
+    /// Field name in leads.
+    pub name: String,
+    /// Offset of its i32 slot in the record.
+    pub slot: usize,
+    /// How its values are encoded.
+    #[serde(flatten)]
+    pub kind: FieldKind,
+}
+
+/// How a field's value becomes slot contents. Class ids start at 1; 0 is "missing".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FieldKind {
+    /// Class id = 1 + index in `values`.
+    Enum {
+        /// The enum's values.
+        values: Vec<String>,
+    },
+    /// `false` = 1, `true` = 2.
+    Bool,
+    /// Class id = 1 + index in `literals` for a literal; otherwise the string's longest
+    /// prefix among `prefixes` and longest suffix among `suffixes` pick the class in
+    /// `others` (id = 1 + `literals.len()` + index).
+    String {
+        /// Strings the rules compare with.
+        literals: Vec<String>,
+        /// Prefixes the rules test.
+        prefixes: Vec<String>,
+        /// Suffixes the rules test.
+        suffixes: Vec<String>,
+        /// The other classes.
+        others: Vec<OtherClass>,
+    },
+    /// Slot = presence (0/1); the value, in units of `10^-scale`, is an i64 at
+    /// `value_offset`. Values outside `min..=max` are refused by the encoder.
+    Number {
+        /// Offset of the i64 value.
+        value_offset: usize,
+        /// Digits after the point.
+        scale: u32,
+        /// Smallest value, in units.
+        min: i64,
+        /// Largest value, in units.
+        max: i64,
+    },
+}
+
+/// A class of strings equal to no literal: its longest tested prefix and suffix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OtherClass {
+    /// Longest tested prefix, if any.
+    pub prefix: Option<String>,
+    /// Longest tested suffix, if any.
+    pub suffix: Option<String>,
+}
+
+/// A rule as the router needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    /// Index in first-match order.
+    pub index: usize,
+    /// The rule's name.
+    pub name: String,
+    /// Its route.
+    pub route: String,
+    /// Its priority.
+    pub priority: i64,
+}
+
+impl Manifest {
+    /// Parses a manifest from JSON.
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Manifest(e.to_string()))
+    }
+
+    /// The record layout its fields describe.
+    pub fn layout(&self) -> Layout {
+        let numbers = self.fields.iter().filter(|f| matches!(f.kind, FieldKind::Number { .. })).count();
+        Layout { fields: self.fields.len(), numbers }
+    }
+
+    /// Bytes of memory the module needs: `max_batch` records and as many results.
+    pub fn memory_bytes(&self) -> usize {
+        self.output_offset + 4 * self.max_batch
+    }
+
+    /// Checks the manifest is consistent with itself and with this ABI.
+    pub fn check(&self) -> Result<()> {
+        if self.abi_version != ABI_VERSION {
+            return Err(Error::Mismatch(format!("ABI version {} (this host speaks {ABI_VERSION})", self.abi_version)));
+        }
+        let layout = self.layout();
+        if layout.record_size() != self.record_size {
+            return Err(Error::Manifest(format!(
+                "record_size {} but the fields need {}",
+                self.record_size,
+                layout.record_size()
+            )));
+        }
+        let mut number = 0;
+        for (i, field) in self.fields.iter().enumerate() {
+            if field.slot != layout.slot(i) {
+                return Err(Error::Manifest(format!(
+                    "field `{}` has slot {} instead of {}",
+                    field.name,
+                    field.slot,
+                    layout.slot(i)
+                )));
+            }
+            if let FieldKind::Number { value_offset, min, max, .. } = field.kind {
+                if value_offset != layout.value(number) || min > max {
+                    return Err(Error::Manifest(format!("field `{}` has an inconsistent number layout", field.name)));
+                }
+                number += 1;
+            }
+        }
+        if self.output_offset < self.record_size * self.max_batch || self.max_batch == 0 {
+            return Err(Error::Manifest("the output area overlaps the input records".to_owned()));
+        }
+        if self.rules.iter().enumerate().any(|(i, r)| r.index != i) {
+            return Err(Error::Manifest("rule indices are not 0, 1, 2, ...".to_owned()));
+        }
+        Ok(())
+    }
+}
