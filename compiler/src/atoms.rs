@@ -550,6 +550,36 @@ impl Formula {
         }
     }
 
+    /// The formula once field `field` is known to be in `atoms` (exact: a set test becomes
+    /// `True`/`False` when `atoms` is inside/outside it, else is narrowed to `atoms`).
+    pub fn restrict_to(&self, field: usize, atoms: &AtomSet) -> Formula {
+        match self {
+            Formula::True | Formula::False => self.clone(),
+            Formula::In(f, set) if *f == field => {
+                let meet = set.and(atoms);
+                if meet.is_empty() {
+                    Formula::False
+                } else if meet == *atoms {
+                    Formula::True
+                } else {
+                    Formula::In(field, meet)
+                }
+            }
+            Formula::In(..) => self.clone(),
+            Formula::And(items) => Self::and(items.iter().map(|i| i.restrict_to(field, atoms)).collect()),
+            Formula::Or(items) => Self::or(items.iter().map(|i| i.restrict_to(field, atoms)).collect()),
+        }
+    }
+
+    /// Some field the formula tests.
+    pub fn some_field(&self) -> Option<usize> {
+        match self {
+            Formula::True | Formula::False => None,
+            Formula::In(f, _) => Some(*f),
+            Formula::And(items) | Formula::Or(items) => items.iter().find_map(Formula::some_field),
+        }
+    }
+
     /// Whether the formula tests `field`.
     pub fn mentions(&self, field: usize) -> bool {
         match self {

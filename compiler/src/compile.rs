@@ -13,8 +13,10 @@ use crate::solver::Z3Solver;
 use crate::wasm::{self, MemoryPlan};
 use crate::{Error, Result};
 
-/// Above this many atom combinations, translation validation uses Z3 instead of enumeration.
+/// Up to this many atom combinations, translation validation enumerates them all.
 pub const ENUMERATION_LIMIT: u64 = 200_000;
+/// Node visits the symbolic case analysis may make before the validation falls back to Z3.
+pub const SYMBOLIC_BUDGET: usize = 2_000_000;
 
 /// How the DAG was proven equal to first match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -22,6 +24,8 @@ pub const ENUMERATION_LIMIT: u64 = 200_000;
 pub enum Validation {
     /// Every atom combination was tried.
     Enumeration,
+    /// Symbolic case analysis over atom sets covered every path (`Dag::validate_symbolic`).
+    CaseAnalysis,
     /// Z3 found no counterexample.
     Solver,
 }
@@ -71,7 +75,11 @@ pub fn validate(rules: &RuleSet, lowered: &Lowered) -> Result<Validation> {
     let counterexample = match lowered.dag.validate_by_enumeration(&domains, &lowered.formulas, ENUMERATION_LIMIT) {
         Ok(Some(())) => return Ok(Validation::Enumeration),
         Err(point) => Some(point),
-        Ok(None) => Z3Solver::new(&domains, lowered.formulas.clone()).dag_counterexample(&lowered.dag)?,
+        Ok(None) => match lowered.dag.validate_symbolic(&domains, &lowered.formulas, SYMBOLIC_BUDGET) {
+            Ok(true) => return Ok(Validation::CaseAnalysis),
+            Err(point) => Some(point),
+            Ok(false) => Z3Solver::new(&domains, lowered.formulas.clone()).dag_counterexample(&lowered.dag)?,
+        },
     };
     match counterexample {
         None => Ok(Validation::Solver),

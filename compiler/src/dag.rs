@@ -7,8 +7,9 @@
 //! one most of the remaining rules test (ties: fewer atoms), which keeps paths short; every
 //! split settles its field for good, so no path is longer than the number of fields.
 //!
-//! [`Dag::validate`] proves the DAG equal to first match over the rules, by enumerating
-//! every atom combination when there are few, otherwise with Z3 (see `solver`).
+//! `compile::validate` proves a DAG equal to first match over the rules with the checks
+//! here ([`Dag::validate_by_enumeration`], [`Dag::validate_symbolic`]) or, as a last resort,
+//! with Z3 (see `solver`).
 
 use std::collections::HashMap;
 
@@ -224,6 +225,24 @@ impl Dag {
         }
     }
 
+    /// Proves the DAG equal to first match over `formulas` by symbolic case analysis: walks
+    /// every edge with per-field atom sets ("boxes"), restricts the rules to each box itself
+    /// (independently of how the DAG was built), and at each leaf checks that first match is
+    /// the same at every point of the box, splitting the box on a field wherever a rule is
+    /// still undecided. Visits of (node, remaining rules) are memoized. Gives up after
+    /// `budget` visits (`Ok(false)`); `Err(point)` is a counterexample.
+    pub fn validate_symbolic(
+        &self,
+        domains: &[usize],
+        formulas: &[Formula],
+        budget: usize,
+    ) -> Result<bool, Vec<usize>> {
+        let boxes: Vec<AtomSet> = domains.iter().map(|&n| AtomSet::full(n)).collect();
+        let problem = normalize(formulas.iter().cloned().enumerate());
+        let mut walk = Walk { dag: self, seen: std::collections::HashSet::new(), budget };
+        walk.visit(self.root, boxes, problem)
+    }
+
     /// Replaces the decision of the leaf reached at `point` (test hook for translation
     /// validation: a broken DAG must be caught).
     #[doc(hidden)]
@@ -252,5 +271,80 @@ impl Dag {
         if node == self.root {
             self.root = leaf;
         }
+    }
+}
+
+struct Walk<'a> {
+    dag: &'a Dag,
+    seen: std::collections::HashSet<(NodeIndex, Problem)>,
+    budget: usize,
+}
+
+fn pick(set: &AtomSet) -> usize {
+    set.iter().next().unwrap_or(0)
+}
+
+impl Walk<'_> {
+    fn restrict(problem: &Problem, field: usize, atoms: &AtomSet) -> Problem {
+        normalize(problem.iter().map(|(r, f)| (*r, f.restrict_to(field, atoms))))
+    }
+
+    /// `Ok(true)`: equal on the whole box; `Ok(false)`: out of budget.
+    fn visit(&mut self, node: NodeIndex, mut boxes: Vec<AtomSet>, problem: Problem) -> Result<bool, Vec<usize>> {
+        if self.budget == 0 {
+            return Ok(false);
+        }
+        self.budget -= 1;
+        if self.seen.contains(&(node, problem.clone())) {
+            return Ok(true);
+        }
+        match self.dag.graph[node] {
+            Node::Test { field } => {
+                // The edges must partition the field's atoms that are still possible.
+                let mut covered = AtomSet::empty(boxes[field].universe());
+                for (atoms, child) in self.dag.children(node) {
+                    if atoms.intersects(&covered) {
+                        return Err(boxes.iter().map(pick).collect());
+                    }
+                    covered = covered.or(&atoms);
+                    let meet = atoms.and(&boxes[field]);
+                    if meet.is_empty() {
+                        continue;
+                    }
+                    let restricted = Self::restrict(&problem, field, &meet);
+                    let mut inner = boxes.clone();
+                    inner[field] = meet;
+                    if !self.visit(child, inner, restricted)? {
+                        return Ok(false);
+                    }
+                }
+                let uncovered = boxes[field].and(&covered.complement());
+                if !uncovered.is_empty() {
+                    boxes[field] = uncovered;
+                    return Err(boxes.iter().map(pick).collect());
+                }
+            }
+            Node::Leaf(decision) => match problem.first() {
+                None if decision.is_none() => {}
+                Some((rule, Formula::True)) if decision == Some(*rule) => {}
+                Some((_, formula)) if !matches!(formula, Formula::True) => {
+                    // Undecided: split the box on a field the first open rule tests.
+                    let field = formula.some_field().unwrap_or(0);
+                    for atom in boxes[field].iter().collect::<Vec<_>>() {
+                        let mut one = AtomSet::empty(boxes[field].universe());
+                        one.insert(atom);
+                        let restricted = Self::restrict(&problem, field, &one);
+                        let mut inner = boxes.clone();
+                        inner[field] = one;
+                        if !self.visit(node, inner, restricted)? {
+                            return Ok(false);
+                        }
+                    }
+                }
+                _ => return Err(boxes.iter().map(pick).collect()),
+            },
+        }
+        self.seen.insert((node, problem));
+        Ok(true)
     }
 }

@@ -167,6 +167,21 @@ impl Emitter<'_> {
     }
 }
 
+/// Largest shared subtree (in nodes, copies counted) that is inlined at every use.
+const INLINE_LIMIT: usize = 3;
+
+/// Nodes of the subtree under `node` if every shared node were copied (capped).
+fn inline_cost(dag: &Dag, node: NodeIndex, memo: &mut HashMap<NodeIndex, usize>) -> usize {
+    if let Some(&c) = memo.get(&node) {
+        return c;
+    }
+    let children: Vec<NodeIndex> = dag.graph.neighbors_directed(node, Direction::Outgoing).collect();
+    let c =
+        children.into_iter().fold(1usize, |acc, child| acc.saturating_add(inline_cost(dag, child, memo))).min(1 << 20);
+    memo.insert(node, c);
+    c
+}
+
 /// Emits the module for `dag` over `atoms`.
 pub fn emit(dag: &Dag, atoms: &Atoms) -> Vec<u8> {
     let plan = MemoryPlan::new(atoms);
@@ -181,11 +196,15 @@ pub fn emit(dag: &Dag, atoms: &Atoms) -> Vec<u8> {
         }
     }
     let mut functions = HashMap::new();
+    // Shared subtrees become functions unless they are small enough to copy.
+    let mut cost = HashMap::new();
     let mut shared: Vec<NodeIndex> = dag
         .graph
         .node_indices()
         .filter(|&n| {
-            matches!(dag.graph[n], Node::Test { .. }) && dag.graph.edges_directed(n, Direction::Incoming).count() > 1
+            matches!(dag.graph[n], Node::Test { .. })
+                && dag.graph.edges_directed(n, Direction::Incoming).count() > 1
+                && inline_cost(dag, n, &mut cost) > INLINE_LIMIT
         })
         .collect();
     shared.sort();

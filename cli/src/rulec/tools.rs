@@ -69,7 +69,7 @@ pub(crate) fn compile(file: &Path, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write `{}`", manifest_path.display()))?;
     let d = compiled.dag;
     eprintln!(
-        "compiled {} rules: DAG {} nodes, {} edges, depth max {} avg {:.2}; validated by {:?}; module {} bytes -> {} and {} ({:.2} s)",
+        "compiled {} rules: DAG {} nodes, {} edges, depth max {} avg {:.2}; validated by {:?}; module {} bytes -> {} and {} ({:.2} s: DAG {:.2} s, validation {:.2} s, emission {:.2} s)",
         compiled.manifest.rules.len(),
         d.nodes,
         d.edges,
@@ -79,7 +79,10 @@ pub(crate) fn compile(file: &Path, out: &Path) -> anyhow::Result<()> {
         compiled.wasm.len(),
         out.display(),
         manifest_path.display(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        compiled.timings[0].as_secs_f64(),
+        compiled.timings[1].as_secs_f64(),
+        compiled.timings[2].as_secs_f64()
     );
     Ok(())
 }
@@ -244,7 +247,7 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
         }
     };
     println!(
-        "{:<16} {:>7} {:>9} {:>7} {:>6} {:>9} {:>11} {:>10} {:>10} {:>10} {:>12}",
+        "{:<16} {:>7} {:>9} {:>7} {:>6} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "rule set",
         "rules",
         "compile s",
@@ -254,6 +257,7 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
         "interp ns",
         "single ns",
         "batch ns",
+        "encode ns",
         "enc+dec ns",
         "agree"
     );
@@ -309,6 +313,13 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
             for (lead, record) in leads_json.iter().zip(scratch.chunks_mut(size)) {
                 program.encoder().encode(lead, record)?;
             }
+        }
+        let encode_only = per_lead(started, leads, rounds.div_ceil(4));
+        let started = Instant::now();
+        for _ in 0..rounds.div_ceil(4) {
+            for (lead, record) in leads_json.iter().zip(scratch.chunks_mut(size)) {
+                program.encoder().encode(lead, record)?;
+            }
             answers.clear();
             session.decide_records(&scratch, &mut answers)?;
         }
@@ -320,7 +331,7 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
         });
         std::hint::black_box(sink);
         println!(
-            "{:<16} {:>7} {:>9.2} {:>7} {:>6} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>10.1} {:>12}",
+            "{:<16} {:>7} {:>9.2} {:>7} {:>6} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>12}",
             name,
             program.manifest().rules.len(),
             compile_s,
@@ -330,6 +341,7 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
             interp,
             single,
             batch,
+            encode_only,
             encode_decide,
             if agree { format!("{leads}/{leads}") } else { "DISAGREE".to_owned() }
         );
