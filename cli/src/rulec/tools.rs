@@ -189,35 +189,22 @@ pub(crate) fn explain(file: &Path, lead_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small deterministic generator for bench leads.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Random leads over the rule set's atoms (any atom of every field, 10% missing), with
 /// numbers drawn inside their atom's interval.
 fn random_leads(rules: &RuleSet, atoms: &Atoms, count: usize, seed: u64) -> Vec<Value> {
-    let mut rng = Rng(seed);
+    let mut rng = compiler::generate::Rng(seed);
     (0..count)
         .map(|_| {
             let mut object = serde_json::Map::new();
             for (field, atoms) in rules.fields.iter().zip(&atoms.fields) {
-                if rng.next().is_multiple_of(10) {
+                if rng.next_u64().is_multiple_of(10) {
                     continue;
                 }
-                let atom = 1 + (rng.next() as usize) % (atoms.len() - 1).max(1);
+                let atom = 1 + (rng.next_u64() as usize) % (atoms.len() - 1).max(1);
                 let value = match (atoms, atoms.representative(atom)) {
                     (FieldAtoms::Numeric { bounds }, _) => {
                         let (lo, hi) = (bounds[atom - 1], bounds[atom].min(bounds[atom - 1] + 1_000_000));
-                        let units = lo + (rng.next() as i128).rem_euclid((hi - lo).max(1));
+                        let units = lo + (rng.next_u64() as i128).rem_euclid((hi - lo).max(1));
                         let text = compiler::model::format_units(units, field.ty.scale());
                         serde_json::from_str(&text).unwrap_or(Value::String(text))
                     }
