@@ -99,6 +99,10 @@ fn a_broken_dag_is_caught_by_translation_validation() {
     lowered.dag.corrupt_leaf_at(&point, if right == Some(0) { Some(1) } else { Some(0) });
     let error = compile::validate(&rules, &lowered).expect_err("a broken DAG must not validate");
     assert!(error.to_string().contains("translation validation failed"), "{error}");
+    // The Z3 fallback finds it too, and its counterexample really is one.
+    let mut z3 = compiler::solver::Z3Solver::new(&lowered.atoms.domains(), lowered.formulas.clone());
+    let found = z3.dag_counterexample(&lowered.dag).expect("solver runs").expect("a counterexample");
+    assert_ne!(lowered.dag.eval(&found), lowered.formulas.iter().position(|f| f.eval(&found)));
 
     // The same on a rule set small enough to validate by enumeration.
     let small = "version: 1\nroutes: [a, b]\nfields:\n  age: { type: int, min: 0, max: 9 }\nrules:\n  - name: young\n    priority: 1\n    when: age < 5\n    route: a\n";
