@@ -53,12 +53,49 @@ const FN_VERSION: u32 = 0;
 const FN_DECIDE: u32 = 1;
 const FN_BATCH: u32 = 2;
 
+/// Where the code of a decision leaves its answer.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// `return` it (in `decide` and the node functions).
+    Return,
+    /// Branch out to the enclosing `block (result i32)` this many labels up (the inlined
+    /// decision in `decide_batch`'s loop).
+    Break(u32),
+}
+
+/// The locals and exit of the function being emitted.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    /// The local holding the record's address.
+    ptr: u32,
+    /// The first of the i64 locals, one per number field.
+    values: u32,
+    exit: Exit,
+}
+
+impl Frame {
+    /// The same frame `labels` blocks deeper.
+    fn nested(self, labels: u32) -> Frame {
+        match self.exit {
+            Exit::Return => self,
+            Exit::Break(depth) => Frame { exit: Exit::Break(depth + labels), ..self },
+        }
+    }
+
+    fn leave(self, sink: &mut InstructionSink<'_>) {
+        match self.exit {
+            Exit::Return => sink.return_(),
+            Exit::Break(depth) => sink.br(depth),
+        };
+    }
+}
+
 struct Emitter<'a> {
     dag: &'a Dag,
     atoms: &'a Atoms,
     plan: MemoryPlan,
-    /// Field → its i64 local (number fields only).
-    value_local: Vec<Option<u32>>,
+    /// Field → its index among the number fields.
+    number_index: Vec<Option<u32>>,
     /// Field → offset of its i64 value.
     value_offset: Vec<Option<usize>>,
     /// Shared test nodes → their function index.
@@ -70,20 +107,22 @@ fn mem(offset: usize, align: u32) -> MemArg {
 }
 
 impl Emitter<'_> {
-    fn node(&self, sink: &mut InstructionSink<'_>, node: NodeIndex, own_function: bool) {
+    fn node(&self, sink: &mut InstructionSink<'_>, frame: Frame, node: NodeIndex, own_function: bool) {
         match self.dag.graph[node] {
             Node::Leaf(decision) => {
-                sink.i32_const(decision.map_or(0, |p| p as i32 + 1)).return_();
+                sink.i32_const(decision.map_or(0, |p| p as i32 + 1));
+                frame.leave(sink);
             }
             Node::Test { field } => {
                 if let (false, Some(&index)) = (own_function, self.functions.get(&node)) {
-                    sink.local_get(0).call(index).return_();
+                    sink.local_get(frame.ptr).call(index);
+                    frame.leave(sink);
                     return;
                 }
                 let children = self.dag.children(node);
                 match &self.atoms.fields[field] {
-                    FieldAtoms::Numeric { bounds } => self.number(sink, field, bounds, &children),
-                    other => self.class(sink, field, other.len(), &children),
+                    FieldAtoms::Numeric { bounds } => self.number(sink, frame, field, bounds, &children),
+                    other => self.class(sink, frame, field, other.len(), &children),
                 }
             }
         }
@@ -92,6 +131,7 @@ impl Emitter<'_> {
     fn class(
         &self,
         sink: &mut InstructionSink<'_>,
+        frame: Frame,
         field: usize,
         atoms: usize,
         children: &[(crate::atoms::AtomSet, NodeIndex)],
@@ -100,31 +140,34 @@ impl Emitter<'_> {
         for _ in children {
             sink.block(BlockType::Empty);
         }
-        sink.local_get(0).i32_load(mem(self.plan.layout.slot(field), 2));
+        sink.local_get(frame.ptr).i32_load(mem(self.plan.layout.slot(field), 2));
         let targets: Vec<u32> = (0..atoms).map(group_of).collect();
         sink.br_table(targets, group_of(0));
-        for (_, child) in children {
+        let k = children.len() as u32;
+        for (g, (_, child)) in children.iter().enumerate() {
             sink.end();
-            self.node(sink, *child, false);
+            self.node(sink, frame.nested(k - 1 - g as u32), *child, false);
         }
     }
 
     fn number(
         &self,
         sink: &mut InstructionSink<'_>,
+        frame: Frame,
         field: usize,
         bounds: &[i128],
         children: &[(crate::atoms::AtomSet, NodeIndex)],
     ) {
         let child_of = |atom: usize| children.iter().find(|(set, _)| set.contains(atom)).map(|(_, c)| *c);
-        let (Some(local), Some(offset)) = (self.value_local[field], self.value_offset[field]) else { return };
+        let (Some(index), Some(offset)) = (self.number_index[field], self.value_offset[field]) else { return };
+        let local = frame.values + index;
         // missing?
-        sink.local_get(0).i32_load(mem(self.plan.layout.slot(field), 2)).i32_eqz().if_(BlockType::Empty);
+        sink.local_get(frame.ptr).i32_load(mem(self.plan.layout.slot(field), 2)).i32_eqz().if_(BlockType::Empty);
         if let Some(missing) = child_of(0) {
-            self.node(sink, missing, false);
+            self.node(sink, frame.nested(1), missing, false);
         }
         sink.end();
-        sink.local_get(0).i64_load(mem(offset, 3)).local_set(local);
+        sink.local_get(frame.ptr).i64_load(mem(offset, 3)).local_set(local);
         // runs of consecutive atoms with the same child: (first atom, child)
         let mut runs: Vec<(usize, NodeIndex)> = Vec::new();
         for atom in 1..bounds.len() {
@@ -134,15 +177,22 @@ impl Emitter<'_> {
                 runs.push((atom, child));
             }
         }
-        self.ranges(sink, local, bounds, &runs);
+        self.ranges(sink, frame, local, bounds, &runs);
     }
 
-    fn ranges(&self, sink: &mut InstructionSink<'_>, local: u32, bounds: &[i128], runs: &[(usize, NodeIndex)]) {
+    fn ranges(
+        &self,
+        sink: &mut InstructionSink<'_>,
+        frame: Frame,
+        local: u32,
+        bounds: &[i128],
+        runs: &[(usize, NodeIndex)],
+    ) {
         match runs {
             [] => {
                 sink.unreachable();
             }
-            [(_, child)] => self.node(sink, *child, false),
+            [(_, child)] => self.node(sink, frame, *child, false),
             _ => {
                 let mid = runs.len() / 2;
                 let split = bounds[runs[mid].0 - 1];
@@ -150,19 +200,63 @@ impl Emitter<'_> {
                     .i64_const(i64::try_from(split).unwrap_or(i64::MAX))
                     .i64_lt_s()
                     .if_(BlockType::Empty);
-                self.ranges(sink, local, bounds, &runs[..mid]);
+                self.ranges(sink, frame.nested(1), local, bounds, &runs[..mid]);
                 sink.end();
-                self.ranges(sink, local, bounds, &runs[mid..]);
+                self.ranges(sink, frame, local, bounds, &runs[mid..]);
             }
         }
     }
 
+    fn numbers(&self) -> u32 {
+        self.number_index.iter().flatten().count() as u32
+    }
+
+    /// `decide` or a node function: `(record) -> i32`.
     fn function(&self, root: NodeIndex) -> Function {
-        let numbers = self.value_local.iter().flatten().count() as u32;
-        let mut f = Function::new([(numbers, ValType::I64)]);
+        let mut f = Function::new([(self.numbers(), ValType::I64)]);
         let mut sink = f.instructions();
-        self.node(&mut sink, root, true);
+        self.node(&mut sink, Frame { ptr: 0, values: 1, exit: Exit::Return }, root, true);
         sink.unreachable().end();
+        f
+    }
+
+    /// `decide_batch(records, count, out)`: the decision inlined in the loop body, each leaf
+    /// branching to the store of its answer.
+    fn batch(&self, root: NodeIndex) -> Function {
+        // locals: 3 = i, 4 = record address, 5.. = number values
+        let mut f = Function::new([(2, ValType::I32), (self.numbers(), ValType::I64)]);
+        let record = self.plan.layout.record_size() as i32;
+        let mut sink = f.instructions();
+        sink.block(BlockType::Empty)
+            .loop_(BlockType::Empty)
+            .local_get(3)
+            .local_get(1)
+            .i32_ge_u()
+            .br_if(1)
+            .local_get(0)
+            .local_get(3)
+            .i32_const(record)
+            .i32_mul()
+            .i32_add()
+            .local_set(4)
+            .local_get(2)
+            .local_get(3)
+            .i32_const(4)
+            .i32_mul()
+            .i32_add()
+            .block(BlockType::Result(ValType::I32));
+        self.node(&mut sink, Frame { ptr: 4, values: 5, exit: Exit::Break(0) }, root, true);
+        sink.unreachable()
+            .end()
+            .i32_store(mem(0, 2))
+            .local_get(3)
+            .i32_const(1)
+            .i32_add()
+            .local_set(3)
+            .br(0)
+            .end()
+            .end()
+            .end();
         f
     }
 }
@@ -185,12 +279,12 @@ fn inline_cost(dag: &Dag, node: NodeIndex, memo: &mut HashMap<NodeIndex, usize>)
 /// Emits the module for `dag` over `atoms`.
 pub fn emit(dag: &Dag, atoms: &Atoms) -> Vec<u8> {
     let plan = MemoryPlan::new(atoms);
-    let mut value_local = vec![None; atoms.fields.len()];
+    let mut number_index = vec![None; atoms.fields.len()];
     let mut value_offset = vec![None; atoms.fields.len()];
     let mut k = 0;
     for (field, f) in atoms.fields.iter().enumerate() {
         if matches!(f, FieldAtoms::Numeric { .. }) {
-            value_local[field] = Some(1 + k as u32);
+            number_index[field] = Some(k as u32);
             value_offset[field] = Some(plan.layout.value(k));
             k += 1;
         }
@@ -211,7 +305,7 @@ pub fn emit(dag: &Dag, atoms: &Atoms) -> Vec<u8> {
     for (i, &node) in shared.iter().enumerate() {
         functions.insert(node, 3 + i as u32);
     }
-    let emitter = Emitter { dag, atoms, plan, value_local, value_offset, functions };
+    let emitter = Emitter { dag, atoms, plan, number_index, value_offset, functions };
 
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I32]); // 0: abi_version
@@ -242,36 +336,7 @@ pub fn emit(dag: &Dag, atoms: &Atoms) -> Vec<u8> {
     version.instructions().i32_const(ABI_VERSION as i32).end();
     code.function(&version);
     code.function(&emitter.function(dag.root));
-    let record = plan.layout.record_size() as i32;
-    let mut batch = Function::new([(1, ValType::I32)]); // local 3: i
-    batch
-        .instructions()
-        .block(BlockType::Empty)
-        .loop_(BlockType::Empty)
-        .local_get(3)
-        .local_get(1)
-        .i32_ge_u()
-        .br_if(1)
-        .local_get(2)
-        .local_get(3)
-        .i32_const(4)
-        .i32_mul()
-        .i32_add()
-        .local_get(0)
-        .local_get(3)
-        .i32_const(record)
-        .i32_mul()
-        .i32_add()
-        .call(FN_DECIDE)
-        .i32_store(mem(0, 2))
-        .local_get(3)
-        .i32_const(1)
-        .i32_add()
-        .local_set(3)
-        .br(0)
-        .end()
-        .end()
-        .end();
+    let batch = emitter.batch(dag.root);
     code.function(&batch);
     for &node in &shared {
         code.function(&emitter.function(node));

@@ -102,7 +102,7 @@ impl<V: Copy> Table<V> {
         loop {
             match &self.slots[i] {
                 None => return None,
-                Some((stored, k, v)) if *stored == h && **k == *key => return Some(*v),
+                Some((stored, k, v)) if *stored == h && same(k.as_bytes(), key.as_bytes()) => return Some(*v),
                 Some(_) => i = (i + 1) & self.mask,
             }
         }
@@ -135,8 +135,52 @@ pub struct Encoder {
     record_size: usize,
 }
 
-fn longest(candidates: &[String], test: impl Fn(&str) -> bool) -> Option<usize> {
-    candidates.iter().enumerate().filter(|(_, c)| test(c)).max_by_key(|(_, c)| c.len()).map(|(i, _)| i)
+/// Equality of short byte strings, a word at a time (a `memcmp` call costs more here).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    let word = |c: &[u8]| u64::from_ne_bytes(<[u8; 8]>::try_from(c).unwrap_or_default());
+    if x.by_ref().zip(y.by_ref()).any(|(p, q)| word(p) != word(q)) {
+        return false;
+    }
+    x.remainder() == y.remainder()
+}
+
+/// Index of the longest prefix of `s` in `prefixes`.
+fn longest_prefix(prefixes: &[String], s: &str) -> Option<usize> {
+    let s = s.as_bytes();
+    let mut best: Option<(usize, usize)> = None;
+    for (i, p) in prefixes.iter().enumerate() {
+        let p = p.as_bytes();
+        // the first byte rules most candidates out without a call
+        if p.len() <= s.len()
+            && p.first() == s.first()
+            && same(p, &s[..p.len()])
+            && best.is_none_or(|(_, n)| p.len() > n)
+        {
+            best = Some((i, p.len()));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Index of the longest suffix of `s` in `suffixes`.
+fn longest_suffix(suffixes: &[String], s: &str) -> Option<usize> {
+    let s = s.as_bytes();
+    let mut best: Option<(usize, usize)> = None;
+    for (i, x) in suffixes.iter().enumerate() {
+        let x = x.as_bytes();
+        if x.len() <= s.len()
+            && x.last() == s.last()
+            && same(x, &s[s.len() - x.len()..])
+            && best.is_none_or(|(_, n)| x.len() > n)
+        {
+            best = Some((i, x.len()));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 fn slot(kind: &FieldKind) -> Slot {
@@ -207,8 +251,8 @@ impl Encoder {
                     match literals.get(s) {
                         Some(id) => id,
                         None => {
-                            let p = longest(prefixes, |p| s.starts_with(p)).map_or(0, |i| i + 1);
-                            let x = longest(suffixes, |x| s.ends_with(x)).map_or(0, |i| i + 1);
+                            let p = longest_prefix(prefixes, s).map_or(0, |i| i + 1);
+                            let x = longest_suffix(suffixes, s).map_or(0, |i| i + 1);
                             match others.get(p * (suffixes.len() + 1) + x) {
                                 Some(&id) if id != 0 => id,
                                 _ => return Err(bad(format!("no class for `{s}` (manifest incomplete)"))),
@@ -252,5 +296,17 @@ mod tests {
         assert_eq!(units_of(&serde_json::json!(0.15), 1), None);
         assert_eq!(units_of(&serde_json::json!("7.25"), 2), Some(725));
         assert_eq!(units_of(&serde_json::json!(7), 2), Some(700));
+    }
+
+    #[test]
+    fn affixes_and_equality() {
+        let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(longest_prefix(&list(&["9", "90", "1"]), "90210"), Some(1));
+        assert_eq!(longest_prefix(&list(&["9", "90"]), "80210"), None);
+        assert_eq!(longest_prefix(&list(&["902100"]), "90210"), None);
+        assert_eq!(longest_suffix(&list(&[".edu", "u"]), "mit.edu"), Some(0));
+        assert!(
+            same(b"degreefinder", b"degreefinder") && !same(b"degreefinder", b"degreefindex") && !same(b"a", b"ab")
+        );
     }
 }
