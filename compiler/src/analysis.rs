@@ -143,6 +143,23 @@ impl Ctx<'_> {
         Ok(f)
     }
 
+    /// A finding about rule `k` (the subject) and the rules `related`, each labelled.
+    fn group_finding(
+        &self,
+        code: Code,
+        k: usize,
+        message: String,
+        subject_label: &str,
+        related: &[usize],
+        label: impl Fn(usize) -> String,
+    ) -> Finding {
+        let mut f = Finding::new(code, message).rule(self.name(k)).label(self.when_span(k), subject_label);
+        for &r in related {
+            f = f.rule(self.name(r)).label(self.when_span(r), label(r));
+        }
+        f
+    }
+
     fn witness(&self, point: &[usize]) -> serde_json::Map<String, serde_json::Value> {
         self.atoms.lead_of(point).to_json(self.rules)
     }
@@ -348,19 +365,14 @@ pub fn analyze(rules: &RuleSet) -> Result<(Vec<Finding>, Stats)> {
                     } else {
                         ctx.quote(&later_same)
                     };
-                    let mut f = Finding::new(
-                        Code::Redundant,
-                        format!(
-                            "removing rule `{}` changes no decision: every lead it decides would still go to `{}` through {through}",
-                            ctx.name(k),
-                            ctx.route(k)
-                        ),
-                    )
-                    .rule(ctx.name(k))
-                    .label(ctx.when_span(k), "redundant");
-                    for &l in &later_same {
-                        f = f.rule(ctx.name(l)).label(ctx.when_span(l), format!("also routes to `{}`", ctx.route(l)));
-                    }
+                    let message = format!(
+                        "removing rule `{}` changes no decision: every lead it decides would still go to `{}` through {through}",
+                        ctx.name(k),
+                        ctx.route(k)
+                    );
+                    let f = ctx.group_finding(Code::Redundant, k, message, "redundant", &later_same, |l| {
+                        format!("also routes to `{}`", ctx.route(l))
+                    });
                     findings.push(f);
                     continue;
                 }
@@ -439,20 +451,15 @@ fn report_never_decides(
     let same_route_only = matches!(elsewhere, Formula::False)
         || matches!(solver.check(&[Lit::Matches(k)], Some(&elsewhere))?, Answer::Unsat(_));
     if same_route_only {
-        let mut f = Finding::new(
-            Code::Redundant,
-            format!(
-                "rule `{}` never decides, and {} already send every lead it matches to `{}`: removing it changes nothing",
-                ctx.name(k),
-                ctx.quote(covering),
-                ctx.route(k)
-            ),
-        )
-        .rule(ctx.name(k))
-        .label(ctx.when_span(k), "redundant");
-        for &c in covering {
-            f = f.rule(ctx.name(c)).label(ctx.when_span(c), format!("routes to `{}` first", ctx.route(c)));
-        }
+        let message = format!(
+            "rule `{}` never decides, and {} already send every lead it matches to `{}`: removing it changes nothing",
+            ctx.name(k),
+            ctx.quote(covering),
+            ctx.route(k)
+        );
+        let f = ctx.group_finding(Code::Redundant, k, message, "redundant", covering, |c| {
+            format!("routes to `{}` first", ctx.route(c))
+        });
         findings.push(f);
     } else {
         findings.push(shadowed(ctx, k, covering));
@@ -461,22 +468,14 @@ fn report_never_decides(
 }
 
 fn shadowed(ctx: &Ctx<'_>, k: usize, covering: &[usize]) -> Finding {
-    let mut f = Finding::new(
-        Code::Shadowed,
-        format!(
-            "rule `{}` never decides: every lead it matches is taken first by {}",
-            ctx.name(k),
-            ctx.quote(covering)
-        ),
-    )
-    .rule(ctx.name(k))
-    .label(ctx.when_span(k), "never decides");
-    for &c in covering {
-        f = f
-            .rule(ctx.name(c))
-            .label(ctx.when_span(c), format!("priority {}, routes to `{}`", ctx.priority(c), ctx.route(c)));
-    }
-    f
+    let message = format!(
+        "rule `{}` never decides: every lead it matches is taken first by {}",
+        ctx.name(k),
+        ctx.quote(covering)
+    );
+    ctx.group_finding(Code::Shadowed, k, message, "never decides", covering, |c| {
+        format!("priority {}, routes to `{}`", ctx.priority(c), ctx.route(c))
+    })
 }
 
 fn gap(ctx: &Ctx<'_>, solver: &mut dyn Solver, live: &AtomSet, findings: &mut Vec<Finding>) -> Result<()> {
