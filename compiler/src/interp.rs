@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use crate::model::{Cond, FieldType, Pred, Rule, RuleSet, format_units, parse_decimal, to_units};
+use crate::model::{Cond, FieldType, Pred, Rule, RuleSet, format_units};
 
 /// A field value of a lead, typed by the schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +64,7 @@ impl Lead {
                             _ => return Err(bad(format!("expected a number, got {v}"))),
                         };
                         let scale = field.ty.scale();
-                        let units = parse_decimal(&text)
-                            .and_then(|(m, s)| to_units(m, s, scale))
+                        let units = runtime::encode::parse_units(&text, scale)
                             .ok_or_else(|| bad(format!("`{text}` is not exact with {scale} digits after the point")))?;
                         Value::Num(units)
                     }

@@ -156,16 +156,6 @@ impl RuleSet {
     }
 }
 
-/// Parses a number written in the file (`12`, `-3.50`) into (mantissa, scale).
-pub(crate) fn parse_decimal(text: &str) -> Option<(i128, u32)> {
-    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-    if int.is_empty() || int == "-" || !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 18 {
-        return None;
-    }
-    let mantissa: i128 = format!("{int}{frac}").parse().ok()?;
-    Some((mantissa, u32::try_from(frac.len()).ok()?))
-}
-
 /// Converts (mantissa, scale) to units of `10^-target`; `None` if it is not exact there.
 pub(crate) fn to_units(mantissa: i128, scale: u32, target: u32) -> Option<i128> {
     if scale <= target {
@@ -438,8 +428,7 @@ fn field_type(raw: &RawField, findings: &mut Vec<Finding>) -> Option<FieldType> 
      -> Result<i128, (std::ops::Range<usize>, String)> {
         match text {
             None => Ok(default),
-            Some(t) => parse_decimal(&t.value)
-                .and_then(|(m, s)| to_units(m, s, scale))
+            Some(t) => runtime::encode::parse_units(&t.value, scale)
                 .filter(|v| v.unsigned_abs() <= i64::MAX as u128)
                 .ok_or_else(|| {
                     (t.span.clone(), format!("`{}` is not a valid bound for `{name}` (scale {scale})", t.value))
