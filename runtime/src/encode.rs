@@ -148,36 +148,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     x.remainder() == y.remainder()
 }
 
-/// Index of the longest prefix of `s` in `prefixes`.
-fn longest_prefix(prefixes: &[String], s: &str) -> Option<usize> {
+/// Index of the longest string in `affixes` that `s` starts with (`at_end` false) or ends
+/// with (`at_end` true).
+fn longest_affix(affixes: &[String], s: &str, at_end: bool) -> Option<usize> {
     let s = s.as_bytes();
     let mut best: Option<(usize, usize)> = None;
-    for (i, p) in prefixes.iter().enumerate() {
-        let p = p.as_bytes();
-        // the first byte rules most candidates out without a call
-        if p.len() <= s.len()
-            && p.first() == s.first()
-            && same(p, &s[..p.len()])
-            && best.is_none_or(|(_, n)| p.len() > n)
-        {
-            best = Some((i, p.len()));
+    for (i, a) in affixes.iter().enumerate() {
+        let a = a.as_bytes();
+        if a.len() > s.len() || best.is_some_and(|(_, n)| a.len() <= n) {
+            continue;
         }
-    }
-    best.map(|(i, _)| i)
-}
-
-/// Index of the longest suffix of `s` in `suffixes`.
-fn longest_suffix(suffixes: &[String], s: &str) -> Option<usize> {
-    let s = s.as_bytes();
-    let mut best: Option<(usize, usize)> = None;
-    for (i, x) in suffixes.iter().enumerate() {
-        let x = x.as_bytes();
-        if x.len() <= s.len()
-            && x.last() == s.last()
-            && same(x, &s[s.len() - x.len()..])
-            && best.is_none_or(|(_, n)| x.len() > n)
-        {
-            best = Some((i, x.len()));
+        let (edge, part) = if at_end {
+            (a.last() == s.last(), &s[s.len() - a.len()..])
+        } else {
+            (a.first() == s.first(), &s[..a.len()])
+        };
+        // the edge byte rules most candidates out without a full comparison
+        if edge && same(a, part) {
+            best = Some((i, a.len()));
         }
     }
     best.map(|(i, _)| i)
@@ -251,8 +239,8 @@ impl Encoder {
                     match literals.get(s) {
                         Some(id) => id,
                         None => {
-                            let p = longest_prefix(prefixes, s).map_or(0, |i| i + 1);
-                            let x = longest_suffix(suffixes, s).map_or(0, |i| i + 1);
+                            let p = longest_affix(prefixes, s, false).map_or(0, |i| i + 1);
+                            let x = longest_affix(suffixes, s, true).map_or(0, |i| i + 1);
                             match others.get(p * (suffixes.len() + 1) + x) {
                                 Some(&id) if id != 0 => id,
                                 _ => return Err(bad(format!("no class for `{s}` (manifest incomplete)"))),
@@ -301,10 +289,10 @@ mod tests {
     #[test]
     fn affixes_and_equality() {
         let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(longest_prefix(&list(&["9", "90", "1"]), "90210"), Some(1));
-        assert_eq!(longest_prefix(&list(&["9", "90"]), "80210"), None);
-        assert_eq!(longest_prefix(&list(&["902100"]), "90210"), None);
-        assert_eq!(longest_suffix(&list(&[".edu", "u"]), "mit.edu"), Some(0));
+        assert_eq!(longest_affix(&list(&["9", "90", "1"]), "90210", false), Some(1));
+        assert_eq!(longest_affix(&list(&["9", "90"]), "80210", false), None);
+        assert_eq!(longest_affix(&list(&["902100"]), "90210", false), None);
+        assert_eq!(longest_affix(&list(&[".edu", "u"]), "mit.edu", true), Some(0));
         assert!(
             same(b"degreefinder", b"degreefinder") && !same(b"degreefinder", b"degreefindex") && !same(b"a", b"ab")
         );
