@@ -1,26 +1,86 @@
-//! The HTTP API of Offer Router. Today it answers the health checks an orchestrator needs:
-//! `/healthz` (the process is up) and `/readyz` (the database answers, the schema is fully
-//! migrated and the fixed queues exist). The ingest (`POST /api/submit`) and admin endpoints
-//! join this router as their workers land.
+//! The HTTP API of Offer Router: the ingest endpoint `POST /api/submit` (see `submit`), the
+//! health checks an orchestrator needs (`/healthz`: the process is up; `/readyz`: the database
+//! answers, the schema is fully migrated and the fixed queues exist), and the site-key
+//! operations the CLI exposes (`sites`). Admin endpoints join this router as their workers land.
 
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use pipeline::config::SubmitConfig;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+mod commit;
+mod error;
+mod schema;
+pub mod sites;
+mod submit;
+
+pub use error::{Error, Result};
 
 /// Shared state of every handler.
 #[derive(Clone)]
 struct AppState {
     pool: PgPool,
+    config: Arc<SubmitConfig>,
+    keys: Arc<sites::SiteKeys>,
+    commit: commit::GroupCommit,
+    schema: Arc<schema::ActiveSchema>,
 }
 
-/// The application's routes.
-pub fn router(pool: PgPool) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(AppState { pool })
+/// The HTTP application and the background tasks it needs (group committers, the schema
+/// refresher, idempotency-key pruning).
+pub struct Api {
+    /// The routes.
+    pub router: Router,
+    /// The background tasks. The committers end once `router` (and every clone) is dropped and
+    /// the posts in hand are committed; the others end on the shutdown token.
+    pub tasks: JoinSet<()>,
+}
+
+impl Api {
+    /// Builds the application on `pool` and starts its background tasks.
+    pub async fn start(pool: PgPool, config: SubmitConfig, shutdown: CancellationToken) -> Result<Self> {
+        let mut tasks = JoinSet::new();
+        let commit = commit::GroupCommit::start(&pool, &config, &mut tasks)?;
+        let schema = Arc::new(schema::ActiveSchema::default());
+        // Read the schema once before serving, so the first posts are checked too.
+        if let Err(error) = schema.refresh(&pool).await {
+            tracing::warn!(%error, "cannot read the active rule set's schema yet");
+        }
+        tasks.spawn(Arc::clone(&schema).keep_fresh(pool.clone(), config.schema_refresh, shutdown.clone()));
+        tasks.spawn(commit::prune_idempotency_keys(pool.clone(), config.idempotency_ttl, shutdown));
+        let state = AppState {
+            keys: Arc::new(sites::SiteKeys::new(config.site_key_ttl)),
+            config: Arc::new(config),
+            pool,
+            commit,
+            schema,
+        };
+        let router = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            // The handler enforces the configured limit itself (with a JSON 413); this only
+            // lifts axum's default so it does not answer first.
+            .route("/api/submit", post(submit::submit).layer(DefaultBodyLimit::disable()))
+            .with_state(state);
+        Ok(Self { router, tasks })
+    }
+
+    /// Serves on `listener` until `shutdown`, lets in-flight requests finish, then waits for
+    /// the background tasks (so every accepted post is committed before this returns).
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Self { router, mut tasks } = self;
+        let served = serve(listener, router, shutdown).await;
+        while tasks.join_next().await.is_some() {}
+        served
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets in-flight requests
@@ -77,6 +137,10 @@ mod tests {
 
     use super::*;
 
+    async fn router(pool: PgPool) -> Router {
+        Api::start(pool, SubmitConfig::default(), CancellationToken::new()).await.expect("api").router
+    }
+
     async fn get_json(app: Router, path: &str) -> (StatusCode, Value) {
         let request = Request::get(path).body(Body::empty()).expect("request");
         let response = app.oneshot(request).await.expect("infallible");
@@ -87,16 +151,16 @@ mod tests {
 
     #[sqlx::test(migrations = false)]
     async fn ready_only_once_migrated(pool: PgPool) {
-        let (status, body) = get_json(router(pool.clone()), "/readyz").await;
+        let (status, body) = get_json(router(pool.clone()).await, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["status"], "unavailable");
 
         pipeline::db::migrate(&pool).await.expect("migrate");
-        let (status, body) = get_json(router(pool.clone()), "/readyz").await;
+        let (status, body) = get_json(router(pool.clone()).await, "/readyz").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["queues"].as_array().map(Vec::len), Some(5));
 
-        let (status, body) = get_json(router(pool), "/healthz").await;
+        let (status, body) = get_json(router(pool).await, "/healthz").await;
         assert_eq!((status, body), (StatusCode::OK, json!({ "status": "ok" })));
     }
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use pipeline::config::{ConsumerDefaults, DbConfig, ServiceConfig, TelemetryConfig};
+use pipeline::config::{ConsumerDefaults, DbConfig, ServiceConfig, SubmitConfig, TelemetryConfig};
+use pipeline::identity::PhoneRegion;
 use pipeline::retry::ExponentialBackoff;
 
 /// Where the database is.
@@ -82,6 +83,30 @@ pub(crate) struct ServeArgs {
     /// Longest sleep between polls of an empty queue, in milliseconds.
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 250)]
     poll_interval_ms: u64,
+    /// Largest `POST /api/submit` body in bytes; larger gets 413.
+    #[arg(long, env = "SUBMIT_MAX_BODY_BYTES", default_value_t = 65_536)]
+    submit_max_body_bytes: usize,
+    /// Region for phone numbers sent without a country code (ISO 3166 code, e.g. US, GB).
+    #[arg(long, env = "PHONE_DEFAULT_REGION", default_value = "US")]
+    phone_default_region: PhoneRegion,
+    /// Transactions committing submissions concurrently (group commit).
+    #[arg(long, env = "SUBMIT_COMMITTERS", default_value_t = 4)]
+    submit_committers: usize,
+    /// Most submissions in one group commit.
+    #[arg(long, env = "SUBMIT_MAX_BATCH", default_value_t = 500)]
+    submit_max_batch: usize,
+    /// Seconds a post waits for its commit before answering 503.
+    #[arg(long, env = "SUBMIT_TIMEOUT_SECS", default_value_t = 10)]
+    submit_timeout_secs: u64,
+    /// Seconds an authenticated site key is remembered (a revoked key works at most this long).
+    #[arg(long, env = "SITE_KEY_CACHE_SECS", default_value_t = 10)]
+    site_key_cache_secs: u64,
+    /// Seconds an Idempotency-Key is remembered.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    idempotency_ttl_secs: u64,
+    /// Identify consumers in this process.
+    #[arg(long, env = "IDENTIFY_WORKERS", default_value_t = 1)]
+    identify_workers: usize,
     /// Retries of the identify worker before `submissions_dlq`.
     #[arg(long, env = "IDENTIFY_MAX_RETRIES", default_value_t = 3)]
     identify_max_retries: u32,
@@ -109,6 +134,17 @@ impl ServeArgs {
                 },
                 poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             },
+            submit: SubmitConfig {
+                max_body_bytes: self.submit_max_body_bytes.max(1),
+                phone_region: self.phone_default_region,
+                committers: self.submit_committers.max(1),
+                max_batch: self.submit_max_batch.max(1),
+                commit_timeout: Duration::from_secs(self.submit_timeout_secs.max(1)),
+                site_key_ttl: Duration::from_secs(self.site_key_cache_secs),
+                idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs.max(60)),
+                ..SubmitConfig::default()
+            },
+            identify_workers: self.identify_workers,
             identify_max_retries: self.identify_max_retries,
             routing_max_retries: self.routing_max_retries,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),

@@ -29,6 +29,17 @@ enum Command {
         #[command(flatten)]
         telemetry: TelemetryArgs,
     },
+    /// Create sites and rotate, revoke or list their API keys. A key is printed once, when it
+    /// is made; only its hash is stored.
+    Sites {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: SitesAction,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Print every queue's depth, oldest message age and total (pgmq.metrics_all).
     Queues {
         #[command(flatten)]
@@ -37,6 +48,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SitesAction {
+    /// Create a site and print its new API key.
+    Create {
+        /// The site's name (a-z, 0-9, `_`, `-`); it becomes the `site` routing field.
+        name: String,
+    },
+    /// Give a site a new key (the old one stops working) and print it.
+    Rotate {
+        /// The site's name.
+        name: String,
+    },
+    /// Revoke a site's key: its posts get 401 until the key is rotated.
+    Revoke {
+        /// The site's name.
+        name: String,
+    },
+    /// List the sites (names, key prefixes, revocations).
+    List,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +103,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(pgmq = ?install, "database is up to date");
             Ok(())
         }
+        Command::Sites { db, action, json } => {
+            let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
+            sites(&pool, action, json).await
+        }
         Command::Queues { db, json } => {
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
             let metrics = pipeline::queue::metrics_all(&pool).await.context("reading queue metrics")?;
@@ -89,4 +125,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn sites(pool: &sqlx::PgPool, action: SitesAction, json: bool) -> anyhow::Result<()> {
+    let issued = match action {
+        SitesAction::Create { name } => api::sites::create_site(pool, &name).await?,
+        SitesAction::Rotate { name } => api::sites::rotate_key(pool, &name).await?,
+        SitesAction::Revoke { name } => {
+            api::sites::revoke_key(pool, &name).await?;
+            if json {
+                println!("{}", serde_json::json!({ "site": name, "revoked": true }));
+            } else {
+                println!("revoked the key of site `{name}`; `offer-router sites rotate {name}` issues a new one");
+            }
+            return Ok(());
+        }
+        SitesAction::List => {
+            let sites = api::sites::list_sites(pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sites)?);
+            } else {
+                println!("{:<32} {:<14} {:<26} revoked", "site", "key prefix", "created");
+                for site in sites {
+                    let revoked = site.revoked_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+                    println!(
+                        "{:<32} {:<14} {:<26} {}",
+                        site.name,
+                        site.key_prefix,
+                        site.created_at.to_rfc3339(),
+                        revoked
+                    );
+                }
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&issued)?);
+    } else {
+        println!("site:    {} ({})", issued.site, issued.site_id);
+        println!("api key: {}", issued.api_key);
+        println!("Store the key now: it is not shown again (only its hash is kept).");
+    }
+    Ok(())
 }

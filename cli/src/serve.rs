@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use pipeline::config::ServiceConfig;
+use pipeline::config::{ConsumerConfig, ServiceConfig};
+use pipeline::consumer::Consumer;
+use pipeline::queue::{self, QueueName};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use workers::identify::Identify;
 
 /// Runs the daemon until a shutdown signal arrives.
 pub(crate) async fn run(config: ServiceConfig) -> anyhow::Result<()> {
@@ -27,11 +30,27 @@ pub(crate) async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     tracing::info!("HTTP server listening on http://{addr} (health: /healthz, readiness: /readyz)");
 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let api = api::Api::start(pool.clone(), config.submit.clone(), shutdown.clone())
+        .await
+        .context("starting the HTTP API")?;
     let http_shutdown = shutdown.clone();
-    let app = api::router(pool.clone());
-    tasks.spawn(async move { api::serve(listener, app, http_shutdown).await.context("HTTP server failed") });
-    // The pipeline workers (identify, router, deliver, compile, queue metrics) are spawned
-    // here, each as `Consumer::run(shutdown.clone())`, as they are built.
+    tasks.spawn(async move { api.serve(listener, http_shutdown).await.context("HTTP server failed") });
+
+    // The pipeline workers, each a consumer loop that stops at the shutdown token. The router,
+    // deliver, compile and queue-metrics workers join here as they are built.
+    for replica in 0..config.identify_workers {
+        let mut consumer_config = ConsumerConfig::new("identify", QueueName::new(queue::fixed::SUBMISSIONS)?)?;
+        consumer_config.max_retries = config.identify_max_retries;
+        consumer_config.defaults = config.consumer.clone();
+        let handler = Identify::new(config.submit.phone_region)?;
+        let consumer = Consumer::new(pool.clone(), consumer_config, handler);
+        let stop = shutdown.clone();
+        tracing::debug!(replica, "starting identify consumer");
+        tasks.spawn(async move {
+            consumer.run(stop).await;
+            Ok(())
+        });
+    }
 
     // Run until a signal, or until a task ends on its own (which is an error for a daemon).
     // `biased`: on a signal the tasks end too (they watch the same token); that is a normal stop.

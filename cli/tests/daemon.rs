@@ -1,5 +1,6 @@
 //! The `offer-router` daemon as an operator runs it: a real process against a fresh
-//! database, answering its health endpoints over HTTP and stopping cleanly on SIGTERM.
+//! database, answering its health endpoints over HTTP, taking a submission with a key made by
+//! `offer-router sites create` through to the `routing` queue, and stopping cleanly on SIGTERM.
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
@@ -34,7 +35,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Va
 }
 
 #[sqlx::test(migrations = false)]
-async fn serve_migrates_answers_health_checks_and_stops_on_sigterm(pool: PgPool) {
+async fn serve_migrates_ingests_identifies_and_stops_on_sigterm(pool: PgPool) {
     let database_url = pool.connect_options().to_url_lossy().to_string();
     let addr = free_local_addr();
     let mut daemon = Daemon(
@@ -67,6 +68,43 @@ async fn serve_migrates_answers_health_checks_and_stops_on_sigterm(pool: PgPool)
     // It migrated the database it was given.
     let queues: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.meta").fetch_one(&pool).await.expect("meta");
     assert_eq!(queues, 5);
+
+    // A site's key, made by the operator command, is accepted by the daemon's ingest endpoint,
+    // and the daemon's identify worker forwards the lead to `routing`.
+    let created = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+        .args(["sites", "create", "degreefinder", "--json"])
+        .env("DATABASE_URL", &database_url)
+        .output()
+        .expect("run offer-router sites create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).expect("JSON");
+    let key = created["api_key"].as_str().expect("a key");
+    let response = client
+        .post(format!("http://{addr}/api/submit"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({
+            "email": "ann.lee@example.com", "first_name": "Ann", "last_name": "Lee", "phone": "415 555 2671",
+            "fields": { "state": "CA", "age": 29 }
+        }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 202);
+    let accepted: serde_json::Value = response.json().await.expect("JSON");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let routed = loop {
+        let routed: Option<serde_json::Value> = sqlx::query_scalar("SELECT message FROM pgmq.q_routing")
+            .fetch_optional(&pool)
+            .await
+            .expect("routing queue");
+        if let Some(routed) = routed {
+            break routed;
+        }
+        assert!(Instant::now() < deadline, "the lead did not reach `routing` within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(routed["submission_id"], accepted["submission_id"]);
+    assert_eq!(routed["fields"]["site"], "degreefinder");
 
     let pid = Pid::from_raw(i32::try_from(daemon.0.id()).expect("pid fits"));
     kill(pid, Signal::SIGTERM).expect("send SIGTERM");

@@ -6,16 +6,14 @@
 //! drops and recreates. Options: `--messages N` (per batch size of 100; smaller batch sizes
 //! get proportionally fewer, at least 2,000), `--batch-sizes 1,10,100`, `--consumers 1,2`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pipeline::BoxError;
-use pipeline::config::{ConsumerConfig, DbConfig};
-use pipeline::consumer::{Consumer, Envelope, Handler, Outcome};
+use pipeline::config::ConsumerConfig;
+use pipeline::consumer::{self, Consumer, Envelope, Handler, Outcome};
 use pipeline::queue::{self, QueueName};
 use serde_json::{Value, json};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use tokio_util::sync::CancellationToken;
+use sqlx::{PgConnection, PgPool};
 
 /// Acknowledges every message and does nothing else.
 struct NoOp;
@@ -52,20 +50,6 @@ fn options() -> Result<Options, BoxError> {
     Ok(options)
 }
 
-/// Drops and recreates `<database>_bench`, migrates it, and returns a pool on it.
-async fn scratch_database(url: &str) -> Result<PgPool, BoxError> {
-    let options: PgConnectOptions = url.parse()?;
-    let name = format!("{}_bench", options.get_database().unwrap_or("offer_router"));
-    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
-    admin.close().await?;
-    let url = options.database(&name).to_url_lossy().to_string();
-    let pool = pipeline::db::connect(&DbConfig { max_connections: 8, ..DbConfig::new(url) }).await?;
-    pipeline::db::migrate(&pool).await?;
-    Ok(pool)
-}
-
 async fn fill(pool: &PgPool, queue: &QueueName, messages: usize) -> Result<(), BoxError> {
     let lead = json!({ "person_id": 1, "fields": { "state": "CA", "age": 29, "program": "nursing" } });
     let chunk = vec![lead; 1_000];
@@ -80,35 +64,18 @@ async fn fill(pool: &PgPool, queue: &QueueName, messages: usize) -> Result<(), B
 }
 
 /// Drains `messages` from a fresh queue with `consumers` consumers; returns the elapsed time.
-async fn run(pool: &PgPool, batch_size: u32, consumers: usize, messages: usize) -> Result<Duration, BoxError> {
-    let queue = QueueName::new(format!("bench_b{batch_size}_c{consumers}"))?;
+async fn run(pool: &PgPool, batch_size: u32, consumers_count: usize, messages: usize) -> Result<Duration, BoxError> {
+    let queue = QueueName::new(format!("bench_b{batch_size}_c{consumers_count}"))?;
     queue::create_with_dead_letter_queue(pool, &queue).await?;
     fill(pool, &queue, messages).await?;
 
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..consumers {
+    let mut consumers = Vec::new();
+    for i in 0..consumers_count {
         let mut config = ConsumerConfig::new(format!("bench-{i}"), queue.clone())?;
         config.defaults.batch_size = batch_size;
-        let consumer = Consumer::new(pool.clone(), config, NoOp);
-        let stats = consumer.stats();
-        let token = shutdown.clone();
-        tasks.push((stats, tokio::spawn(async move { consumer.run(token).await })));
+        consumers.push(Consumer::new(pool.clone(), config, NoOp));
     }
-    let total = messages as u64;
-    loop {
-        let done: u64 = tasks.iter().map(|(stats, _)| stats.snapshot().done).sum();
-        if done >= total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let elapsed = started.elapsed();
-    shutdown.cancel();
-    for (_, task) in tasks {
-        task.await?;
-    }
+    let elapsed = consumer::run_until_settled(consumers, messages as u64).await;
     let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.\"q_{queue}\"")).fetch_one(pool).await?;
     if left != 0 {
         return Err(format!("{left} messages left in {queue}").into());
@@ -120,7 +87,7 @@ async fn run(pool: &PgPool, batch_size: u32, consumers: usize, messages: usize) 
 async fn main() -> Result<(), BoxError> {
     let options = options()?;
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set: run `./dev bench`")?;
-    let pool = scratch_database(&url).await?;
+    let pool = pipeline::db::scratch_database(&url, "bench").await?;
     println!("consumer loop, no-op handler (read + lock + delete + commit per batch)");
     println!("{:>10} {:>10} {:>10} {:>10} {:>12}", "batch", "consumers", "messages", "seconds", "msgs/s");
     for &batch_size in &options.batch_sizes {

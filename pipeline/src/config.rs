@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::identity::PhoneRegion;
 use crate::queue::QueueName;
 use crate::retry::ExponentialBackoff;
 
@@ -111,10 +112,55 @@ pub struct ServiceConfig {
     pub migrate_on_start: bool,
     /// Consumer knobs shared by the workers.
     pub consumer: ConsumerDefaults,
+    /// The ingest endpoint.
+    pub submit: SubmitConfig,
+    /// Identify consumers this process runs (`IDENTIFY_WORKERS`, default 1).
+    pub identify_workers: usize,
     /// Retries of the identify worker (`IDENTIFY_MAX_RETRIES`, default 3).
     pub identify_max_retries: u32,
     /// Retries of the router worker (`ROUTING_MAX_RETRIES`, default 3).
     pub routing_max_retries: u32,
     /// How long shutdown waits for workers to finish their batch (default 30 s).
     pub shutdown_grace: Duration,
+}
+
+/// `POST /api/submit`: limits, identity parsing, and the group commit.
+#[derive(Debug, Clone)]
+pub struct SubmitConfig {
+    /// Largest request body accepted; larger gets 413 (default 64 KiB).
+    pub max_body_bytes: usize,
+    /// Region for phone numbers written without a country code (default US).
+    pub phone_region: PhoneRegion,
+    /// Transactions committing submissions at once (default 4). Each takes every request
+    /// waiting when it starts, so concurrent posts share one commit.
+    pub committers: usize,
+    /// Most submissions in one commit (default 500).
+    pub max_batch: usize,
+    /// Submissions waiting for a committer before new posts wait too (default 10,000).
+    pub queue_capacity: usize,
+    /// How long a post waits for its commit before answering 503 (default 10 s).
+    pub commit_timeout: Duration,
+    /// How long an authenticated key is remembered (default 10 s); a revoked key works at most
+    /// this long.
+    pub site_key_ttl: Duration,
+    /// How often the active rule set's field schema is re-read (default 2 s).
+    pub schema_refresh: Duration,
+    /// How long an `Idempotency-Key` is remembered (default 24 h).
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for SubmitConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            phone_region: PhoneRegion::default(),
+            committers: 4,
+            max_batch: 500,
+            queue_capacity: 10_000,
+            commit_timeout: Duration::from_secs(10),
+            site_key_ttl: Duration::from_secs(10),
+            schema_refresh: Duration::from_secs(2),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }

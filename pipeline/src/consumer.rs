@@ -301,7 +301,9 @@ impl<H: Handler> Consumer<H> {
             match self.settle(&raw).await {
                 Ok(report) => Ok(report),
                 Err(error) => {
-                    tracing::warn!(%error, "batch rolled back; counting a failed attempt for each message");
+                    // An error event (Sentry), in the batch's span: worker, queue and size.
+                    let msg_ids: Vec<i64> = raw.iter().map(|m| m.msg_id).collect();
+                    tracing::error!(%error, ?msg_ids, "batch rolled back; counting a failed attempt for each message");
                     self.settle_failed(&raw, &error.to_string()).await
                 }
             }
@@ -474,6 +476,28 @@ impl<H: Handler> Consumer<H> {
         }
         Ok(())
     }
+}
+
+/// Runs `consumers` side by side until together they have settled `messages` messages (handled
+/// or dead-lettered), then stops them; returns how long that took. For benchmarks and load
+/// tools that drain a queue filled in advance.
+pub async fn run_until_settled<H: Handler>(consumers: Vec<Consumer<H>>, messages: u64) -> Duration {
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let mut stats = Vec::with_capacity(consumers.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    for consumer in consumers {
+        stats.push(consumer.stats());
+        let token = shutdown.clone();
+        tasks.spawn(async move { consumer.run(token).await });
+    }
+    while stats.iter().map(|s| s.snapshot()).map(|s| s.done + s.dead_lettered).sum::<u64>() < messages {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    elapsed
 }
 
 /// Sends the batch's figures to Sentry (a no-op without a client).

@@ -2,7 +2,7 @@
 //! `migrations/` at the workspace root.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::Result;
 use crate::config::DbConfig;
@@ -60,4 +60,20 @@ async fn install_pgmq(pool: &PgPool) -> Result<PgmqInstall> {
     }
     pgmq::install::install_sql_from_embedded(pool).await?;
     Ok(PgmqInstall::EmbeddedSql)
+}
+
+/// Drops and recreates the database `<name of url's database>_<suffix>` next to the one `url`
+/// names, migrates it, and returns a pool on it: a scratch database for benchmarks and load
+/// tests, so they never touch the real data.
+pub async fn scratch_database(url: &str, suffix: &str) -> Result<PgPool> {
+    let options: PgConnectOptions = url.parse()?;
+    let name = format!("{}_{suffix}", options.get_database().unwrap_or("offer_router"));
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
+    admin.close().await?;
+    let url = options.database(&name).to_url_lossy().to_string();
+    let pool = connect(&DbConfig { max_connections: 8, ..DbConfig::new(url) }).await?;
+    migrate(&pool).await?;
+    Ok(pool)
 }

@@ -1,6 +1,7 @@
 //! Shared service plumbing for every Offer Router worker: configuration types, the database
 //! pool and migrations (PGMQ included), queue helpers, telemetry, and the consumer loop that
-//! moves a batch of messages one step through the pipeline in one transaction.
+//! moves a batch of messages one step through the pipeline in one transaction, plus the
+//! contracts the parts share: the queue messages and the identity keys' normal forms.
 //!
 //! This crate never reads environment variables and never exits: binaries build the config
 //! structs here (see `cli`) and hand them in.
@@ -9,6 +10,8 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 mod error;
+pub mod identity;
+pub mod message;
 pub mod queue;
 pub mod retry;
 pub mod telemetry;

@@ -221,49 +221,78 @@ impl Encoder {
         out.fill(0);
         for (key, value) in object {
             let Some(index) = self.by_name.get(key) else { continue };
+            if !value.is_null() {
+                self.encode_field(index, value, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every field of `lead` against the manifest's schema, as [`Encoder::encode`]
+    /// would read it, and returns each problem (not just the first) as (field, problem).
+    /// Keys that are not fields, and `null`s, are fine.
+    pub fn problems(&self, lead: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+        let mut scratch = vec![0u8; self.record_size];
+        let mut problems = Vec::new();
+        for (key, value) in lead {
+            let Some(index) = self.by_name.get(key) else { continue };
             if value.is_null() {
                 continue;
             }
-            let (name, slot, kind) = &self.fields[index];
-            let bad = |problem: String| Error::Encode { field: name.clone(), problem };
-            let class = match kind {
-                Slot::Enum(values) => {
-                    let s = value.as_str().ok_or_else(|| bad(format!("expected a string, got {value}")))?;
-                    values.get(s).ok_or_else(|| bad(format!("`{s}` is not one of the field's values")))?
-                }
-                Slot::Bool => {
-                    1 + u32::from(value.as_bool().ok_or_else(|| bad(format!("expected true or false, got {value}")))?)
-                }
-                Slot::Str { literals, prefixes, suffixes, others } => {
-                    let s = value.as_str().ok_or_else(|| bad(format!("expected a string, got {value}")))?;
-                    match literals.get(s) {
-                        Some(id) => id,
-                        None => {
-                            let p = longest_affix(prefixes, s, false).map_or(0, |i| i + 1);
-                            let x = longest_affix(suffixes, s, true).map_or(0, |i| i + 1);
-                            match others.get(p * (suffixes.len() + 1) + x) {
-                                Some(&id) if id != 0 => id,
-                                _ => return Err(bad(format!("no class for `{s}` (manifest incomplete)"))),
-                            }
+            if let Err(Error::Encode { field, problem }) = self.encode_field(index, value, &mut scratch) {
+                problems.push((field, problem));
+            }
+        }
+        problems
+    }
+
+    /// Whether `name` is a field of the schema.
+    pub fn has_field(&self, name: &str) -> bool {
+        self.by_name.get(name).is_some()
+    }
+
+    /// Writes one field's class (and number) into `out`.
+    #[inline]
+    fn encode_field(&self, index: usize, value: &Value, out: &mut [u8]) -> Result<()> {
+        let (name, slot, kind) = &self.fields[index];
+        let bad = |problem: String| Error::Encode { field: name.clone(), problem };
+        let class = match kind {
+            Slot::Enum(values) => {
+                let s = value.as_str().ok_or_else(|| bad(format!("expected a string, got {value}")))?;
+                values.get(s).ok_or_else(|| bad(format!("`{s}` is not one of the field's values")))?
+            }
+            Slot::Bool => {
+                1 + u32::from(value.as_bool().ok_or_else(|| bad(format!("expected true or false, got {value}")))?)
+            }
+            Slot::Str { literals, prefixes, suffixes, others } => {
+                let s = value.as_str().ok_or_else(|| bad(format!("expected a string, got {value}")))?;
+                match literals.get(s) {
+                    Some(id) => id,
+                    None => {
+                        let p = longest_affix(prefixes, s, false).map_or(0, |i| i + 1);
+                        let x = longest_affix(suffixes, s, true).map_or(0, |i| i + 1);
+                        match others.get(p * (suffixes.len() + 1) + x) {
+                            Some(&id) if id != 0 => id,
+                            _ => return Err(bad(format!("no class for `{s}` (manifest incomplete)"))),
                         }
                     }
                 }
-                Slot::Number { value_offset, scale, min, max } => {
-                    if !matches!(value, Value::Number(_) | Value::String(_)) {
-                        return Err(bad(format!("expected a number, got {value}")));
-                    }
-                    let units = units_of(value, *scale)
-                        .ok_or_else(|| bad(format!("`{value}` is not exact with {scale} digits after the point")))?;
-                    let units = i64::try_from(units)
-                        .ok()
-                        .filter(|u| (*min..=*max).contains(u))
-                        .ok_or_else(|| bad(format!("`{value}` is outside the field's domain")))?;
-                    out[*value_offset..value_offset + 8].copy_from_slice(&units.to_le_bytes());
-                    1
+            }
+            Slot::Number { value_offset, scale, min, max } => {
+                if !matches!(value, Value::Number(_) | Value::String(_)) {
+                    return Err(bad(format!("expected a number, got {value}")));
                 }
-            };
-            out[*slot..slot + 4].copy_from_slice(&class.to_le_bytes());
-        }
+                let units = units_of(value, *scale)
+                    .ok_or_else(|| bad(format!("`{value}` is not exact with {scale} digits after the point")))?;
+                let units = i64::try_from(units)
+                    .ok()
+                    .filter(|u| (*min..=*max).contains(u))
+                    .ok_or_else(|| bad(format!("`{value}` is outside the field's domain")))?;
+                out[*value_offset..value_offset + 8].copy_from_slice(&units.to_le_bytes());
+                1
+            }
+        };
+        out[*slot..slot + 4].copy_from_slice(&class.to_le_bytes());
         Ok(())
     }
 }

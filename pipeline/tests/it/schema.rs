@@ -4,8 +4,17 @@
 use pipeline::db::{self, PgmqInstall};
 use sqlx::PgPool;
 
-const TABLES: [&str; 8] =
-    ["sites", "persons", "rule_set", "rules", "decision_trees", "partners", "leads", "circuit_breakers"];
+const TABLES: [&str; 9] = [
+    "sites",
+    "persons",
+    "rule_set",
+    "rules",
+    "decision_trees",
+    "partners",
+    "leads",
+    "circuit_breakers",
+    "submit_idempotency",
+];
 
 #[sqlx::test(migrations = false)]
 async fn every_table_and_fixed_queue_exists_and_migrating_twice_is_harmless(pool: PgPool) {

@@ -1,0 +1,6 @@
+//! Integration tests of `api` against a real Postgres (a fresh database per test, see
+//! `#[sqlx::test]`): the ingest endpoint `POST /api/submit`, driven through the real router.
+
+#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
+
+mod submit;
