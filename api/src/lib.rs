@@ -1,7 +1,8 @@
 //! The HTTP API of Offer Router: the ingest endpoint `POST /api/submit` (see `submit`), the
 //! health checks an orchestrator needs (`/healthz`: the process is up; `/readyz`: the database
-//! answers, the schema is fully migrated and the fixed queues exist), and the site-key
-//! operations the CLI exposes (`sites`). Admin endpoints join this router as their workers land.
+//! answers, the schema is fully migrated and the fixed queues exist), the site-key operations
+//! the CLI exposes (`sites`), and the admin rules API `/api/rules` (see `rules`). Further admin
+//! endpoints join this router as their workers land.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pipeline::config::SubmitConfig;
+use pipeline::config::{ApiConfig, SubmitConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 mod commit;
 mod error;
+mod rules;
 mod schema;
 pub mod sites;
 mod submit;
@@ -32,6 +34,8 @@ struct AppState {
     keys: Arc<sites::SiteKeys>,
     commit: commit::GroupCommit,
     schema: Arc<schema::ActiveSchema>,
+    /// The admin API's token; `None`: admin endpoints refuse everything.
+    admin_token: Option<Arc<str>>,
 }
 
 /// The HTTP application and the background tasks it needs (group committers, the schema
@@ -46,7 +50,8 @@ pub struct Api {
 
 impl Api {
     /// Builds the application on `pool` and starts its background tasks.
-    pub async fn start(pool: PgPool, config: SubmitConfig, shutdown: CancellationToken) -> Result<Self> {
+    pub async fn start(pool: PgPool, config: impl Into<ApiConfig>, shutdown: CancellationToken) -> Result<Self> {
+        let ApiConfig { submit: config, admin_token } = config.into();
         let mut tasks = JoinSet::new();
         let commit = commit::GroupCommit::start(&pool, &config, &mut tasks)?;
         let schema = Arc::new(schema::ActiveSchema::default());
@@ -57,6 +62,7 @@ impl Api {
         tasks.spawn(Arc::clone(&schema).keep_fresh(pool.clone(), config.schema_refresh, shutdown.clone()));
         tasks.spawn(commit::prune_idempotency_keys(pool.clone(), config.idempotency_ttl, shutdown));
         let state = AppState {
+            admin_token: admin_token.map(Arc::from),
             keys: Arc::new(sites::SiteKeys::new(config.site_key_ttl)),
             config: Arc::new(config),
             pool,
@@ -64,6 +70,7 @@ impl Api {
             schema,
         };
         let router = Router::new()
+            .merge(rules::router(state.clone()))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             // The handler enforces the configured limit itself (with a JSON 413); this only

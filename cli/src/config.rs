@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use pipeline::config::{ConsumerDefaults, DbConfig, ServiceConfig, SubmitConfig, TelemetryConfig};
+use pipeline::config::{ApiConfig, ConsumerDefaults, DbConfig, ServiceConfig, SubmitConfig, TelemetryConfig};
 use pipeline::identity::PhoneRegion;
 use pipeline::retry::ExponentialBackoff;
 
@@ -83,6 +83,10 @@ pub(crate) struct ServeArgs {
     /// Longest sleep between polls of an empty queue, in milliseconds.
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 250)]
     poll_interval_ms: u64,
+    /// Token of the admin API (`/api/rules`): `Authorization: Bearer <token>`. Unset: the admin
+    /// API answers 401 to everything.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Largest `POST /api/submit` body in bytes; larger gets 413.
     #[arg(long, env = "SUBMIT_MAX_BODY_BYTES", default_value_t = 65_536)]
     submit_max_body_bytes: usize,
@@ -110,6 +114,18 @@ pub(crate) struct ServeArgs {
     /// Retries of the identify worker before `submissions_dlq`.
     #[arg(long, env = "IDENTIFY_MAX_RETRIES", default_value_t = 3)]
     identify_max_retries: u32,
+    /// Router consumers in this process (0: none).
+    #[arg(long, env = "ROUTER_WORKERS", default_value_t = 1)]
+    router_workers: usize,
+    /// Seconds between the router's checks of the active tree (besides NOTIFY).
+    #[arg(long, env = "TREE_POLL_SECS", default_value_t = 5)]
+    tree_poll_secs: u64,
+    /// Compile workers in this process (0: none).
+    #[arg(long, env = "COMPILE_WORKERS", default_value_t = 1)]
+    compile_workers: usize,
+    /// A rules file loaded at start-up when the stored rule set is still empty.
+    #[arg(long, env = "SEED_RULES")]
+    pub(crate) seed_rules: Option<std::path::PathBuf>,
     /// Retries of the router before `routing_dlq`.
     #[arg(long, env = "ROUTING_MAX_RETRIES", default_value_t = 3)]
     routing_max_retries: u32,
@@ -134,18 +150,24 @@ impl ServeArgs {
                 },
                 poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             },
-            submit: SubmitConfig {
-                max_body_bytes: self.submit_max_body_bytes.max(1),
-                phone_region: self.phone_default_region,
-                committers: self.submit_committers.max(1),
-                max_batch: self.submit_max_batch.max(1),
-                commit_timeout: Duration::from_secs(self.submit_timeout_secs.max(1)),
-                site_key_ttl: Duration::from_secs(self.site_key_cache_secs),
-                idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs.max(60)),
-                ..SubmitConfig::default()
+            api: ApiConfig {
+                admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+                submit: SubmitConfig {
+                    max_body_bytes: self.submit_max_body_bytes.max(1),
+                    phone_region: self.phone_default_region,
+                    committers: self.submit_committers.max(1),
+                    max_batch: self.submit_max_batch.max(1),
+                    commit_timeout: Duration::from_secs(self.submit_timeout_secs.max(1)),
+                    site_key_ttl: Duration::from_secs(self.site_key_cache_secs),
+                    idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs.max(60)),
+                    ..SubmitConfig::default()
+                },
             },
             identify_workers: self.identify_workers,
             identify_max_retries: self.identify_max_retries,
+            router_workers: self.router_workers,
+            tree_poll: Duration::from_secs(self.tree_poll_secs.max(1)),
+            compile_workers: self.compile_workers,
             routing_max_retries: self.routing_max_retries,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }

@@ -2,6 +2,7 @@
 //! builds the config once, dispatches, and maps the result to an exit code.
 
 mod config;
+mod rules;
 mod serve;
 
 use std::process::ExitCode;
@@ -21,13 +22,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the service: HTTP API (health, readiness) and the workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Install PGMQ and apply every pending migration, then exit.
     Migrate {
         #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
+    },
+    /// Load a rules file into the service's rule set (refused if it has syntax or type
+    /// errors); the compile worker compiles and activates it unless it has error findings.
+    Rules {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: RulesAction,
     },
     /// Create sites and rotate, revoke or list their API keys. A key is printed once, when it
     /// is made; only its hash is stored.
@@ -47,6 +56,18 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesAction {
+    /// Replace the stored rule set with FILE (a RULES.md rules file).
+    Load {
+        /// The rules file.
+        file: std::path::PathBuf,
+        /// Check only; store nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -94,13 +115,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.config();
             let _telemetry = pipeline::telemetry::init(&config.telemetry, "offer-router")?;
-            serve::run(config).await
+            serve::run(config, args.seed_rules.as_deref()).await
         }
         Command::Migrate { db, telemetry } => {
             let _telemetry = pipeline::telemetry::init(&telemetry.config(), "offer-router")?;
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
             let install = pipeline::db::migrate(&pool).await.context("migrating the database")?;
             tracing::info!(pgmq = ?install, "database is up to date");
+            Ok(())
+        }
+        Command::Rules { db, action: RulesAction::Load { file, dry_run } } => {
+            let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
+            let loaded = rules::load_file(&pool, &file, dry_run).await?;
+            let verb = if dry_run { "checked (not stored)" } else { "loaded" };
+            println!(
+                "{verb} {} rules from {}: {} errors, {} warnings; rules version {}",
+                loaded.rules,
+                file.display(),
+                loaded.errors,
+                loaded.warnings,
+                loaded.version
+            );
+            if loaded.errors > 0 {
+                println!("the rule set has error findings: it is stored but will not be activated");
+            }
             Ok(())
         }
         Command::Sites { db, action, json } => {

@@ -1,23 +1,33 @@
 //! `offer-router serve`: connects, migrates, starts the HTTP server and the workers, and
 //! shuts everything down gracefully on SIGTERM or Ctrl-C.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use pipeline::config::{ConsumerConfig, ServiceConfig};
-use pipeline::consumer::Consumer;
+use pipeline::consumer::{Consumer, Handler};
 use pipeline::queue::{self, QueueName};
+use router::{ActiveTree, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use workers::compile::Compile;
 use workers::identify::Identify;
 
 /// Runs the daemon until a shutdown signal arrives.
-pub(crate) async fn run(config: ServiceConfig) -> anyhow::Result<()> {
+pub(crate) async fn run(config: ServiceConfig, seed_rules: Option<&std::path::Path>) -> anyhow::Result<()> {
     let pool = pipeline::db::connect(&config.db).await.context("connecting to Postgres")?;
     if config.migrate_on_start {
         let install = pipeline::db::migrate(&pool).await.context("migrating the database")?;
         tracing::info!(pgmq = ?install, "database is up to date");
+    }
+
+    if let Some(file) = seed_rules
+        && pipeline::rules::version(&pool).await? == 0
+    {
+        let loaded = crate::rules::load_file(&pool, file, false).await?;
+        tracing::info!(file = %file.display(), rules = loaded.rules, version = loaded.version, "seeded the rule set");
     }
 
     let shutdown = CancellationToken::new();
@@ -30,26 +40,48 @@ pub(crate) async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     tracing::info!("HTTP server listening on http://{addr} (health: /healthz, readiness: /readyz)");
 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let api = api::Api::start(pool.clone(), config.submit.clone(), shutdown.clone())
-        .await
-        .context("starting the HTTP API")?;
+    let api =
+        api::Api::start(pool.clone(), config.api.clone(), shutdown.clone()).await.context("starting the HTTP API")?;
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move { api.serve(listener, http_shutdown).await.context("HTTP server failed") });
 
-    // The pipeline workers, each a consumer loop that stops at the shutdown token. The router,
-    // deliver, compile and queue-metrics workers join here as they are built.
-    for replica in 0..config.identify_workers {
-        let mut consumer_config = ConsumerConfig::new("identify", QueueName::new(queue::fixed::SUBMISSIONS)?)?;
-        consumer_config.max_retries = config.identify_max_retries;
-        consumer_config.defaults = config.consumer.clone();
-        let handler = Identify::new(config.submit.phone_region)?;
-        let consumer = Consumer::new(pool.clone(), consumer_config, handler);
-        let stop = shutdown.clone();
-        tracing::debug!(replica, "starting identify consumer");
+    // The pipeline workers, each a consumer loop that stops at the shutdown token; the router's
+    // tree watcher beside them. Deliver and queue metrics join here as they are built.
+    let consumer_config = |worker: &str, queue: &str, max_retries: u32| -> anyhow::Result<ConsumerConfig> {
+        let mut c = ConsumerConfig::new(worker, QueueName::new(queue)?)?;
+        c.max_retries = max_retries;
+        c.defaults = config.consumer.clone();
+        Ok(c)
+    };
+    for _ in 0..config.identify_workers {
+        let handler = Identify::new(config.api.submit.phone_region)?;
+        let consumer = Consumer::new(
+            pool.clone(),
+            consumer_config("identify", queue::fixed::SUBMISSIONS, config.identify_max_retries)?,
+            handler,
+        );
+        spawn_consumer(&mut tasks, consumer, shutdown.clone());
+    }
+    for _ in 0..config.compile_workers {
+        let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile);
+        spawn_consumer(&mut tasks, consumer, shutdown.clone());
+    }
+    if config.router_workers > 0 {
+        let tree = Arc::new(ActiveTree::new().map_err(|e| anyhow::anyhow!("{e}"))?);
+        let watch = Arc::clone(&tree).watch(pool.clone(), config.tree_poll, shutdown.clone());
         tasks.spawn(async move {
-            consumer.run(stop).await;
+            watch.await;
             Ok(())
         });
+        for _ in 0..config.router_workers {
+            let handler = Router::new(Arc::clone(&tree));
+            let consumer = Consumer::new(
+                pool.clone(),
+                consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?,
+                handler,
+            );
+            spawn_consumer(&mut tasks, consumer, shutdown.clone());
+        }
     }
 
     // Run until a signal, or until a task ends on its own (which is an error for a daemon).
@@ -68,6 +100,18 @@ pub(crate) async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs `consumer` until `shutdown`.
+fn spawn_consumer<H: Handler>(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    consumer: Consumer<H>,
+    shutdown: CancellationToken,
+) {
+    tasks.spawn(async move {
+        consumer.run(shutdown).await;
+        Ok(())
+    });
 }
 
 /// Waits for every task to finish, up to `grace`; aborts the rest (their messages reappear

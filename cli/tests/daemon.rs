@@ -1,6 +1,7 @@
 //! The `offer-router` daemon as an operator runs it: a real process against a fresh
 //! database, answering its health endpoints over HTTP, taking a submission with a key made by
-//! `offer-router sites create` through to the `routing` queue, and stopping cleanly on SIGTERM.
+//! `offer-router sites create` through identify and the router (on the seeded example rules)
+//! to a partner queue, and stopping cleanly on SIGTERM.
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
@@ -35,7 +36,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Va
 }
 
 #[sqlx::test(migrations = false)]
-async fn serve_migrates_ingests_identifies_and_stops_on_sigterm(pool: PgPool) {
+async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgPool) {
     let database_url = pool.connect_options().to_url_lossy().to_string();
     let addr = free_local_addr();
     let mut daemon = Daemon(
@@ -43,6 +44,7 @@ async fn serve_migrates_ingests_identifies_and_stops_on_sigterm(pool: PgPool) {
             .arg("serve")
             .env("DATABASE_URL", &database_url)
             .env("HTTP_ADDR", &addr)
+            .env("SEED_RULES", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/rules.yaml"))
             .env_remove("SENTRY_DSN")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -66,7 +68,10 @@ async fn serve_migrates_ingests_identifies_and_stops_on_sigterm(pool: PgPool) {
     assert_eq!(get(&client, &format!("http://{addr}/healthz")).await, Some((200, serde_json::json!({"status": "ok"}))));
 
     // It migrated the database it was given.
-    let queues: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.meta").fetch_one(&pool).await.expect("meta");
+    let queues: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.meta WHERE queue_name NOT LIKE 'partner\\_%'")
+        .fetch_one(&pool)
+        .await
+        .expect("meta");
     assert_eq!(queues, 5);
 
     // A site's key, made by the operator command, is accepted by the daemon's ingest endpoint,
@@ -91,20 +96,35 @@ async fn serve_migrates_ingests_identifies_and_stops_on_sigterm(pool: PgPool) {
         .expect("post");
     assert_eq!(response.status().as_u16(), 202);
     let accepted: serde_json::Value = response.json().await.expect("JSON");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // With the seeded example rules compiled and activated, the router forwards it to the
+    // partner queue of the route its rule chose, labelled with rule and tree.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let routed = loop {
-        let routed: Option<serde_json::Value> = sqlx::query_scalar("SELECT message FROM pgmq.q_routing")
-            .fetch_optional(&pool)
-            .await
-            .expect("routing queue");
-        if let Some(routed) = routed {
-            break routed;
+        let queues: Vec<String> =
+            sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name LIKE 'partner\\_%'")
+                .fetch_all(&pool)
+                .await
+                .expect("queues");
+        let mut found = None;
+        for queue in queues {
+            let sql = format!("SELECT message FROM pgmq.\"q_{queue}\"");
+            if let Some(message) =
+                sqlx::query_scalar::<_, serde_json::Value>(&sql).fetch_optional(&pool).await.expect("partner queue")
+            {
+                found = Some(message);
+            }
         }
-        assert!(Instant::now() < deadline, "the lead did not reach `routing` within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the lead did not reach a partner queue within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(routed["submission_id"], accepted["submission_id"]);
     assert_eq!(routed["fields"]["site"], "degreefinder");
+    assert!(routed["tree_version"].as_i64().is_some() && routed["route"].is_string(), "{routed}");
+    let rules_version: i64 = sqlx::query_scalar("SELECT version FROM rule_set").fetch_one(&pool).await.expect("v");
+    assert_eq!(rules_version, 1, "the example rules were seeded once");
 
     let pid = Pid::from_raw(i32::try_from(daemon.0.id()).expect("pid fits"));
     kill(pid, Signal::SIGTERM).expect("send SIGTERM");

@@ -128,3 +128,13 @@ impl Finding {
         self.code.severity()
     }
 }
+
+/// The rules that error-level findings are about (their subject rule): what to disable to get
+/// a compilable set out of one with deliberate conflicts (benchmarks, generated sets).
+pub fn rules_with_errors(findings: &[Finding]) -> std::collections::BTreeSet<&str> {
+    findings
+        .iter()
+        .filter(|f| f.severity() == Severity::Error)
+        .filter_map(|f| f.rules.first().map(String::as_str))
+        .collect()
+}

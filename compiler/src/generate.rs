@@ -5,6 +5,11 @@
 
 use std::fmt::Write;
 
+use serde_json::Value;
+
+use crate::atoms::{Atoms, FieldAtoms};
+use crate::model::RuleSet;
+
 const STATES: [&str; 50] = [
     "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY", "LA", "ME",
     "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH", "OK", "OR", "PA",
@@ -108,4 +113,35 @@ pub fn rule_set(rules: usize, seed: u64) -> String {
         );
     }
     out
+}
+
+/// `count` random leads (JSON) over the rule set's atoms: any atom of every field, 10% of
+/// fields missing, numbers drawn inside their atom's interval. For benchmarks and tests.
+pub fn leads(rules: &RuleSet, count: usize, seed: u64) -> Vec<Value> {
+    let atoms = Atoms::new(rules);
+    let mut rng = Rng(seed);
+    (0..count)
+        .map(|_| {
+            let mut object = serde_json::Map::new();
+            for (field, atoms) in rules.fields.iter().zip(&atoms.fields) {
+                if rng.next_u64().is_multiple_of(10) {
+                    continue;
+                }
+                let atom = 1 + (rng.next_u64() as usize) % (atoms.len() - 1).max(1);
+                let value = match (atoms, atoms.representative(atom)) {
+                    (FieldAtoms::Numeric { bounds }, _) => {
+                        let (lo, hi) = (bounds[atom - 1], bounds[atom].min(bounds[atom - 1] + 1_000_000));
+                        let units = lo + (rng.next_u64() as i128).rem_euclid((hi - lo).max(1));
+                        let text = crate::model::format_units(units, field.ty.scale());
+                        serde_json::from_str(&text).unwrap_or(Value::String(text))
+                    }
+                    (_, Some(crate::interp::Value::Str(s))) => Value::String(s),
+                    (_, Some(crate::interp::Value::Bool(b))) => Value::Bool(b),
+                    _ => continue,
+                };
+                object.insert(field.name.clone(), value);
+            }
+            Value::Object(object)
+        })
+        .collect()
 }

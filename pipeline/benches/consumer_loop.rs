@@ -66,7 +66,7 @@ async fn fill(pool: &PgPool, queue: &QueueName, messages: usize) -> Result<(), B
 /// Drains `messages` from a fresh queue with `consumers` consumers; returns the elapsed time.
 async fn run(pool: &PgPool, batch_size: u32, consumers_count: usize, messages: usize) -> Result<Duration, BoxError> {
     let queue = QueueName::new(format!("bench_b{batch_size}_c{consumers_count}"))?;
-    queue::create_with_dead_letter_queue(pool, &queue).await?;
+    queue::create_with_dead_letter_queue(&mut *pool.acquire().await?, &queue).await?;
     fill(pool, &queue, messages).await?;
 
     let mut consumers = Vec::new();

@@ -112,16 +112,38 @@ pub struct ServiceConfig {
     pub migrate_on_start: bool,
     /// Consumer knobs shared by the workers.
     pub consumer: ConsumerDefaults,
-    /// The ingest endpoint.
-    pub submit: SubmitConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
     /// Identify consumers this process runs (`IDENTIFY_WORKERS`, default 1).
     pub identify_workers: usize,
     /// Retries of the identify worker (`IDENTIFY_MAX_RETRIES`, default 3).
     pub identify_max_retries: u32,
+    /// Router consumers this process runs (`ROUTER_WORKERS`, default 1).
+    pub router_workers: usize,
+    /// How often the router checks the active tree besides NOTIFY (`TREE_POLL_SECS`, default 5 s).
+    pub tree_poll: Duration,
+    /// Compile workers this process runs (`COMPILE_WORKERS`, default 1).
+    pub compile_workers: usize,
     /// Retries of the router worker (`ROUTING_MAX_RETRIES`, default 3).
     pub routing_max_retries: u32,
     /// How long shutdown waits for workers to finish their batch (default 30 s).
     pub shutdown_grace: Duration,
+}
+
+/// The HTTP API: ingest and admin.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// `POST /api/submit`.
+    pub submit: SubmitConfig,
+    /// The token of the admin endpoints (`Authorization: Bearer <token>`); `None` turns them
+    /// off (every admin request gets 401).
+    pub admin_token: Option<String>,
+}
+
+impl From<SubmitConfig> for ApiConfig {
+    fn from(submit: SubmitConfig) -> Self {
+        Self { submit, admin_token: None }
+    }
 }
 
 /// `POST /api/submit`: limits, identity parsing, and the group commit.

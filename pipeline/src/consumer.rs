@@ -21,7 +21,6 @@
 //! 5. If the handler or step 4 fails, everything rolls back and a fresh transaction records a
 //!    failed attempt for every message of the batch (retry later, or DLQ after the last one).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +31,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -91,6 +91,13 @@ pub enum Outcome {
 pub trait Handler: Send + Sync + 'static {
     /// What the input queue carries.
     type Message: DeserializeOwned + Send + Sync + 'static;
+
+    /// Whether the handler can take messages now. While it cannot (the router before any
+    /// decision tree is active), the consumer does not read, so messages wait without using
+    /// up attempts.
+    fn ready(&self) -> bool {
+        true
+    }
 
     /// Handles `batch`, returning exactly one outcome per message, in order.
     fn handle(
@@ -286,6 +293,9 @@ impl<H: Handler> Consumer<H> {
     /// not be reached even to record the failure (the messages then reappear after their
     /// visibility timeout, attempt counted).
     pub async fn run_once(&self) -> Result<BatchReport> {
+        if !self.handler.ready() {
+            return Ok(BatchReport::default());
+        }
         let raw = self.read().await?;
         if raw.is_empty() {
             return Ok(BatchReport::default());
@@ -419,8 +429,8 @@ impl<H: Handler> Consumer<H> {
                 plan.dead_letter(&self.config, message, error);
                 continue;
             }
-            let body = message.message.clone().unwrap_or(Value::Null);
-            match serde_json::from_value(body) {
+            // Deserialized from the borrowed value: no copy of the message first.
+            match H::Message::deserialize(message.message.as_ref().unwrap_or(&Value::Null)) {
                 Ok(body) => {
                     envelopes.push(Envelope {
                         msg_id: message.msg_id,
@@ -462,8 +472,15 @@ impl<H: Handler> Consumer<H> {
                 });
             }
         }
-        for (queue, messages) in &plan.outputs {
-            queue::send_batch(&mut **tx, queue, messages).await?;
+        // One statement for all outputs: `send_batch` when they go to one queue (the common
+        // case), `send_many` when they fan out (the router).
+        match plan.outputs.first() {
+            Some((first, _)) if plan.outputs.iter().all(|(q, _)| q == first) => {
+                let bodies: Vec<Value> = plan.outputs.iter().map(|(_, body)| body.clone()).collect();
+                queue::send_batch(&mut **tx, first, &bodies).await?;
+            }
+            Some(_) => queue::send_many(&mut **tx, &plan.outputs).await?,
+            None => {}
         }
         queue::send_batch(&mut **tx, &self.config.dead_letter_queue, &plan.dead_letters).await?;
         if !plan.retry_ids.is_empty() {
@@ -527,7 +544,7 @@ fn emit_metrics(config: &ConsumerConfig, report: &BatchReport, elapsed: Duration
 /// Everything a batch's transaction will do, gathered before any of it is written.
 struct Plan {
     delete: Vec<i64>,
-    outputs: BTreeMap<QueueName, Vec<Value>>,
+    outputs: Vec<(QueueName, Value)>,
     dead_letters: Vec<Value>,
     retry_ids: Vec<i64>,
     retry_delays_ms: Vec<i64>,
@@ -538,7 +555,7 @@ impl Plan {
     fn new(read: usize, skipped: usize) -> Self {
         Self {
             delete: Vec::with_capacity(read),
-            outputs: BTreeMap::new(),
+            outputs: Vec::with_capacity(read),
             dead_letters: Vec::new(),
             retry_ids: Vec::new(),
             retry_delays_ms: Vec::new(),
@@ -548,9 +565,7 @@ impl Plan {
 
     fn done(&mut self, message: &RawMessage, outputs: Vec<Output>) {
         self.delete.push(message.msg_id);
-        for output in outputs {
-            self.outputs.entry(output.queue).or_default().push(output.body);
-        }
+        self.outputs.extend(outputs.into_iter().map(|o| (o.queue, o.body)));
         self.report.done += 1;
     }
 

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod message;
 pub mod queue;
 pub mod retry;
+pub mod rules;
 pub mod telemetry;
 
 pub use error::{BoxError, Error, Result};

@@ -60,10 +60,11 @@ pub mod fixed {
     pub const ALL: [&str; 5] = ["submissions", "submissions_dlq", "routing", "routing_dlq", "compile"];
 }
 
-/// Creates `queue` and its dead-letter queue if they do not exist yet.
-pub async fn create_with_dead_letter_queue<'e>(executor: impl PgExecutor<'e> + Copy, queue: &QueueName) -> Result<()> {
+/// Creates `queue` and its dead-letter queue if they do not exist yet (on a connection, so a
+/// transaction can include it).
+pub async fn create_with_dead_letter_queue(conn: &mut sqlx::PgConnection, queue: &QueueName) -> Result<()> {
     for name in [queue.clone(), queue.dead_letter_queue()?] {
-        sqlx::query("SELECT pgmq.create($1)").bind(name.as_str()).execute(executor).await?;
+        sqlx::query("SELECT pgmq.create($1)").bind(name.as_str()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -91,6 +92,18 @@ pub async fn send_batch<'e>(
         .fetch_all(executor)
         .await?;
     Ok(ids)
+}
+
+/// Sends messages to several queues in one statement (`send_many`, a migration's function
+/// that calls `pgmq.send_batch` once per distinct queue), keeping each queue's order.
+pub async fn send_many<'e>(executor: impl PgExecutor<'e>, messages: &[(QueueName, serde_json::Value)]) -> Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let queues: Vec<&str> = messages.iter().map(|(q, _)| q.as_str()).collect();
+    let bodies: Vec<&serde_json::Value> = messages.iter().map(|(_, m)| m).collect();
+    sqlx::query("SELECT send_many($1, $2::jsonb[])").bind(&queues).bind(&bodies).execute(executor).await?;
+    Ok(())
 }
 
 /// One row of `pgmq.metrics_all()`.

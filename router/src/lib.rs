@@ -1,4 +1,311 @@
-//! The routing worker: reads `routing`, encodes each lead for the active decision module,
-//! decides in batches and forwards to `partner_<route>`, hot-swapping modules on `NOTIFY`.
+//! The routing worker (DESIGN.md, "Router"): reads `routing`, encodes each lead for the active
+//! decision module, decides the batch in one call, and forwards each lead to
+//! `partner_<route>` with the rule and tree version that decided it. A lead no rule matches
+//! goes to the rule set's default route, or is recorded in `unmatched_leads`.
 //!
-//! Empty until the router issue lands; it will run on `pipeline::consumer`.
+//! Hot reload: [`ActiveTree`] holds the current module; [`ActiveTree::watch`] listens for
+//! `NOTIFY decision_trees` (sent by the compile worker when it activates a tree) and checks
+//! the active version every few seconds as a fallback, loading a new module off the async
+//! threads and swapping it in atomically. A batch takes the tree once at its start, so every
+//! lead of a batch is decided, and labelled, by one version; the batch's transaction makes
+//! each lead's forwarding happen exactly once. Until a tree is active the router reads
+//! nothing: leads wait in `routing` without using up attempts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use pipeline::BoxError;
+use pipeline::consumer::{Envelope, Handler, Outcome, Output};
+use pipeline::message::{PartnerLead, RoutingLead};
+use pipeline::queue::QueueName;
+use runtime::host::{Engine, Program, Session};
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The channel the compile worker notifies on when it activates a tree.
+pub const CHANNEL: &str = "decision_trees";
+
+/// A loaded decision tree.
+pub struct Tree {
+    /// `decision_trees.version`.
+    pub version: i64,
+    /// The rules version it was compiled from.
+    pub rules_version: i64,
+    program: Arc<Program>,
+    /// Per rule (manifest order): its name, route and the route's queue.
+    rules: Vec<(String, String, QueueName)>,
+    /// The default route and its queue.
+    default: Option<(String, QueueName)>,
+}
+
+impl Tree {
+    /// Loads a module and its manifest (compiles the Wasm: call it off the async threads).
+    pub fn load(
+        engine: &Engine,
+        version: i64,
+        rules_version: i64,
+        wasm: &[u8],
+        manifest: &str,
+    ) -> Result<Self, BoxError> {
+        let program = Program::load_json(engine, wasm, manifest)?;
+        let queue = |route: &str| QueueName::new(format!("partner_{route}"));
+        let rules = program
+            .manifest()
+            .rules
+            .iter()
+            .map(|r| Ok((r.name.clone(), r.route.clone(), queue(&r.route)?)))
+            .collect::<pipeline::Result<Vec<_>>>()?;
+        let default = match &program.manifest().default_route {
+            Some(route) => Some((route.clone(), queue(route)?)),
+            None => None,
+        };
+        Ok(Self { version, rules_version, program: Arc::new(program), rules, default })
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
+    }
+}
+
+/// The tree the router uses now, swapped atomically when another becomes active.
+pub struct ActiveTree {
+    engine: Engine,
+    current: ArcSwapOption<Tree>,
+}
+
+impl ActiveTree {
+    /// No tree yet; one engine for every module this process loads.
+    pub fn new() -> Result<Self, BoxError> {
+        Ok(Self { engine: runtime::host::engine()?, current: ArcSwapOption::empty() })
+    }
+
+    /// The tree now, if one was loaded.
+    pub fn current(&self) -> Option<Arc<Tree>> {
+        self.current.load_full()
+    }
+
+    /// Loads the active tree if it is not the current one. Returns the version in use after.
+    pub async fn refresh(&self, pool: &PgPool) -> Result<Option<i64>, BoxError> {
+        let active: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM decision_trees WHERE active").fetch_optional(pool).await?;
+        let current = self.current().map(|t| t.version);
+        let Some(version) = active else { return Ok(current) };
+        if current == Some(version) {
+            return Ok(current);
+        }
+        let row: Option<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT rules_version, wasm, manifest::text FROM decision_trees WHERE version = $1 AND wasm IS NOT NULL",
+        )
+        .bind(version)
+        .fetch_optional(pool)
+        .await?;
+        let Some((rules_version, wasm, manifest)) = row else { return Ok(current) };
+        let started = Instant::now();
+        let engine = self.engine.clone();
+        let tree = tokio::task::spawn_blocking(move || Tree::load(&engine, version, rules_version, &wasm, &manifest))
+            .await??;
+        // Another refresh may have loaded a newer tree meanwhile; never go back.
+        if self.current().is_some_and(|t| t.version >= version) {
+            return Ok(self.current().map(|t| t.version));
+        }
+        self.current.store(Some(Arc::new(tree)));
+        tracing::info!(
+            tree = version,
+            rules_version,
+            load_ms = started.elapsed().as_secs_f64() * 1e3,
+            "router switched decision tree"
+        );
+        Ok(Some(version))
+    }
+
+    /// Keeps the tree current until `shutdown`: on every `NOTIFY decision_trees`, and every
+    /// `poll` in case a notification was missed (e.g. while the listener reconnected).
+    pub async fn watch(self: Arc<Self>, pool: PgPool, poll: Duration, shutdown: CancellationToken) {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(()) => Some(listener),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot LISTEN; polling only");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN; polling only");
+                None
+            }
+        };
+        loop {
+            if let Err(error) = self.refresh(&pool).await {
+                tracing::error!(%error, "cannot load the active decision tree");
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(listener) => {
+                        if let Err(error) = listener.recv().await {
+                            tracing::warn!(%error, "LISTEN connection lost; it reconnects");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = notified => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+/// The router handler: one per consumer (it keeps its own module instance).
+pub struct Router {
+    tree: Arc<ActiveTree>,
+    session: Mutex<Option<Session>>,
+}
+
+impl Router {
+    /// A router deciding with `tree`'s current module.
+    pub fn new(tree: Arc<ActiveTree>) -> Self {
+        Self { tree, session: Mutex::new(None) }
+    }
+
+    /// Decides `records` (consecutive encoded leads) on `tree`, re-instantiating after a swap.
+    fn decide(&self, tree: &Tree, records: &[u8]) -> Result<Vec<Option<usize>>, BoxError> {
+        // A poisoned lock means a panic mid-decision; the session is rebuilt below anyway.
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        if !session.as_ref().is_some_and(|s| Arc::ptr_eq(s.program(), &tree.program)) {
+            *session = Some(tree.program.session()?);
+        }
+        let mut answers = Vec::with_capacity(records.len() / tree.program.manifest().record_size.max(1));
+        if let Some(session) = session.as_mut() {
+            session.decide_records(records, &mut answers)?;
+        }
+        Ok(answers)
+    }
+}
+
+impl Handler for Router {
+    type Message = RoutingLead;
+
+    fn ready(&self) -> bool {
+        self.tree.current().is_some()
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<RoutingLead>]) -> Result<Vec<Outcome>, BoxError> {
+        let tree = self.tree.current().ok_or("no active decision tree")?;
+        let span = tracing::info_span!("router.batch", leads = batch.len(), tree = tree.version);
+        self.route(tx, &tree, batch).instrument(span).await
+    }
+}
+
+impl Router {
+    async fn route(
+        &self,
+        tx: &mut PgConnection,
+        tree: &Tree,
+        batch: &[Envelope<RoutingLead>],
+    ) -> Result<Vec<Outcome>, BoxError> {
+        let started = Instant::now();
+        let size = tree.program.manifest().record_size;
+        let encoder = tree.program.encoder();
+        let mut records = vec![0u8; size * batch.len()];
+        let mut encoded = Vec::with_capacity(batch.len());
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        for (i, message) in batch.iter().enumerate() {
+            let slot = &mut records[encoded.len() * size..(encoded.len() + 1) * size];
+            match encoder.encode_map(&message.body.fields, slot) {
+                Ok(()) => {
+                    encoded.push(i);
+                    outcomes.push(None);
+                }
+                Err(error) => outcomes.push(Some(Outcome::DeadLetter(format!(
+                    "lead does not fit decision tree v{} (rules v{}): {error}",
+                    tree.version, tree.rules_version
+                )))),
+            }
+        }
+        let answers = self.decide(tree, &records[..encoded.len() * size])?;
+
+        let mut unmatched: Vec<&RoutingLead> = Vec::new();
+        let mut per_route: HashMap<&str, usize> = HashMap::new();
+        for (&i, answer) in encoded.iter().zip(&answers) {
+            let lead = &batch[i].body;
+            let target = match answer {
+                Some(rule) => tree.rules.get(*rule).map(|(name, route, queue)| (Some(name), route, queue)),
+                None => tree.default.as_ref().map(|(route, queue)| (None, route, queue)),
+            };
+            outcomes[i] = Some(match target {
+                Some((rule, route, queue)) => {
+                    *per_route.entry(route.as_str()).or_default() += 1;
+                    let forwarded = PartnerLead {
+                        submission_id: lead.submission_id,
+                        site: lead.site.clone(),
+                        person_id: lead.person_id,
+                        alias_id: lead.alias_id,
+                        submitted_at: lead.submitted_at,
+                        fields: lead.fields.clone(),
+                        route: route.clone(),
+                        rule: rule.cloned(),
+                        tree_version: tree.version,
+                    };
+                    Outcome::Done(vec![Output::new(queue.clone(), &forwarded)?])
+                }
+                None => {
+                    unmatched.push(lead);
+                    Outcome::Done(Vec::new())
+                }
+            });
+        }
+        record_unmatched(tx, tree.version, &unmatched).await?;
+
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        sentry::metrics::distribution("router.batch.duration", elapsed_ms)
+            .unit(sentry::protocol::Unit::Millisecond)
+            .capture();
+        for (route, count) in per_route {
+            sentry::metrics::counter("router.routed", count as f64).attribute("route", route.to_owned()).capture();
+        }
+        if !unmatched.is_empty() {
+            sentry::metrics::counter("router.unmatched", unmatched.len() as f64).capture();
+        }
+        tracing::debug!(leads = batch.len(), unmatched = unmatched.len(), elapsed_ms, "batch routed");
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Outcome::Retry("not decided".to_owned()))).collect())
+    }
+}
+
+/// Records leads no rule matched (and no default route took), in the batch's transaction.
+async fn record_unmatched(tx: &mut PgConnection, tree: i64, leads: &[&RoutingLead]) -> Result<(), BoxError> {
+    if leads.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = leads.iter().map(|l| l.submission_id).collect();
+    let persons: Vec<i64> = leads.iter().map(|l| l.person_id).collect();
+    let aliases: Vec<Option<i64>> = leads.iter().map(|l| l.alias_id).collect();
+    let sites: Vec<&str> = leads.iter().map(|l| l.site.as_str()).collect();
+    let fields: Vec<Value> = leads.iter().map(|l| Value::Object(l.fields.clone())).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = leads.iter().map(|l| l.submitted_at).collect();
+    sqlx::query(
+        "INSERT INTO unmatched_leads (submission_id, person_id, alias_id, site, tree_version, fields, submitted_at)
+         SELECT id, person, alias, site, $5, fields, at
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $6::jsonb[], $7::timestamptz[])
+              AS u(id, person, alias, site, fields, at)
+         ON CONFLICT (submission_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&persons)
+    .bind(&aliases)
+    .bind(&sites)
+    .bind(tree)
+    .bind(&fields)
+    .bind(&times)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -216,7 +216,11 @@ impl Encoder {
     /// Writes `lead`'s record into `out` (at least `record_size` bytes). Keys that are not
     /// fields are ignored; `null` and absent keys are "missing".
     pub fn encode(&self, lead: &Value, out: &mut [u8]) -> Result<()> {
-        let object = lead.as_object().ok_or(Error::NotAnObject)?;
+        self.encode_map(lead.as_object().ok_or(Error::NotAnObject)?, out)
+    }
+
+    /// [`Encoder::encode`] for a lead already known to be an object.
+    pub fn encode_map(&self, object: &serde_json::Map<String, Value>, out: &mut [u8]) -> Result<()> {
         let out = &mut out[..self.record_size];
         out.fill(0);
         for (key, value) in object {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Memory, Module, OptLevel, Store, TypedFunc, ValType};
+pub use wasmtime::Engine;
+use wasmtime::{Config, ExternType, InstancePre, Linker, Memory, Module, OptLevel, Store, TypedFunc, ValType};
 
 use crate::abi::{ABI_VERSION, EXPORT_DECIDE, EXPORT_DECIDE_BATCH, EXPORT_MEMORY, EXPORT_VERSION};
 use crate::encode::Encoder;

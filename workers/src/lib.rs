@@ -1,4 +1,6 @@
 //! The pipeline workers, each a `pipeline::consumer::Handler`: identify (the Lead Identity
-//! graph) now; deliver, compile and queue metrics as their issues land.
+//! graph) and compile (rules to an active decision tree); deliver and queue metrics as their
+//! issues land. The router is its own crate (`router`).
 
+pub mod compile;
 pub mod identify;

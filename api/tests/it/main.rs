@@ -1,6 +1,8 @@
 //! Integration tests of `api` against a real Postgres (a fresh database per test, see
-//! `#[sqlx::test]`): the ingest endpoint `POST /api/submit`, driven through the real router.
+//! `#[sqlx::test]`): the ingest endpoint `POST /api/submit` and the admin rules API `/api/rules`,
+//! driven through the real router.
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
+mod rules;
 mod submit;

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use compiler::atoms::{Atoms, FieldAtoms};
 use compiler::compile::Compiled;
 use compiler::interp::Lead;
 use compiler::model::RuleSet;
@@ -189,36 +188,6 @@ pub(crate) fn explain(file: &Path, lead_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Random leads over the rule set's atoms (any atom of every field, 10% missing), with
-/// numbers drawn inside their atom's interval.
-fn random_leads(rules: &RuleSet, atoms: &Atoms, count: usize, seed: u64) -> Vec<Value> {
-    let mut rng = compiler::generate::Rng(seed);
-    (0..count)
-        .map(|_| {
-            let mut object = serde_json::Map::new();
-            for (field, atoms) in rules.fields.iter().zip(&atoms.fields) {
-                if rng.next_u64().is_multiple_of(10) {
-                    continue;
-                }
-                let atom = 1 + (rng.next_u64() as usize) % (atoms.len() - 1).max(1);
-                let value = match (atoms, atoms.representative(atom)) {
-                    (FieldAtoms::Numeric { bounds }, _) => {
-                        let (lo, hi) = (bounds[atom - 1], bounds[atom].min(bounds[atom - 1] + 1_000_000));
-                        let units = lo + (rng.next_u64() as i128).rem_euclid((hi - lo).max(1));
-                        let text = compiler::model::format_units(units, field.ty.scale());
-                        serde_json::from_str(&text).unwrap_or(Value::String(text))
-                    }
-                    (_, Some(compiler::interp::Value::Str(s))) => Value::String(s),
-                    (_, Some(compiler::interp::Value::Bool(b))) => Value::Bool(b),
-                    _ => continue,
-                };
-                object.insert(field.name.clone(), value);
-            }
-            Value::Object(object)
-        })
-        .collect()
-}
-
 fn per_lead(started: Instant, count: usize, rounds: usize) -> f64 {
     started.elapsed().as_nanos() as f64 / (count * rounds) as f64
 }
@@ -258,8 +227,7 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
         let compile_s = started.elapsed().as_secs_f64();
         let program = program(&compiled)?;
         let mut session = program.session()?;
-        let atoms = Atoms::new(&rules);
-        let leads_json = random_leads(&rules, &atoms, leads, 7);
+        let leads_json = compiler::generate::leads(&rules, leads, 7);
         let typed: Vec<Lead> = leads_json.iter().map(|l| Lead::from_json(&rules, l)).collect::<Result<_, _>>()?;
         let size = program.manifest().record_size;
         let mut records = vec![0u8; size * leads];
@@ -350,11 +318,7 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
 /// The rule set without the rules that error-level findings name (so generated sets with
 /// deliberate conflicts can be compiled for the benchmark).
 fn drop_erroneous(mut rules: RuleSet, findings: &[compiler::finding::Finding]) -> RuleSet {
-    let bad: std::collections::HashSet<&str> = findings
-        .iter()
-        .filter(|f| f.severity() == compiler::finding::Severity::Error)
-        .filter_map(|f| f.rules.first().map(String::as_str))
-        .collect();
+    let bad = compiler::finding::rules_with_errors(findings);
     for rule in &mut rules.rules {
         if bad.contains(rule.name.as_str()) {
             rule.enabled = false;

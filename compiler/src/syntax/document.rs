@@ -80,6 +80,56 @@ pub struct Document {
     pub rules: Vec<RawRule>,
 }
 
+impl Document {
+    /// The document as JSON in the shape of a rules file (`version`, `timezone`,
+    /// `default_route`, `routes`, `fields`, `rules`): how the service stores a rules file it is
+    /// given. Numbers keep the text they were written with where JSON allows.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let number =
+            |text: &str| serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.to_owned()));
+        let mut fields = Map::new();
+        for f in &self.fields {
+            let mut field = Map::new();
+            field.insert("type".to_owned(), json!(f.ty.value));
+            if !f.values.is_empty() {
+                field.insert("values".to_owned(), json!(f.values.iter().map(|v| &v.value).collect::<Vec<_>>()));
+            }
+            if let Some(min) = &f.min {
+                field.insert("min".to_owned(), number(&min.value));
+            }
+            if let Some(max) = &f.max {
+                field.insert("max".to_owned(), number(&max.value));
+            }
+            if let Some(scale) = &f.scale {
+                field.insert("scale".to_owned(), json!(scale.value));
+            }
+            fields.insert(f.name.value.clone(), Value::Object(field));
+        }
+        let rules: Vec<Value> = self
+            .rules
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name.value, "priority": r.priority.value, "when": r.when.value,
+                    "route": r.route.value, "enabled": r.enabled,
+                })
+            })
+            .collect();
+        let mut doc = json!({
+            "version": 1,
+            "timezone": self.timezone.as_ref().map_or("UTC", |t| t.value.as_str()),
+            "routes": self.routes.iter().map(|r| &r.value).collect::<Vec<_>>(),
+            "fields": fields,
+            "rules": rules,
+        });
+        if let Some(default) = &self.default_route {
+            doc["default_route"] = json!(default.value);
+        }
+        doc
+    }
+}
+
 struct Reader<'a> {
     text: &'a str,
     /// Byte offset of each character index (saphyr counts characters).

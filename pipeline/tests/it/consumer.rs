@@ -76,7 +76,8 @@ fn queue_name(name: &str) -> QueueName {
 /// `handled` table the test handler writes to.
 async fn setup(pool: &PgPool) {
     pipeline::db::migrate(pool).await.expect("migrate");
-    queue::create_with_dead_letter_queue(pool, &queue_name("input")).await.expect("input queue");
+    let mut conn = pool.acquire().await.expect("connection");
+    queue::create_with_dead_letter_queue(&mut conn, &queue_name("input")).await.expect("input queue");
     sqlx::query("SELECT pgmq.create('output')").execute(pool).await.expect("output queue");
     sqlx::query("CREATE TABLE handled (n bigint NOT NULL)").execute(pool).await.expect("handled table");
 }

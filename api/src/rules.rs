@@ -1,0 +1,619 @@
+//! The admin rules API (DESIGN.md, "Rule compiler and /api/rules"): read and change the stored
+//! rule set, check rule sets the way `rulec check` does, and read the compile history
+//! (`decision_trees`). Every route needs `Authorization: Bearer <admin token>`.
+//!
+//! A change is applied in memory to the stored document and the result is checked (Z3, off
+//! the async threads) before anything is written: a rule set with `syntax` or `type` findings
+//! is refused (422 `invalid_rules`, with the report); semantic errors (conflicts, shadowing...)
+//! do not block the save, they only keep the compile worker from activating it. With
+//! `?dry_run=true` the report is returned and nothing is written. Errors are JSON in the style
+//! of `submit`: 400 `malformed_json` / `bad_request`, 401 `unauthorized`, 404 `not_found`,
+//! 413 `too_large`, 422 `invalid_body` / `invalid_rules`, 500 `internal`.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use compiler::finding::Code;
+use compiler::report::Report;
+use pipeline::rules::{self, RuleDoc, RuleSetDoc, Schema};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use crate::AppState;
+use crate::submit::{ApiError, FieldError};
+
+/// The routes, behind the admin token.
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/rules", get(get_rule_set).put(put_rule_set))
+        .route("/api/rules/check", post(check))
+        .route("/api/rules/schema", put(put_schema))
+        .route("/api/rules/trees", get(trees))
+        .route("/api/rules/trees/active", get(active_tree))
+        .route("/api/rules/trees/{version}", get(tree))
+        .route("/api/rules/{name}", get(get_rule).put(put_rule).delete(delete_rule))
+        .route("/api/rules/{name}/enable", post(enable))
+        .route("/api/rules/{name}/disable", post(disable))
+        .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+// ---- errors ------------------------------------------------------------------------------
+
+/// Why a request failed.
+#[derive(Debug)]
+enum Failure {
+    /// An ordinary error answer.
+    Api(ApiError),
+    /// The rule set has syntax or type findings: the report (RULES.md JSON) says which.
+    Invalid(Box<Report>),
+}
+
+type Answer = Result<Response, Failure>;
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Self::Api(error)
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        internal(format!("database error: {error}"))
+    }
+}
+
+impl From<pipeline::Error> for Failure {
+    fn from(error: pipeline::Error) -> Self {
+        internal(error)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(error) => error.into_response(),
+            Self::Invalid(report) => {
+                let errors: Vec<FieldError> = invalid_findings(&report)
+                    .map(|f| FieldError {
+                        field: f.rules.first().map_or_else(|| "rule_set".to_owned(), |r| format!("rules.{r}")),
+                        message: f.message.clone(),
+                    })
+                    .collect();
+                let message = match errors.len() {
+                    1 => "the rule set has 1 syntax or type error; nothing was saved".to_owned(),
+                    n => format!("the rule set has {n} syntax or type errors; nothing was saved"),
+                };
+                let body = json!({
+                    "code": "invalid_rules",
+                    "message": message,
+                    "errors": errors,
+                    "report": report.to_json(),
+                });
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+            }
+        }
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Failure {
+    tracing::error!(%error, "admin rules request failed");
+    Failure::Api(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))
+}
+
+fn not_found(message: String) -> Failure {
+    Failure::Api(ApiError::new(StatusCode::NOT_FOUND, "not_found", message))
+}
+
+fn bad_request(message: String) -> Failure {
+    Failure::Api(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message))
+}
+
+fn answer(result: Answer) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+// ---- authentication ----------------------------------------------------------------------
+
+/// Lets a request through only with the configured admin token.
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match authorize(state.admin_token.as_deref(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let Some(token) = token else {
+        return Err(unauthorized("the admin API is off: no admin token is configured"));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("send the admin token as `Authorization: Bearer <token>`"))?;
+    // Compare digests so the time taken says nothing about how much of the token matched.
+    let (given, token) = (Sha256::digest(given.as_bytes()), Sha256::digest(token.as_bytes()));
+    if given.iter().zip(token.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 {
+        Ok(())
+    } else {
+        Err(unauthorized("wrong admin token"))
+    }
+}
+
+// ---- request parts -----------------------------------------------------------------------
+
+/// `?dry_run=true`: check the change, write nothing.
+#[derive(Debug, Default, Deserialize)]
+struct DryRun {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn dry_run(query: Result<Query<DryRun>, QueryRejection>) -> Result<bool, Failure> {
+    query.map(|Query(q)| q.dry_run).map_err(|e| bad_request(format!("bad query string: {}", e.body_text())))
+}
+
+fn path(path: Result<Path<String>, PathRejection>) -> Result<String, Failure> {
+    path.map(|Path(p)| p).map_err(|e| bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// The body's bytes, at most as large as a rules file may be.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, Failure> {
+    let limit = compiler::report::MAX_FILE_BYTES;
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return Failure::Api(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the body is larger than {limit} bytes"),
+                ));
+            }
+            source = e.source();
+        }
+        bad_request(format!("cannot read the body: {error}"))
+    })
+}
+
+/// Parses a JSON body: 400 `malformed_json` if it is not JSON, 422 `invalid_body` if it does
+/// not have the expected shape.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        let (status, code) = if error.is_data() {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+        } else {
+            (StatusCode::BAD_REQUEST, "malformed_json")
+        };
+        Failure::Api(ApiError::new(status, code, format!("bad body: {error}")))
+    })
+}
+
+/// Parses a rule-set body. JSON in a shape the document type refuses (an unknown key, a
+/// missing rule part) is checked as a rules file, so the answer carries the diagnostics
+/// `rulec` would give for it.
+async fn parse_rule_set(bytes: &[u8]) -> Result<RuleSetDoc, Failure> {
+    match serde_json::from_slice::<RuleSetDoc>(bytes) {
+        Ok(doc) => Ok(doc),
+        Err(error) if error.is_data() => {
+            let report = check_text("request body", bytes.to_vec()).await?;
+            if invalid_findings(&report).next().is_some() {
+                Err(Failure::Invalid(Box::new(report)))
+            } else {
+                Err(Failure::Api(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("the body is not a rule set: {error}"),
+                )))
+            }
+        }
+        Err(error) => Err(Failure::Api(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not JSON: {error}"),
+        ))),
+    }
+}
+
+// ---- checking ----------------------------------------------------------------------------
+
+/// Checks a rules document as `rulec check` does.
+async fn check_doc(name: &str, doc: &RuleSetDoc) -> Result<Report, Failure> {
+    check_text(name, doc.to_text().into_bytes()).await
+}
+
+/// Checks rules-file text (Z3: on a blocking thread).
+async fn check_text(name: &str, text: Vec<u8>) -> Result<Report, Failure> {
+    let name = name.to_owned();
+    match tokio::task::spawn_blocking(move || compiler::report::check(&name, &text)).await {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(error)) => Err(internal(format!("the check could not run: {error}"))),
+        Err(error) => Err(internal(format!("the check panicked: {error}"))),
+    }
+}
+
+/// The findings that make a rule set invalid (it cannot even be compiled), not just unwise.
+fn invalid_findings(report: &Report) -> impl Iterator<Item = &compiler::finding::Finding> {
+    report.findings.iter().filter(|f| matches!(f.code, Code::Syntax | Code::Type))
+}
+
+// ---- reading -----------------------------------------------------------------------------
+
+/// `GET /api/rules`: `{"version", "rule_set"}`.
+async fn get_rule_set(State(state): State<AppState>) -> Response {
+    answer(
+        async {
+            let mut conn = state.pool.acquire().await?;
+            let (version, doc) = rules::load(&mut conn).await?;
+            Ok(Json(json!({ "version": version, "rule_set": doc })).into_response())
+        }
+        .await,
+    )
+}
+
+/// `GET /api/rules/{name}`: the rule.
+async fn get_rule(State(state): State<AppState>, name: Result<Path<String>, PathRejection>) -> Response {
+    answer(
+        async {
+            let name = path(name)?;
+            let mut conn = state.pool.acquire().await?;
+            let (_, doc) = rules::load(&mut conn).await?;
+            let rule = doc.rules.into_iter().find(|r| r.name == name).ok_or_else(|| no_rule(&name))?;
+            Ok(Json(rule).into_response())
+        }
+        .await,
+    )
+}
+
+fn no_rule(name: &str) -> Failure {
+    not_found(format!("no rule named `{name}`"))
+}
+
+/// `POST /api/rules/check`: the report of the given rule set, or of the stored one.
+async fn check(State(state): State<AppState>, body: Body) -> Response {
+    answer(
+        async {
+            let bytes = read_body(body).await?;
+            let report = if bytes.iter().all(u8::is_ascii_whitespace) {
+                let mut conn = state.pool.acquire().await?;
+                let (version, doc) = rules::load(&mut conn).await?;
+                check_doc(&format!("rules v{version}"), &doc).await?
+            } else {
+                match parse_rule_set(&bytes).await {
+                    Ok(doc) => check_doc("request body", &doc).await?,
+                    Err(Failure::Invalid(report)) => *report,
+                    Err(other) => return Err(other),
+                }
+            };
+            Ok(Json(report.to_json()).into_response())
+        }
+        .await,
+    )
+}
+
+// ---- changing ----------------------------------------------------------------------------
+
+/// A change to the stored rule set.
+#[derive(Debug)]
+enum Change {
+    /// Replace everything.
+    Replace(RuleSetDoc),
+    /// Create or update one rule; `enabled` omitted: as stored, or on for a new rule.
+    Upsert(RuleDoc, Option<bool>),
+    /// Switch a rule on or off.
+    Enable(String, bool),
+    /// Remove a rule.
+    Delete(String),
+    /// Replace the header.
+    Schema(Schema),
+}
+
+/// What to write once the proposed document is accepted.
+#[derive(Debug)]
+enum Write {
+    Replace,
+    Upsert(RuleDoc),
+    Delete(String),
+    Schema(Schema),
+}
+
+impl Change {
+    /// The stored document with the change made, in the order the table will give it
+    /// (priority, then position), and the write that makes it so.
+    fn apply(self, stored: RuleSetDoc, positions: &HashMap<String, i32>) -> Result<(RuleSetDoc, Write), Failure> {
+        match self {
+            Self::Replace(doc) => Ok((doc, Write::Replace)),
+            Self::Schema(schema) => {
+                let Schema { timezone, default_route, routes, fields } = schema.clone();
+                let doc = RuleSetDoc { timezone, default_route, routes, fields, ..stored };
+                Ok((doc, Write::Schema(schema)))
+            }
+            Self::Delete(name) => {
+                let mut doc = stored;
+                let before = doc.rules.len();
+                doc.rules.retain(|r| r.name != name);
+                if doc.rules.len() == before {
+                    return Err(no_rule(&name));
+                }
+                Ok((doc, Write::Delete(name)))
+            }
+            Self::Enable(name, enabled) => {
+                let mut doc = stored;
+                let rule = doc.rules.iter_mut().find(|r| r.name == name).ok_or_else(|| no_rule(&name))?;
+                rule.enabled = enabled;
+                let rule = rule.clone();
+                Ok((doc, Write::Upsert(rule)))
+            }
+            Self::Upsert(mut rule, enabled) => {
+                let stored_rule = stored.rules.iter().find(|r| r.name == rule.name);
+                rule.enabled = enabled.unwrap_or_else(|| stored_rule.is_none_or(|r| r.enabled));
+                // An updated rule keeps its position, a new one goes after every other rule.
+                let last = positions.values().copied().max().unwrap_or(0);
+                let mut ordered: Vec<(i32, RuleDoc)> = stored
+                    .rules
+                    .iter()
+                    .filter(|r| r.name != rule.name)
+                    .map(|r| (positions.get(&r.name).copied().unwrap_or(last), r.clone()))
+                    .collect();
+                ordered.push((positions.get(&rule.name).copied().unwrap_or(last + 1), rule.clone()));
+                ordered.sort_by_key(|(position, r)| (r.priority, *position));
+                let doc = RuleSetDoc { rules: ordered.into_iter().map(|(_, r)| r).collect(), ..stored };
+                Ok((doc, Write::Upsert(rule)))
+            }
+        }
+    }
+}
+
+/// Where each stored rule sits among those of equal priority.
+async fn positions(conn: &mut PgConnection) -> Result<HashMap<String, i32>, Failure> {
+    let rows: Vec<(String, i32)> = sqlx::query_as("SELECT name, position FROM rules").fetch_all(&mut *conn).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Checks the stored document with `change` made; on a real save writes it (bumping the
+/// version and enqueueing a compile) unless it is invalid.
+async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
+    let mut tx = state.pool.begin().await?;
+    if !dry_run {
+        // Writers take turns from the read on: the document checked is the one changed.
+        sqlx::query("SELECT 1 FROM rule_set FOR UPDATE").execute(&mut *tx).await?;
+    }
+    let (version, stored) = rules::load(&mut tx).await?;
+    let positions = positions(&mut tx).await?;
+    let (proposed, write) = change.apply(stored, &positions)?;
+    let report = check_doc(&format!("rules v{} (proposed)", version + 1), &proposed).await?;
+    if dry_run {
+        tx.rollback().await?;
+        return Ok(Json(json!({ "dry_run": true, "report": report.to_json() })).into_response());
+    }
+    if invalid_findings(&report).next().is_some() {
+        tx.rollback().await?;
+        return Err(Failure::Invalid(Box::new(report)));
+    }
+    let saved = match write {
+        Write::Replace => rules::replace(&mut tx, &proposed).await?,
+        Write::Upsert(rule) => rules::upsert_rule(&mut tx, &rule).await?,
+        Write::Delete(name) => rules::delete_rule(&mut tx, &name).await?.ok_or_else(|| no_rule(&name))?,
+        Write::Schema(schema) => rules::set_schema(&mut tx, &schema).await?,
+    };
+    tx.commit().await?;
+    let activation = match report.errors() {
+        0 => "expected".to_owned(),
+        n => format!("refused: {n} error-level findings"),
+    };
+    tracing::info!(rules_version = saved, errors = report.errors(), "rule set saved");
+    Ok(Json(json!({ "version": saved, "report": report.to_json(), "activation": activation })).into_response())
+}
+
+/// `PUT /api/rules`: replace the whole rule set.
+async fn put_rule_set(
+    State(state): State<AppState>,
+    query: Result<Query<DryRun>, QueryRejection>,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let dry_run = dry_run(query)?;
+            let bytes = read_body(body).await?;
+            match parse_rule_set(&bytes).await {
+                Ok(doc) => change(&state, dry_run, Change::Replace(doc)).await,
+                Err(Failure::Invalid(report)) if dry_run => {
+                    Ok(Json(json!({ "dry_run": true, "report": report.to_json() })).into_response())
+                }
+                Err(other) => Err(other),
+            }
+        }
+        .await,
+    )
+}
+
+/// Names the fixed endpoints under `/api/rules/` take, so no rule created here may have them.
+const RESERVED: [&str; 3] = ["check", "schema", "trees"];
+
+/// The body of `PUT /api/rules/{name}` (the path names the rule).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleBody {
+    /// Optional; must be the path's name if given.
+    #[serde(default)]
+    name: Option<String>,
+    priority: i32,
+    when: String,
+    route: String,
+    /// Omitted: unchanged for an existing rule, on for a new one.
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// `PUT /api/rules/{name}`: create or update a rule.
+async fn put_rule(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<DryRun>, QueryRejection>,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let name = path(name)?;
+            let dry_run = dry_run(query)?;
+            let body: RuleBody = parse(&read_body(body).await?)?;
+            if body.name.as_ref().is_some_and(|n| *n != name) {
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("the body names rule `{}` but the path names `{name}`", body.name.unwrap_or_default()),
+                )));
+            }
+            if RESERVED.contains(&name.as_str()) {
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("`{name}` names an endpoint under /api/rules; choose another rule name"),
+                )));
+            }
+            let rule = RuleDoc { name, priority: body.priority, when: body.when, route: body.route, enabled: true };
+            change(&state, dry_run, Change::Upsert(rule, body.enabled)).await
+        }
+        .await,
+    )
+}
+
+/// `DELETE /api/rules/{name}`.
+async fn delete_rule(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<DryRun>, QueryRejection>,
+) -> Response {
+    answer(async { change(&state, dry_run(query)?, Change::Delete(path(name)?)).await }.await)
+}
+
+/// `POST /api/rules/{name}/enable`.
+async fn enable(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<DryRun>, QueryRejection>,
+) -> Response {
+    answer(async { change(&state, dry_run(query)?, Change::Enable(path(name)?, true)).await }.await)
+}
+
+/// `POST /api/rules/{name}/disable`.
+async fn disable(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<DryRun>, QueryRejection>,
+) -> Response {
+    answer(async { change(&state, dry_run(query)?, Change::Enable(path(name)?, false)).await }.await)
+}
+
+/// `PUT /api/rules/schema`: time zone, routes, default route and fields.
+async fn put_schema(
+    State(state): State<AppState>,
+    query: Result<Query<DryRun>, QueryRejection>,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let dry_run = dry_run(query)?;
+            let schema: Schema = parse(&read_body(body).await?)?;
+            change(&state, dry_run, Change::Schema(schema)).await
+        }
+        .await,
+    )
+}
+
+// ---- compile history ---------------------------------------------------------------------
+
+/// `GET /api/rules/trees`: the newest 100 compiles, with their finding counts.
+async fn trees(State(state): State<AppState>) -> Response {
+    type Row = (i64, i64, bool, DateTime<Utc>, Option<DateTime<Utc>>, Option<i64>, Option<i64>, Option<String>);
+    answer(
+        async {
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT version, rules_version, active, created_at, activated_at,
+                        (report->>'errors')::bigint, (report->>'warnings')::bigint,
+                        report->'compile'->>'refused'
+                 FROM decision_trees ORDER BY version DESC LIMIT 100",
+            )
+            .fetch_all(&state.pool)
+            .await?;
+            let trees: Vec<Value> = rows
+                .into_iter()
+                .map(|(version, rules_version, active, created_at, activated_at, errors, warnings, refused)| {
+                    json!({
+                        "version": version,
+                        "rules_version": rules_version,
+                        "active": active,
+                        "created_at": created_at,
+                        "activated_at": activated_at,
+                        "errors": errors,
+                        "warnings": warnings,
+                        "refused": refused,
+                    })
+                })
+                .collect();
+            Ok(Json(trees).into_response())
+        }
+        .await,
+    )
+}
+
+/// `GET /api/rules/trees/active`.
+async fn active_tree(State(state): State<AppState>) -> Response {
+    answer(tree_where(&state, "active", None).await)
+}
+
+/// `GET /api/rules/trees/{version}`.
+async fn tree(State(state): State<AppState>, version: Result<Path<String>, PathRejection>) -> Response {
+    answer(
+        async {
+            let version = path(version)?;
+            let Ok(number) = version.parse::<i64>() else {
+                return Err(not_found(format!("no decision tree `{version}`")));
+            };
+            tree_where(&state, "version = $1", Some(number)).await
+        }
+        .await,
+    )
+}
+
+/// One tree, selected by `condition` (with `$1` bound to `version` if given).
+async fn tree_where(state: &AppState, condition: &str, version: Option<i64>) -> Answer {
+    type Row = (i64, i64, bool, DateTime<Utc>, Option<DateTime<Utc>>, Value);
+    let sql = format!(
+        "SELECT version, rules_version, active, created_at, activated_at, report FROM decision_trees WHERE {condition}"
+    );
+    let mut query = sqlx::query_as::<_, Row>(&sql);
+    if let Some(version) = version {
+        query = query.bind(version);
+    }
+    let Some((version, rules_version, active, created_at, activated_at, report)) =
+        query.fetch_optional(&state.pool).await?
+    else {
+        return Err(not_found(match version {
+            Some(v) => format!("no decision tree `{v}`"),
+            None => "no decision tree is active".to_owned(),
+        }));
+    };
+    Ok(Json(json!({
+        "version": version,
+        "rules_version": rules_version,
+        "active": active,
+        "created_at": created_at,
+        "activated_at": activated_at,
+        "report": report,
+    }))
+    .into_response())
+}

@@ -1,0 +1,186 @@
+//! The compile worker (DESIGN.md, "Rule compiler and /api/rules"): reads `compile`, and for a
+//! whole batch of requests compiles the newest stored rules version once (coalescing), the
+//! way `rulec compile` does: check (Z3 analysis), decision DAG, translation validation, Wasm.
+//!
+//! The result is stored in `decision_trees` with its report either way. A rule set with
+//! error-level findings, or one the compiler refuses, is stored inactive and the previous tree
+//! stays active. Otherwise, in the same transaction, the partner queues of its routes are
+//! created, the new tree becomes the only active one, and `NOTIFY decision_trees, '<version>'`
+//! tells the routers (delivered at commit).
+
+use std::time::Instant;
+
+use compiler::report::Report;
+use pipeline::BoxError;
+use pipeline::consumer::{Envelope, Handler, Outcome};
+use pipeline::queue::{self, QueueName};
+use pipeline::rules::{self, CompileRequest, RuleSetDoc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use tracing::Instrument;
+
+/// The channel routers listen on; the payload is the new active tree's version.
+pub const CHANNEL: &str = "decision_trees";
+
+/// Advisory lock taken by a compile, so replicas compile one version once.
+const COMPILE_LOCK: i64 = 0x0063_6f6d_7069_6c65;
+
+/// The compile handler.
+#[derive(Debug, Default)]
+pub struct Compile;
+
+/// A finished compile of one rules version.
+#[derive(Debug)]
+pub struct CompileOutcome {
+    /// The module and manifest, when the rule set may go live.
+    pub module: Option<(Vec<u8>, Value)>,
+    /// The `rulec check` report, plus the compile's figures or why it was refused.
+    pub report: Value,
+}
+
+/// Checks and compiles `doc` (CPU-bound: call it off the async threads).
+pub fn compile_document(doc: &RuleSetDoc, rules_version: i64) -> Result<CompileOutcome, BoxError> {
+    let text = doc.to_text();
+    let name = format!("rules v{rules_version}");
+    let started = Instant::now();
+    let (checked, findings, stats) = compiler::report::check_rules(&name, text.as_bytes())?;
+    let rules_checked = checked.as_ref().map_or(0, |(rules, _)| rules.rules.len());
+    let (rules, source) = match checked {
+        Some((rules, source)) => (Some(rules), source),
+        None => (None, compiler::source::Source::new(&name, text.clone())),
+    };
+    let report = Report { source, rules_checked, findings: findings.clone(), stats };
+    let check_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut json = report.to_json();
+    json["rules_version"] = json!(rules_version);
+    if report.errors() > 0 {
+        json["compile"] =
+            json!({ "refused": format!("{} error-level finding(s)", report.errors()), "check_ms": check_ms });
+        return Ok(CompileOutcome { module: None, report: json });
+    }
+    let Some(rules) = rules else {
+        json["compile"] = json!({ "refused": "the rule set does not parse", "check_ms": check_ms });
+        return Ok(CompileOutcome { module: None, report: json });
+    };
+    for route in &doc.routes {
+        if let Err(error) = partner_queue(route) {
+            json["compile"] = json!({ "refused": error.to_string(), "check_ms": check_ms });
+            return Ok(CompileOutcome { module: None, report: json });
+        }
+    }
+    match compiler::compile::compile(&rules, &findings, text.as_bytes()) {
+        Ok(compiled) => {
+            let [dag_t, validate_t, emit_t] = compiled.timings;
+            json["compile"] = json!({
+                "check_ms": check_ms,
+                "dag": compiled.dag,
+                "validation": compiled.validation,
+                "dag_ms": dag_t.as_secs_f64() * 1e3,
+                "validation_ms": validate_t.as_secs_f64() * 1e3,
+                "emit_ms": emit_t.as_secs_f64() * 1e3,
+                "wasm_bytes": compiled.wasm.len(),
+            });
+            let manifest = serde_json::to_value(&compiled.manifest)?;
+            Ok(CompileOutcome { module: Some((compiled.wasm, manifest)), report: json })
+        }
+        // A translation-validation failure is a compiler bug; it will not fix itself, so the
+        // version is stored as refused (with the reason) rather than retried.
+        Err(error) => {
+            tracing::error!(rules_version, %error, "the compiler refused a checked rule set");
+            json["compile"] = json!({ "refused": format!("compiler error: {error}"), "check_ms": check_ms });
+            Ok(CompileOutcome { module: None, report: json })
+        }
+    }
+}
+
+/// The queue of route `route` (`partner_<route>`).
+pub fn partner_queue(route: &str) -> pipeline::Result<QueueName> {
+    QueueName::new(format!("partner_{route}"))
+}
+
+impl Handler for Compile {
+    type Message = CompileRequest;
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Envelope<CompileRequest>],
+    ) -> Result<Vec<Outcome>, BoxError> {
+        let span = tracing::info_span!("compile.batch", requests = batch.len());
+        compile_newest(tx).instrument(span).await?;
+        Ok(batch.iter().map(|_| Outcome::Done(Vec::new())).collect())
+    }
+}
+
+/// Compiles and stores the newest rules version unless it was compiled already.
+async fn compile_newest(tx: &mut PgConnection) -> Result<(), BoxError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(COMPILE_LOCK).execute(&mut *tx).await?;
+    let (version, doc) = rules::load(tx).await?;
+    let done: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM decision_trees WHERE rules_version = $1)")
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+    if done || version == 0 {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let outcome = {
+        let doc = doc.clone();
+        tokio::task::spawn_blocking(move || compile_document(&doc, version)).await??
+    };
+    store(tx, version, &doc, outcome).await?;
+    sentry::metrics::distribution("compile.duration", started.elapsed().as_secs_f64() * 1e3)
+        .unit(sentry::protocol::Unit::Millisecond)
+        .capture();
+    Ok(())
+}
+
+/// Stores a compile; activates it (partner queues, flip, NOTIFY) when it has a module.
+async fn store(
+    tx: &mut PgConnection,
+    rules_version: i64,
+    doc: &RuleSetDoc,
+    outcome: CompileOutcome,
+) -> Result<(), BoxError> {
+    let CompileOutcome { module, report } = outcome;
+    let Some((wasm, manifest)) = module else {
+        let tree: i64 =
+            sqlx::query_scalar("INSERT INTO decision_trees (rules_version, report) VALUES ($1, $2) RETURNING version")
+                .bind(rules_version)
+                .bind(&report)
+                .fetch_one(&mut *tx)
+                .await?;
+        tracing::error!(
+            rules_version,
+            tree,
+            refused = %report["compile"]["refused"],
+            "rule set refused; the previous decision tree stays active"
+        );
+        return Ok(());
+    };
+    // Only queues that do not exist yet: `pgmq.create` on a queue in use takes locks that
+    // conflict with the routers' inserts into it (and can deadlock with their batches).
+    let wanted: Vec<String> =
+        doc.routes.iter().map(|r| Ok(partner_queue(r)?.to_string())).collect::<pipeline::Result<_>>()?;
+    let existing: Vec<String> = sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name = ANY($1)")
+        .bind(&wanted)
+        .fetch_all(&mut *tx)
+        .await?;
+    for route in doc.routes.iter().filter(|r| partner_queue(r).is_ok_and(|q| !existing.contains(&q.to_string()))) {
+        queue::create_with_dead_letter_queue(&mut *tx, &partner_queue(route)?).await?;
+    }
+    sqlx::query("UPDATE decision_trees SET active = false WHERE active").execute(&mut *tx).await?;
+    let tree: i64 = sqlx::query_scalar(
+        "INSERT INTO decision_trees (rules_version, wasm, manifest, report, active, activated_at)
+         VALUES ($1, $2, $3, $4, true, now()) RETURNING version",
+    )
+    .bind(rules_version)
+    .bind(&wasm)
+    .bind(&manifest)
+    .bind(&report)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(tree.to_string()).execute(&mut *tx).await?;
+    tracing::info!(rules_version, tree, wasm_bytes = wasm.len(), "decision tree activated");
+    Ok(())
+}
