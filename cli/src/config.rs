@@ -117,6 +117,9 @@ pub(crate) struct ServeArgs {
     /// Router consumers in this process (0: none).
     #[arg(long, env = "ROUTER_WORKERS", default_value_t = 1)]
     router_workers: usize,
+    /// Leads the router reads per batch (one module call and one commit per batch).
+    #[arg(long, env = "ROUTER_BATCH_SIZE", default_value_t = 500)]
+    router_batch_size: u32,
     /// Seconds between the router's checks of the active tree (besides NOTIFY).
     #[arg(long, env = "TREE_POLL_SECS", default_value_t = 5)]
     tree_poll_secs: u64,
@@ -166,6 +169,7 @@ impl ServeArgs {
             identify_workers: self.identify_workers,
             identify_max_retries: self.identify_max_retries,
             router_workers: self.router_workers,
+            router_batch_size: self.router_batch_size.max(1),
             tree_poll: Duration::from_secs(self.tree_poll_secs.max(1)),
             compile_workers: self.compile_workers,
             routing_max_retries: self.routing_max_retries,

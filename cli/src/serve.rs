@@ -75,11 +75,9 @@ pub(crate) async fn run(config: ServiceConfig, seed_rules: Option<&std::path::Pa
         });
         for _ in 0..config.router_workers {
             let handler = Router::new(Arc::clone(&tree));
-            let consumer = Consumer::new(
-                pool.clone(),
-                consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?,
-                handler,
-            );
+            let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
+            router_config.defaults.batch_size = config.router_batch_size;
+            let consumer = Consumer::new(pool.clone(), router_config, handler);
             spawn_consumer(&mut tasks, consumer, shutdown.clone());
         }
     }

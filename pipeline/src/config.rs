@@ -120,6 +120,8 @@ pub struct ServiceConfig {
     pub identify_max_retries: u32,
     /// Router consumers this process runs (`ROUTER_WORKERS`, default 1).
     pub router_workers: usize,
+    /// Leads the router reads per batch (`ROUTER_BATCH_SIZE`, default 500).
+    pub router_batch_size: u32,
     /// How often the router checks the active tree besides NOTIFY (`TREE_POLL_SECS`, default 5 s).
     pub tree_poll: Duration,
     /// Compile workers this process runs (`COMPILE_WORKERS`, default 1).
