@@ -52,22 +52,13 @@ pub struct RoutingLead {
     pub fields: Map<String, Value>,
 }
 
-/// A routed lead, on `partner_<route>`: everything deliver needs, and why it went there.
+/// A routed lead, on `partner_<route>`: the identified lead (its fields at the top level of the
+/// message) plus the decision: where it went and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartnerLead {
-    /// The submission it came from.
-    pub submission_id: Uuid,
-    /// The site it came from.
-    pub site: String,
-    /// The person's main record.
-    pub person_id: i64,
-    /// The alias record, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alias_id: Option<i64>,
-    /// When the API accepted it.
-    pub submitted_at: DateTime<Utc>,
-    /// Offer and derived fields.
-    pub fields: Map<String, Value>,
+    /// The lead as identify forwarded it.
+    #[serde(flatten)]
+    pub lead: RoutingLead,
     /// The route (partner) it was sent to.
     pub route: String,
     /// The rule that decided it; `None` when no rule matched and the default route took it.

@@ -245,12 +245,7 @@ impl Router {
                 Some((rule, route, queue)) => {
                     *per_route.entry(route.as_str()).or_default() += 1;
                     let forwarded = PartnerLead {
-                        submission_id: lead.submission_id,
-                        site: lead.site.clone(),
-                        person_id: lead.person_id,
-                        alias_id: lead.alias_id,
-                        submitted_at: lead.submitted_at,
-                        fields: lead.fields.clone(),
+                        lead: lead.clone(),
                         route: route.clone(),
                         rule: rule.cloned(),
                         tree_version: tree.version,

@@ -137,9 +137,10 @@ fn check_against_interpreter(sent: &[RoutingLead], routed: &[PartnerLead], versi
     let by_id: HashMap<Uuid, &RoutingLead> = sent.iter().map(|l| (l.submission_id, l)).collect();
     let mut seen = BTreeSet::new();
     for lead in routed {
-        assert!(seen.insert(lead.submission_id), "{} forwarded twice", lead.submission_id);
+        assert!(seen.insert(lead.lead.submission_id), "{} forwarded twice", lead.lead.submission_id);
         let rules = versions.get(&lead.tree_version).expect("a known tree version");
-        let original = by_id.get(&lead.submission_id).expect("a lead we sent");
+        let original = by_id.get(&lead.lead.submission_id).expect("a lead we sent");
+        assert_eq!(lead.lead, **original, "the lead is forwarded unchanged");
         let typed = Lead::from_json(rules, &Value::Object(original.fields.clone())).expect("a valid lead");
         let decision = rules.decide(&typed);
         assert_eq!(
