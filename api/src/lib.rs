@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 mod commit;
+mod dlq;
 mod error;
 mod rules;
 mod schema;

@@ -45,6 +45,8 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/api/rules/{name}", get(get_rule).put(put_rule).delete(delete_rule))
         .route("/api/rules/{name}/enable", post(enable))
         .route("/api/rules/{name}/disable", post(disable))
+        // The dead-letter API (`dlq`) sits behind the same admin token.
+        .merge(crate::dlq::routes())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use pipeline::config::{ApiConfig, ConsumerDefaults, DbConfig, ServiceConfig, SubmitConfig, TelemetryConfig};
+use pipeline::config::{
+    ApiConfig, ConsumerDefaults, DbConfig, DeliverConfig, ServiceConfig, SubmitConfig, TelemetryConfig,
+};
 use pipeline::identity::PhoneRegion;
 use pipeline::retry::ExponentialBackoff;
 
@@ -16,8 +18,9 @@ pub(crate) struct DbArgs {
     /// Postgres URL (the `./dev` script sets it to the private cluster).
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    /// Connections in this process's pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    /// Connections in this process's pool (each consumer holds one during a batch; deliver
+    /// takes a second for circuit-breaker updates).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 64)]
     database_max_connections: u32,
 }
 
@@ -128,7 +131,26 @@ pub(crate) struct ServeArgs {
     compile_workers: usize,
     /// A rules file loaded at start-up when the stored rule set is still empty.
     #[arg(long, env = "SEED_RULES")]
-    pub(crate) seed_rules: Option<std::path::PathBuf>,
+    seed_rules: Option<std::path::PathBuf>,
+    /// A partners file applied at start-up when no partner is configured yet.
+    #[arg(long, env = "SEED_PARTNERS")]
+    seed_partners: Option<std::path::PathBuf>,
+    /// Also serve the mock partner API on this address (the demo; `./dev up` sets it).
+    #[arg(long, env = "MOCK_PARTNERS_ADDR")]
+    mock_partners_addr: Option<SocketAddr>,
+    /// The demo: create sites, post the sample leads of this file (JSON lines of offer
+    /// fields) and print where each went.
+    #[arg(long, env = "DEMO_LEADS")]
+    demo_leads: Option<std::path::PathBuf>,
+    /// Deliver consumers per enabled partner in this process (0: no delivery).
+    #[arg(long, env = "DELIVER_WORKERS", default_value_t = 1)]
+    deliver_workers: usize,
+    /// Seconds between re-reads of the partner configuration by the deliver supervisor.
+    #[arg(long, env = "PARTNERS_REFRESH_SECS", default_value_t = 5)]
+    partners_refresh_secs: u64,
+    /// Milliseconds a worker trusts its cached copy of the circuit breakers.
+    #[arg(long, env = "BREAKER_CACHE_MS", default_value_t = 1_000)]
+    breaker_cache_ms: u64,
     /// Retries of the router before `routing_dlq`.
     #[arg(long, env = "ROUTING_MAX_RETRIES", default_value_t = 3)]
     routing_max_retries: u32,
@@ -137,7 +159,25 @@ pub(crate) struct ServeArgs {
     shutdown_grace_secs: u64,
 }
 
+/// What `serve` sets up besides the service itself (first start, demo).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Seeds {
+    pub(crate) rules: Option<std::path::PathBuf>,
+    pub(crate) partners: Option<std::path::PathBuf>,
+    pub(crate) mock_partners: Option<SocketAddr>,
+    pub(crate) demo_leads: Option<std::path::PathBuf>,
+}
+
 impl ServeArgs {
+    pub(crate) fn seeds(&self) -> Seeds {
+        Seeds {
+            rules: self.seed_rules.clone(),
+            partners: self.seed_partners.clone(),
+            mock_partners: self.mock_partners_addr,
+            demo_leads: self.demo_leads.clone(),
+        }
+    }
+
     pub(crate) fn config(&self) -> ServiceConfig {
         ServiceConfig {
             db: self.db.config(),
@@ -172,8 +212,20 @@ impl ServeArgs {
             router_batch_size: self.router_batch_size.max(1),
             tree_poll: Duration::from_secs(self.tree_poll_secs.max(1)),
             compile_workers: self.compile_workers,
+            deliver: DeliverConfig {
+                workers: self.deliver_workers,
+                partners_refresh: Duration::from_secs(self.partners_refresh_secs.max(1)),
+                breaker_cache: Duration::from_millis(self.breaker_cache_ms),
+                env: partner_env(),
+            },
             routing_max_retries: self.routing_max_retries,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
     }
+}
+
+/// The environment variables partner templates may use (`env.NAME`): those named `PARTNER_*`,
+/// so a template cannot read `DATABASE_URL` or other secrets of the service itself.
+fn partner_env() -> std::collections::BTreeMap<String, String> {
+    std::env::vars().filter(|(name, _)| name.starts_with("PARTNER_")).collect()
 }

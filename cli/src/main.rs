@@ -2,6 +2,9 @@
 //! builds the config once, dispatches, and maps the result to an exit code.
 
 mod config;
+mod demo;
+mod dlq;
+mod partners;
 mod rules;
 mod serve;
 
@@ -49,10 +52,45 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Inspect dead-letter queues (`<queue>_dlq`) and replay their letters into the source queue.
+    /// Apply a partners file (YAML) or list the partners with their circuit state.
+    Partners {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: PartnersAction,
+    },
+    /// Serve the mock partner API (for the demo and manual tests) until Ctrl-C.
+    MockPartners {
+        /// Address to listen on.
+        #[arg(long, env = "MOCK_PARTNERS_ADDR", default_value = "127.0.0.1:18181")]
+        addr: std::net::SocketAddr,
+    },
+    Dlq {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: dlq::DlqAction,
+    },
     /// Print every queue's depth, oldest message age and total (pgmq.metrics_all).
     Queues {
         #[command(flatten)]
         db: DbArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PartnersAction {
+    /// Create or update every partner of FILE (with its queues and circuit breaker).
+    Apply {
+        /// The partners file (see examples/partners.yaml).
+        file: std::path::PathBuf,
+    },
+    /// List the partners and their circuit state.
+    List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -115,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.config();
             let _telemetry = pipeline::telemetry::init(&config.telemetry, "offer-router")?;
-            serve::run(config, args.seed_rules.as_deref()).await
+            serve::run(config, &args.seeds()).await
         }
         Command::Migrate { db, telemetry } => {
             let _telemetry = pipeline::telemetry::init(&telemetry.config(), "offer-router")?;
@@ -145,6 +183,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
             sites(&pool, action, json).await
         }
+        Command::Dlq { db, action } => dlq::run(&db, action).await,
+        Command::Partners { db, action } => {
+            let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
+            match action {
+                PartnersAction::Apply { file } => partners::apply(&pool, &file).await,
+                PartnersAction::List { json } => partners::list(&pool, json).await,
+            }
+        }
+        Command::MockPartners { addr } => partners::mock(addr).await,
         Command::Queues { db, json } => {
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
             let metrics = pipeline::queue::metrics_all(&pool).await.context("reading queue metrics")?;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pipeline::config::{ConsumerConfig, ServiceConfig};
+
+use crate::config::Seeds;
 use pipeline::consumer::{Consumer, Handler};
 use pipeline::queue::{self, QueueName};
 use router::{ActiveTree, Router};
@@ -13,22 +15,39 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use workers::compile::Compile;
+use workers::deliver::{Breakers, DeliverContext};
 use workers::identify::Identify;
 
 /// Runs the daemon until a shutdown signal arrives.
-pub(crate) async fn run(config: ServiceConfig, seed_rules: Option<&std::path::Path>) -> anyhow::Result<()> {
+pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<()> {
     let pool = pipeline::db::connect(&config.db).await.context("connecting to Postgres")?;
     if config.migrate_on_start {
         let install = pipeline::db::migrate(&pool).await.context("migrating the database")?;
         tracing::info!(pgmq = ?install, "database is up to date");
     }
 
-    if let Some(file) = seed_rules
+    if let Some(file) = &seeds.rules
         && pipeline::rules::version(&pool).await? == 0
     {
         let loaded = crate::rules::load_file(&pool, file, false).await?;
         tracing::info!(file = %file.display(), rules = loaded.rules, version = loaded.version, "seeded the rule set");
     }
+    if let Some(file) = &seeds.partners {
+        let configured: i64 = sqlx::query_scalar("SELECT count(*) FROM partners").fetch_one(&pool).await?;
+        if configured == 0 {
+            crate::partners::apply(&pool, file).await?;
+        }
+    }
+    let _mock = match seeds.mock_partners {
+        Some(addr) => {
+            let mock = workers::mock_partner::MockPartner::start(addr)
+                .await
+                .with_context(|| format!("starting the mock partners on {addr}"))?;
+            tracing::info!("mock partners on http://{} (PUT /control/<route> to change one)", mock.addr());
+            Some(mock)
+        }
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -80,6 +99,42 @@ pub(crate) async fn run(config: ServiceConfig, seed_rules: Option<&std::path::Pa
             let consumer = Consumer::new(pool.clone(), router_config, handler);
             spawn_consumer(&mut tasks, consumer, shutdown.clone());
         }
+    }
+
+    if config.deliver.workers > 0 {
+        let context = DeliverContext {
+            pool: pool.clone(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .context("building the HTTP client")?,
+            env: Arc::new(config.deliver.env.clone()),
+            breakers: Arc::new(Breakers::new(config.deliver.breaker_cache)),
+            owner: format!("{}-{}", hostname(), std::process::id()),
+        };
+        let run = workers::deliver::run(
+            context,
+            config.consumer.clone(),
+            config.deliver.workers,
+            config.deliver.partners_refresh,
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            run.await;
+            Ok(())
+        });
+    }
+
+    if let Some(leads) = seeds.demo_leads.clone() {
+        let (pool, stop) = (pool.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(error) = crate::demo::run(&pool, addr, &leads, stop.clone()).await {
+                tracing::error!(error = format!("{error:#}"), "the demo failed");
+            }
+            // The demo ending is not the service ending.
+            stop.cancelled().await;
+            Ok(())
+        });
     }
 
     // Run until a signal, or until a task ends on its own (which is an error for a daemon).
@@ -157,4 +212,9 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         () = terminate => {}
     }
     shutdown.cancel();
+}
+
+/// This machine's name, for probe-lease owners (falls back to `localhost`).
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".to_owned())
 }

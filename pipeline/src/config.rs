@@ -126,10 +126,25 @@ pub struct ServiceConfig {
     pub tree_poll: Duration,
     /// Compile workers this process runs (`COMPILE_WORKERS`, default 1).
     pub compile_workers: usize,
+    /// Partner delivery.
+    pub deliver: DeliverConfig,
     /// Retries of the router worker (`ROUTING_MAX_RETRIES`, default 3).
     pub routing_max_retries: u32,
     /// How long shutdown waits for workers to finish their batch (default 30 s).
     pub shutdown_grace: Duration,
+}
+
+/// Partner delivery.
+#[derive(Debug, Clone, Default)]
+pub struct DeliverConfig {
+    /// Consumers per enabled partner (`DELIVER_WORKERS`, default 1; 0: no delivery).
+    pub workers: usize,
+    /// How often the partner configuration is re-read (`PARTNERS_REFRESH_SECS`, default 5 s).
+    pub partners_refresh: Duration,
+    /// How long a cached circuit-breaker state is trusted (`BREAKER_CACHE_MS`, default 1 s).
+    pub breaker_cache: Duration,
+    /// Environment variables partner templates may use (`PARTNER_*`).
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// The HTTP API: ingest and admin.

@@ -79,6 +79,10 @@ pub enum Outcome {
     /// A transient failure: try again after the retry policy's delay, or dead-letter the
     /// message if this was its last attempt.
     Retry(String),
+    /// Not now: make the message visible again after this delay, whatever its attempt count
+    /// (for handlers that count attempts themselves, e.g. deliver on its `leads` row, or that
+    /// wait for something else, e.g. an open circuit).
+    RetryIn(Duration, String),
     /// A permanent failure: dead-letter the message now, whatever its attempt count.
     DeadLetter(String),
 }
@@ -366,6 +370,10 @@ impl<H: Handler> Consumer<H> {
                 match outcome {
                     Outcome::Done(outputs) => plan.done(message, outputs),
                     Outcome::Retry(error) => self.retry_or_dead_letter(&mut plan, message, error),
+                    Outcome::RetryIn(delay, reason) => {
+                        tracing::debug!(msg_id = message.msg_id, retry_in_ms = delay.as_millis() as u64, %reason, "message deferred");
+                        plan.retry(message, delay);
+                    }
                     Outcome::DeadLetter(error) => plan.dead_letter(&self.config, message, error),
                 }
             }

@@ -34,6 +34,9 @@ pub enum Error {
         /// What the handler reported.
         source: BoxError,
     },
+    /// A partner configuration that cannot be applied.
+    #[error("invalid partner configuration: {0}")]
+    InvalidPartner(String),
     /// Telemetry could not be set up.
     #[error("telemetry setup failed: {0}")]
     Telemetry(String),

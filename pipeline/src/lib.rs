@@ -9,9 +9,11 @@
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dlq;
 mod error;
 pub mod identity;
 pub mod message;
+pub mod partners;
 pub mod queue;
 pub mod retry;
 pub mod rules;

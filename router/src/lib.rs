@@ -234,7 +234,8 @@ impl Router {
         let answers = self.decide(tree, &records[..encoded.len() * size])?;
 
         let mut unmatched: Vec<&RoutingLead> = Vec::new();
-        let mut per_route: HashMap<&str, usize> = HashMap::new();
+        let mut per_route: HashMap<&str, (usize, f64)> = HashMap::new();
+        let now = chrono::Utc::now();
         for (&i, answer) in encoded.iter().zip(&answers) {
             let lead = &batch[i].body;
             let target = match answer {
@@ -243,7 +244,9 @@ impl Router {
             };
             outcomes[i] = Some(match target {
                 Some((rule, route, queue)) => {
-                    *per_route.entry(route.as_str()).or_default() += 1;
+                    let entry = per_route.entry(route.as_str()).or_default();
+                    entry.0 += 1;
+                    entry.1 += (now - lead.submitted_at).num_microseconds().unwrap_or(0) as f64 / 1e3;
                     let forwarded = PartnerLead {
                         lead: lead.clone(),
                         route: route.clone(),
@@ -264,8 +267,13 @@ impl Router {
         sentry::metrics::distribution("router.batch.duration", elapsed_ms)
             .unit(sentry::protocol::Unit::Millisecond)
             .capture();
-        for (route, count) in per_route {
+        for (route, (count, wait_ms)) in per_route {
             sentry::metrics::counter("router.routed", count as f64).attribute("route", route.to_owned()).capture();
+            // Time per route: how long its leads took from submission to being routed.
+            sentry::metrics::distribution("router.route.latency", wait_ms / count as f64)
+                .unit(sentry::protocol::Unit::Millisecond)
+                .attribute("route", route.to_owned())
+                .capture();
         }
         if !unmatched.is_empty() {
             sentry::metrics::counter("router.unmatched", unmatched.len() as f64).capture();

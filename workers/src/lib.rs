@@ -3,4 +3,6 @@
 //! issues land. The router is its own crate (`router`).
 
 pub mod compile;
+pub mod deliver;
 pub mod identify;
+pub mod mock_partner;

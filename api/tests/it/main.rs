@@ -4,5 +4,6 @@
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
+mod dlq;
 mod rules;
 mod submit;

@@ -4,4 +4,6 @@
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
 mod consumer;
+mod dlq;
+mod partners;
 mod schema;

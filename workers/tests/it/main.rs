@@ -2,4 +2,5 @@
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
+mod deliver;
 mod identify;

@@ -1,0 +1,795 @@
+//! The deliver worker (DESIGN.md, "Deliver"): one consumer per enabled partner reads
+//! `partner_<name>`, dedupes each lead against `leads`, calls the partner's HTTP API as its
+//! configuration says, and records the outcome; a circuit breaker per partner, shared through
+//! `circuit_breakers`, keeps a failing partner from being hammered.
+//!
+//! Per batch, in the consumer's transaction:
+//! 1. Advisory locks on the batch's dedupe keys (sorted), so replicas racing on one key
+//!    deliver it once. A lead whose key was delivered (or is in flight) within the window is
+//!    recorded `duplicate` and not sent.
+//! 2. The `leads` row (`pending`, `request_date`) is created, or found again on a redelivery.
+//! 3. The breaker (read through a short cache): open → the message waits until the retry time
+//!    (attempts untouched); due for a probe → one replica takes the probe lease (compare-and-swap
+//!    on `generation`, committed at once) and sends exactly one lead.
+//! 4. HTTP calls, concurrently, each with `Idempotency-Key: <submission_id>:<partner>`;
+//!    the answer is classified and recorded on the row (status, excerpt, attempts, error).
+//! 5. Retryable failures back off (exponential, jitter, cap; `Retry-After` honoured), counted
+//!    on the row, not by queue reads; after the partner's `max_retries` the lead is `failed`,
+//!    moved to `partner_<name>_dlq`, and the circuit opens with a retry time chosen by the
+//!    answer. A success closes the circuit.
+//!
+//! A worker killed between a call and its commit rolls the row back; the message reappears and
+//! the call is repeated once, with the same idempotency key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use pipeline::BoxError;
+use pipeline::consumer::{Envelope, Handler, Outcome};
+use pipeline::message::PartnerLead;
+use pipeline::partners::{PartnerConfig, Verdict};
+use pipeline::retry::{ExponentialBackoff, RetryPolicy};
+use rand::SeedableRng;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
+
+/// Longest response excerpt stored on a `leads` row.
+const EXCERPT: usize = 500;
+/// HTTP calls of one batch in flight at once.
+const CONCURRENCY: usize = 32;
+
+/// The breaker row as the worker last read it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BreakerState {
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// When an open circuit may be probed.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Compare-and-swap generation.
+    pub generation: i64,
+    /// Until when the current probe lease holds.
+    pub probe_lease_until: Option<DateTime<Utc>>,
+}
+
+/// Every partner's breaker, re-read from the table at most every `ttl`.
+pub struct Breakers {
+    ttl: Duration,
+    cache: Mutex<(Option<Instant>, HashMap<String, BreakerState>)>,
+}
+
+impl Breakers {
+    /// A cache whose reads live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, cache: Mutex::new((None, HashMap::new())) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, HashMap<String, BreakerState>)> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Re-reads the table if the cache is older than `ttl`.
+    pub async fn refresh(&self, pool: &PgPool) -> Result<(), BoxError> {
+        if self.lock().0.is_some_and(|at| at.elapsed() < self.ttl) {
+            return Ok(());
+        }
+        self.reload(pool).await
+    }
+
+    /// Re-reads the table now.
+    pub async fn reload(&self, pool: &PgPool) -> Result<(), BoxError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            partner: String,
+            #[sqlx(flatten)]
+            breaker: BreakerState,
+        }
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT partner, state, retry_at, generation, probe_lease_until FROM circuit_breakers")
+                .fetch_all(pool)
+                .await?;
+        let map = rows.into_iter().map(|r| (r.partner, r.breaker)).collect();
+        *self.lock() = (Some(Instant::now()), map);
+        Ok(())
+    }
+
+    /// The cached state of `partner`.
+    pub fn get(&self, partner: &str) -> Option<BreakerState> {
+        self.lock().1.get(partner).cloned()
+    }
+
+    /// Whether `partner`'s queue should be read now: closed, or open/half-open with a probe due.
+    pub fn readable(&self, partner: &str) -> bool {
+        match self.get(partner) {
+            None => true,
+            Some(b) if b.state == "closed" => true,
+            Some(b) => {
+                b.retry_at.is_none_or(|at| at <= Utc::now())
+                    && b.probe_lease_until.is_none_or(|until| until <= Utc::now())
+            }
+        }
+    }
+}
+
+/// Configuration shared by every deliver consumer of a process.
+#[derive(Clone)]
+pub struct DeliverContext {
+    /// A pool for breaker updates, which commit on their own (other replicas must see them
+    /// before this batch ends).
+    pub pool: PgPool,
+    /// The HTTP client (keep-alive pool shared by all partners).
+    pub client: reqwest::Client,
+    /// Environment variables templates may use (`env.NAME`): those named `PARTNER_*`.
+    pub env: Arc<BTreeMap<String, String>>,
+    /// The breakers.
+    pub breakers: Arc<Breakers>,
+    /// This worker's name, the owner of probe leases.
+    pub owner: String,
+}
+
+/// The handler of one partner's queue.
+pub struct Deliver {
+    partner: PartnerConfig,
+    context: DeliverContext,
+    templates: minijinja::Environment<'static>,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+/// What one HTTP call came to.
+#[derive(Debug)]
+struct Answer {
+    status: Option<u16>,
+    body: String,
+    retry_after: Option<Duration>,
+    verdict: Verdict,
+    error: Option<String>,
+    elapsed: Duration,
+}
+
+impl Deliver {
+    /// A handler for `partner`; its templates are compiled now (an invalid template is an error).
+    pub fn new(partner: PartnerConfig, context: DeliverContext) -> Result<Self, BoxError> {
+        let mut templates = minijinja::Environment::new();
+        templates.add_template_owned("url".to_owned(), partner.request.url.clone())?;
+        for (name, value) in &partner.request.headers {
+            templates.add_template_owned(format!("header:{name}"), value.clone())?;
+        }
+        let mut body = Vec::new();
+        collect_templates(&partner.request.body, String::new(), &mut body);
+        for (path, text) in body {
+            templates.add_template_owned(format!("body:{path}"), text)?;
+        }
+        Ok(Self { partner, context, templates, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
+    }
+
+    /// The partner this handler serves.
+    pub fn partner(&self) -> &PartnerConfig {
+        &self.partner
+    }
+
+    fn render(&self, name: &str, ctx: &Value) -> Result<String, BoxError> {
+        Ok(self.templates.get_template(name)?.render(ctx)?)
+    }
+
+    fn render_body(&self, node: &Value, path: String, ctx: &Value) -> Result<Value, BoxError> {
+        Ok(match node {
+            Value::String(_) => Value::String(self.render(&format!("body:{path}"), ctx)?),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.render_body(v, format!("{path}/{k}"), ctx)?)))
+                    .collect::<Result<_, BoxError>>()?,
+            ),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.render_body(v, format!("{path}/{i}"), ctx))
+                    .collect::<Result<_, BoxError>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    /// Builds and sends the request for one lead; never fails, the answer says what happened.
+    async fn call(&self, lead: &PartnerLead, person: Value) -> Answer {
+        let started = Instant::now();
+        let ctx = json!({ "lead": lead, "person": person, "env": &*self.context.env });
+        let request = (|| -> Result<reqwest::RequestBuilder, BoxError> {
+            let url = self.render("url", &ctx)?;
+            let method = reqwest::Method::from_bytes(self.partner.request.method.as_bytes())?;
+            let mut builder = self
+                .context
+                .client
+                .request(method, url)
+                .timeout(Duration::from_millis(u64::from(self.partner.timeout_ms)))
+                .header("Idempotency-Key", format!("{}:{}", lead.lead.submission_id, self.partner.name));
+            for name in self.partner.request.headers.keys() {
+                builder = builder.header(name.as_str(), self.render(&format!("header:{name}"), &ctx)?);
+            }
+            let body = self.render_body(&self.partner.request.body, String::new(), &ctx)?;
+            Ok(if self.partner.request.encoding == "form" {
+                let form: Vec<(String, String)> = body
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                builder.form(&form)
+            } else {
+                builder.json(&body)
+            })
+        })();
+        let failed = |verdict, error: String| Answer {
+            status: None,
+            body: String::new(),
+            retry_after: None,
+            verdict,
+            error: Some(error),
+            elapsed: started.elapsed(),
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => return failed(Verdict::Permanent, format!("cannot build the request: {error}")),
+        };
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let body = response.text().await.unwrap_or_default();
+                let verdict = self.partner.classify(status, &body);
+                let error = matches!(verdict, Verdict::Retryable | Verdict::Permanent)
+                    .then(|| format!("HTTP {status}: {}", excerpt(&body, 200)));
+                Answer { status: Some(status), body, retry_after, verdict, error, elapsed: started.elapsed() }
+            }
+            Err(error) if error.is_timeout() => {
+                failed(Verdict::Retryable, format!("timed out after {} ms", self.partner.timeout_ms))
+            }
+            Err(error) => failed(Verdict::Retryable, format!("request failed: {error}")),
+        }
+    }
+}
+
+fn collect_templates(node: &Value, path: String, out: &mut Vec<(String, String)>) {
+    match node {
+        Value::String(text) => out.push((path, text.clone())),
+        Value::Object(map) => map.iter().for_each(|(k, v)| collect_templates(v, format!("{path}/{k}"), out)),
+        Value::Array(items) => {
+            items.iter().enumerate().for_each(|(i, v)| collect_templates(v, format!("{path}/{i}"), out))
+        }
+        _ => {}
+    }
+}
+
+fn excerpt(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// The dedupe key of a lead: the partner's fields, from the person (`email`, `phone`,
+/// `full_name`, normalized) or the lead's fields, joined.
+fn dedupe_key(fields: &[String], lead: &PartnerLead, person: &Value) -> String {
+    fields
+        .iter()
+        .map(|f| match f.as_str() {
+            "email" | "phone" | "full_name" => person[f.as_str()].as_str().unwrap_or("").to_owned(),
+            other => match lead.lead.fields.get(other) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(v) => v.to_string(),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
+fn lock_key(partner: &str, key: &str) -> i64 {
+    let digest = Sha256::new().chain_update(partner).chain_update([0]).chain_update(key).finalize();
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(word)
+}
+
+/// What a call changes on its `leads` row.
+struct RowUpdate {
+    id: i64,
+    state: &'static str,
+    attempts: i32,
+    status: Option<i32>,
+    excerpt: String,
+    error: Option<String>,
+}
+
+/// What to do with one message before any call.
+enum Plan {
+    Settled(Outcome),
+    Send { row: i64, attempts: i32 },
+}
+
+impl Handler for Deliver {
+    type Message = PartnerLead;
+
+    fn ready(&self) -> bool {
+        self.context.breakers.readable(&self.partner.name)
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>, BoxError> {
+        let span = tracing::info_span!("deliver.batch", partner = %self.partner.name, leads = batch.len());
+        self.deliver(tx, batch).instrument(span).await
+    }
+}
+
+impl Deliver {
+    async fn deliver(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>, BoxError> {
+        let started = Instant::now();
+        let partner = &self.partner.name;
+        let persons = identities(tx, batch).await?;
+        let person = |lead: &PartnerLead| {
+            persons.get(&lead.lead.alias_id.unwrap_or(lead.lead.person_id)).cloned().unwrap_or(Value::Null)
+        };
+        let keys: Vec<String> =
+            batch.iter().map(|m| dedupe_key(&self.partner.dedupe_fields, &m.body, &person(&m.body))).collect();
+        let mut locks: Vec<i64> = keys.iter().map(|k| lock_key(partner, k)).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
+            .bind(&locks)
+            .execute(&mut *tx)
+            .await?;
+
+        // Dedupe and rows.
+        let plans = self.prepare(tx, batch, &keys).await?;
+
+        // The breaker: closed sends all; a due probe sends one (if this replica wins the lease).
+        self.context.breakers.refresh(&self.context.pool).await?;
+        let breaker = self.context.breakers.get(partner);
+        let mut allowed = usize::MAX;
+        if let Some(b) = breaker.as_ref().filter(|b| b.state != "closed") {
+            let wait = b.retry_at.map(|at| (at - Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
+            if wait > Duration::ZERO || !self.take_probe(b).await? {
+                let wait = wait.max(Duration::from_millis(500));
+                return Ok(plans
+                    .into_iter()
+                    .map(|p| match p {
+                        Plan::Settled(outcome) => outcome,
+                        Plan::Send { .. } => Outcome::RetryIn(wait, format!("circuit of {partner} is open")),
+                    })
+                    .collect());
+            }
+            allowed = 1;
+        }
+
+        // Calls, concurrently (at most `allowed` of them).
+        let mut sends = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            if matches!(plan, Plan::Send { .. }) && sends.len() < allowed {
+                sends.push(i);
+            }
+        }
+        let mut answers: Vec<Answer> = Vec::with_capacity(sends.len());
+        for chunk in sends.chunks(CONCURRENCY) {
+            let mut calls = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let lead = &batch[i].body;
+                calls.push(self.call(lead, person(lead)));
+            }
+            answers.extend(futures_util::future::join_all(calls).await);
+        }
+
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        for plan in &plans {
+            outcomes.push(match plan {
+                Plan::Settled(outcome) => Some(outcome.clone()),
+                Plan::Send { .. } => None,
+            });
+        }
+        let mut open_for: Option<Duration> = None;
+        let mut updates: Vec<RowUpdate> = Vec::with_capacity(sends.len());
+        let (mut successes, mut failures) = (0u32, 0u32);
+        for (&i, answer) in sends.iter().zip(&answers) {
+            let Plan::Send { row, attempts } = plans[i] else { continue };
+            let attempts = attempts + 1;
+            let (state, outcome) = match answer.verdict {
+                Verdict::Accepted | Verdict::Rejected | Verdict::Duplicate => {
+                    successes += 1;
+                    let state = match answer.verdict {
+                        Verdict::Accepted => "accepted",
+                        Verdict::Rejected => "rejected",
+                        _ => "duplicate",
+                    };
+                    (state, Outcome::Done(Vec::new()))
+                }
+                Verdict::Permanent => ("failed", Outcome::DeadLetter(answer.error.clone().unwrap_or_default())),
+                Verdict::Retryable => {
+                    failures += 1;
+                    let error = answer.error.clone().unwrap_or_default();
+                    if attempts > self.partner.max_retries as i32 {
+                        open_for = Some(open_for.unwrap_or_default().max(self.open_time(answer)));
+                        ("failed", Outcome::DeadLetter(format!("gave up after {attempts} attempts: {error}")))
+                    } else {
+                        let backoff = {
+                            let policy = ExponentialBackoff {
+                                base: Duration::from_millis(u64::from(self.partner.backoff_base_ms)),
+                                cap: Duration::from_millis(u64::from(self.partner.backoff_cap_ms)),
+                            };
+                            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                            policy.delay(attempts as u32, &mut *rng)
+                        };
+                        (
+                            "pending",
+                            Outcome::RetryIn(
+                                answer.retry_after.unwrap_or(backoff).max(backoff.min(Duration::from_millis(1))),
+                                error,
+                            ),
+                        )
+                    }
+                }
+            };
+            updates.push(RowUpdate {
+                id: row,
+                state,
+                attempts,
+                status: answer.status.map(i32::from),
+                excerpt: excerpt(&answer.body, EXCERPT),
+                error: answer.error.clone(),
+            });
+            emit_call(partner, answer, attempts);
+            outcomes[i] = Some(outcome);
+        }
+        if !updates.is_empty() {
+            sqlx::query(
+                "UPDATE leads SET state = u.state, attempts = u.attempts, response_status = u.status,
+                        response_excerpt = u.excerpt, error = u.error, updated_at = now()
+                 FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[])
+                      AS u(id, state, attempts, status, excerpt, error)
+                 WHERE leads.id = u.id",
+            )
+            .bind(updates.iter().map(|u| u.id).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.state).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.status).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.excerpt.as_str()).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.error.as_deref()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Leads beyond a probe wait for the probe's verdict.
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Outcome::RetryIn(Duration::from_millis(500), "waiting for the circuit probe".into())
+                })
+            })
+            .collect();
+        self.update_breaker(successes, failures, open_for).await?;
+        sentry::metrics::distribution("deliver.batch.duration", started.elapsed().as_secs_f64() * 1e3)
+            .unit(sentry::protocol::Unit::Millisecond)
+            .attribute("partner", partner.clone())
+            .capture();
+        Ok(outcomes)
+    }
+
+    /// Dedupe and the `leads` rows of a batch, in three statements: rows found again (a
+    /// redelivery), keys already delivered within the window, and the new rows.
+    async fn prepare(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Envelope<PartnerLead>],
+        keys: &[String],
+    ) -> Result<Vec<Plan>, BoxError> {
+        let partner = &self.partner.name;
+        let ids: Vec<uuid::Uuid> = batch.iter().map(|m| m.body.lead.submission_id).collect();
+        let existing: HashMap<uuid::Uuid, (i64, String, i32)> = sqlx::query_as::<_, (uuid::Uuid, i64, String, i32)>(
+            "SELECT submission_id, id, state, attempts FROM leads WHERE partner = $1 AND submission_id = ANY($2)",
+        )
+        .bind(partner)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, row, state, attempts)| (id, (row, state, attempts)))
+        .collect();
+        let mut seen: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT DISTINCT dedupe_key FROM leads WHERE partner = $1 AND dedupe_key = ANY($2)
+               AND state IN ('pending', 'accepted', 'rejected') AND request_date > now() - make_interval(days => $3)
+               AND NOT (submission_id = ANY($4))",
+        )
+        .bind(partner)
+        .bind(keys)
+        .bind(self.partner.dedupe_window_days as i32)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+
+        // Decide in message order: a key sent by an earlier lead of the batch is a duplicate too.
+        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
+        let mut new_rows: Vec<(usize, &'static str)> = Vec::new();
+        for (i, (message, key)) in batch.iter().zip(keys).enumerate() {
+            match existing.get(&message.body.lead.submission_id) {
+                Some((row, state, attempts)) if state == "pending" => {
+                    seen.insert(key.clone());
+                    plans.push(Some(Plan::Send { row: *row, attempts: *attempts }));
+                }
+                Some(_) => plans.push(Some(Plan::Settled(Outcome::Done(Vec::new())))),
+                None if seen.contains(key) => {
+                    new_rows.push((i, "duplicate"));
+                    plans.push(Some(Plan::Settled(Outcome::Done(Vec::new()))));
+                }
+                None => {
+                    seen.insert(key.clone());
+                    new_rows.push((i, "pending"));
+                    plans.push(None);
+                }
+            }
+        }
+        if !new_rows.is_empty() {
+            let lead = |i: usize| &batch[i].body;
+            let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+                "INSERT INTO leads (submission_id, partner, person_id, alias_id, rule_name, tree_version, state, dedupe_key)
+                 SELECT s, $1, p, a, r, t, st, k
+                 FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[])
+                      AS u(s, p, a, r, t, st, k)
+                 RETURNING submission_id, id",
+            )
+            .bind(partner)
+            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.submission_id).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.person_id).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.alias_id).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(i, _)| lead(i).rule.clone()).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(i, _)| lead(i).tree_version).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(_, state)| state).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(i, _)| keys[i].as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            let row_of: HashMap<uuid::Uuid, i64> = rows.into_iter().collect();
+            let duplicates = new_rows.iter().filter(|(_, state)| *state == "duplicate").count();
+            if duplicates > 0 {
+                sentry::metrics::counter("deliver.duplicates", duplicates as f64)
+                    .attribute("partner", partner.clone())
+                    .capture();
+            }
+            for (i, plan) in plans.iter_mut().enumerate() {
+                if plan.is_none() {
+                    let row =
+                        row_of.get(&batch[i].body.lead.submission_id).copied().ok_or("a new leads row is missing")?;
+                    *plan = Some(Plan::Send { row, attempts: 0 });
+                }
+            }
+        }
+        Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Settled(Outcome::Retry("not prepared".into())))).collect())
+    }
+
+    /// How long the circuit stays open after a lead ran out of retries on `answer`.
+    fn open_time(&self, answer: &Answer) -> Duration {
+        let default = Duration::from_secs(self.partner.breaker.open_secs);
+        match (answer.status, answer.retry_after) {
+            (_, Some(after)) => after,
+            (Some(429), None) => default.max(Duration::from_secs(60)),
+            _ => default,
+        }
+    }
+
+    /// Takes the half-open probe lease (compare-and-swap on `generation`, committed at once).
+    async fn take_probe(&self, seen: &BreakerState) -> Result<bool, BoxError> {
+        let lease = Duration::from_millis(u64::from(self.partner.timeout_ms)) + Duration::from_secs(5);
+        let taken = sqlx::query(
+            "UPDATE circuit_breakers SET state = 'half_open', probe_owner = $3,
+                    probe_lease_until = now() + $4 * interval '1 millisecond', generation = generation + 1, updated_at = now()
+             WHERE partner = $1 AND generation = $2 AND state <> 'closed' AND retry_at <= now()
+               AND (probe_lease_until IS NULL OR probe_lease_until <= now())",
+        )
+        .bind(&self.partner.name)
+        .bind(seen.generation)
+        .bind(&self.context.owner)
+        .bind(lease.as_millis() as i64)
+        .execute(&self.context.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        self.context.breakers.reload(&self.context.pool).await?;
+        if taken {
+            tracing::info!(partner = %self.partner.name, "circuit half-open: sending one probe");
+            transition(&self.partner.name, "half_open");
+        }
+        Ok(taken)
+    }
+
+    /// Records a batch's calls on the breaker: a success closes it; failures count towards
+    /// opening it; `open_for` (a lead ran out of retries) opens it for that long.
+    async fn update_breaker(&self, successes: u32, failures: u32, open_for: Option<Duration>) -> Result<(), BoxError> {
+        if successes == 0 && failures == 0 {
+            return Ok(());
+        }
+        let b = &self.partner.breaker;
+        let row: (String, i32, i32, i32) = sqlx::query_as(
+            "UPDATE circuit_breakers SET
+                 consecutive_failures = CASE WHEN $2 > 0 THEN 0 ELSE consecutive_failures + $3 END,
+                 window_successes = CASE WHEN window_started_at < now() - $4 * interval '1 second' THEN 0 ELSE window_successes END + $2,
+                 window_failures = CASE WHEN window_started_at < now() - $4 * interval '1 second' THEN 0 ELSE window_failures END + $3,
+                 window_started_at = CASE WHEN window_started_at < now() - $4 * interval '1 second' THEN now() ELSE window_started_at END,
+                 state = CASE WHEN $2 > 0 AND $3 = 0 AND NOT $5 THEN 'closed' ELSE state END,
+                 opened_at = CASE WHEN $2 > 0 AND $3 = 0 AND NOT $5 THEN NULL ELSE opened_at END,
+                 retry_at = CASE WHEN $2 > 0 AND $3 = 0 AND NOT $5 THEN NULL ELSE retry_at END,
+                 probe_owner = NULL, probe_lease_until = NULL,
+                 generation = generation + 1, updated_at = now()
+             WHERE partner = $1
+             RETURNING state, consecutive_failures, window_successes, window_failures",
+        )
+        .bind(&self.partner.name)
+        .bind(successes as i32)
+        .bind(failures as i32)
+        .bind(b.window_secs as f64)
+        .bind(open_for.is_some())
+        .fetch_one(&self.context.pool)
+        .await?;
+        let (state, consecutive, window_ok, window_failed) = row;
+        let calls = (window_ok + window_failed).max(1);
+        let rate_tripped = calls as u32 >= b.min_calls && window_failed as f64 / calls as f64 >= b.failure_rate;
+        let open = open_for.or_else(|| {
+            (failures > 0 && (consecutive as u32 >= b.consecutive_failures || rate_tripped || state == "half_open"))
+                .then(|| Duration::from_secs(b.open_secs))
+        });
+        if let Some(duration) = open {
+            sqlx::query(
+                "UPDATE circuit_breakers SET state = 'open', opened_at = now(),
+                        retry_at = now() + $2 * interval '1 millisecond', probe_owner = NULL, probe_lease_until = NULL,
+                        generation = generation + 1, updated_at = now()
+                 WHERE partner = $1",
+            )
+            .bind(&self.partner.name)
+            .bind(duration.as_millis() as i64)
+            .execute(&self.context.pool)
+            .await?;
+            tracing::warn!(partner = %self.partner.name, retry_in_s = duration.as_secs(), "circuit opened");
+            transition(&self.partner.name, "open");
+        } else if state == "closed" && successes > 0 {
+            // closed (again): announce only a real transition
+            if self.context.breakers.get(&self.partner.name).is_some_and(|b| b.state != "closed") {
+                tracing::info!(partner = %self.partner.name, "circuit closed");
+                transition(&self.partner.name, "closed");
+            } else {
+                // Still closed: nothing other workers need to see sooner than their cache allows.
+                return Ok(());
+            }
+        }
+        self.context.breakers.reload(&self.context.pool).await
+    }
+}
+
+fn transition(partner: &str, to: &'static str) {
+    sentry::metrics::counter("deliver.circuit.transitions", 1.0)
+        .attribute("partner", partner.to_owned())
+        .attribute("to", to)
+        .capture();
+}
+
+fn emit_call(partner: &str, answer: &Answer, attempts: i32) {
+    let status = answer.status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+    sentry::metrics::distribution("deliver.call.duration", answer.elapsed.as_secs_f64() * 1e3)
+        .unit(sentry::protocol::Unit::Millisecond)
+        .attribute("partner", partner.to_owned())
+        .attribute("status", status.clone())
+        .capture();
+    sentry::metrics::counter("deliver.responses", 1.0)
+        .attribute("partner", partner.to_owned())
+        .attribute("status", status)
+        .attribute("verdict", format!("{:?}", answer.verdict).to_lowercase())
+        .capture();
+    if attempts > 1 {
+        sentry::metrics::counter("deliver.retries", 1.0).attribute("partner", partner.to_owned()).capture();
+    }
+    if let Some(error) = &answer.error {
+        tracing::warn!(partner, status = ?answer.status, attempts, %error, "partner call failed");
+    }
+}
+
+/// The identity of each lead (its alias record if it has one, else the main record).
+async fn identities(tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<HashMap<i64, Value>, BoxError> {
+    let ids: Vec<i64> = batch.iter().map(|m| m.body.lead.alias_id.unwrap_or(m.body.lead.person_id)).collect();
+    #[derive(sqlx::FromRow)]
+    struct Person {
+        id: i64,
+        email: Option<String>,
+        full_name: Option<String>,
+        phone: Option<String>,
+    }
+    let rows: Vec<Person> = sqlx::query_as("SELECT id, email, full_name, phone FROM persons WHERE id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|p| (p.id, json!({ "email": p.email, "full_name": p.full_name, "phone": p.phone })))
+        .collect())
+}
+
+/// Runs a deliver consumer for every enabled partner until `shutdown`, re-reading `partners`
+/// every `refresh` (a new or re-enabled partner gets a consumer, a disabled or changed one is
+/// restarted or stopped after its batch in hand). `replicas` consumers per partner.
+pub async fn run(
+    context: DeliverContext,
+    defaults: pipeline::config::ConsumerDefaults,
+    replicas: usize,
+    refresh: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut running: HashMap<String, (PartnerConfig, tokio_util::sync::CancellationToken)> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let partners = match context.pool.acquire().await {
+            Ok(mut conn) => pipeline::partners::load_all(&mut conn).await.map_err(BoxError::from),
+            Err(error) => Err(error.into()),
+        };
+        let _ = context.breakers.reload(&context.pool).await;
+        match partners {
+            Ok(partners) => {
+                let wanted: HashMap<String, PartnerConfig> =
+                    partners.into_iter().filter(|p| p.enabled).map(|p| (p.name.clone(), p)).collect();
+                running.retain(|name, (config, token)| {
+                    let keep = wanted.get(name) == Some(config);
+                    if !keep {
+                        tracing::info!(partner = %name, "stopping deliver consumer (partner changed or disabled)");
+                        token.cancel();
+                    }
+                    keep
+                });
+                for (name, config) in wanted {
+                    if running.contains_key(&name) {
+                        continue;
+                    }
+                    match start(&context, &defaults, &config, replicas, &shutdown, &mut tasks) {
+                        Ok(token) => {
+                            running.insert(name, (config, token));
+                        }
+                        Err(error) => tracing::error!(partner = %name, %error, "cannot start deliver consumer"),
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot read partners"),
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(refresh) => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn start(
+    context: &DeliverContext,
+    defaults: &pipeline::config::ConsumerDefaults,
+    partner: &PartnerConfig,
+    replicas: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<tokio_util::sync::CancellationToken, BoxError> {
+    let token = shutdown.child_token();
+    for _ in 0..replicas.max(1) {
+        let mut config = pipeline::config::ConsumerConfig::new("deliver", partner.queue()?)?;
+        // Attempts are counted on the `leads` row; the queue's read count only guards against
+        // a message that crashes its worker again and again.
+        config.max_retries = 1_000;
+        config.defaults = defaults.clone();
+        let consumer = pipeline::consumer::Consumer::new(
+            context.pool.clone(),
+            config,
+            Deliver::new(partner.clone(), context.clone())?,
+        );
+        let stop = token.clone();
+        tasks.spawn(async move { consumer.run(stop).await });
+    }
+    tracing::info!(partner = %partner.name, replicas, "deliver consumer started");
+    Ok(token)
+}

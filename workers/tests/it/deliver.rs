@@ -1,0 +1,310 @@
+//! The deliver worker against a real database and real HTTP (the mock partner): every answer
+//! and its recorded state, dedupe within and after the window, retries then success, retries
+//! exhausted into the DLQ with the circuit opened, timeouts, Retry-After, the circuit (no calls
+//! while open, exactly one probe across two workers, closing on success), two workers racing on
+//! duplicate leads, and a crash between the call and the commit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use pipeline::config::ConsumerConfig;
+use pipeline::consumer::{Consumer, Envelope, Handler};
+use pipeline::message::{PartnerLead, RoutingLead};
+use pipeline::partners::{PartnerConfig, RequestTemplate};
+use pipeline::queue::{self};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+use workers::deliver::{Breakers, Deliver, DeliverContext};
+use workers::mock_partner::{Behaviour, MockPartner};
+
+const ROUTE: &str = "acme";
+
+fn partner(max_retries: u32, timeout_ms: u32) -> PartnerConfig {
+    PartnerConfig {
+        name: ROUTE.to_owned(),
+        enabled: true,
+        dedupe_fields: vec!["email".to_owned()],
+        dedupe_window_days: 30,
+        request: RequestTemplate {
+            method: "POST".to_owned(),
+            url: format!("{{{{ env.PARTNER_BASE_URL }}}}/partners/{ROUTE}/leads"),
+            headers: BTreeMap::from([("Authorization".to_owned(), "Bearer {{ env.PARTNER_TOKEN }}".to_owned())]),
+            encoding: "json".to_owned(),
+            body: json!({ "email": "{{ person.email }}", "state": "{{ lead.fields.state }}", "id": "{{ lead.submission_id }}" }),
+        },
+        timeout_ms,
+        // The mock says "rejected" in a 200's body.
+        classify: vec![pipeline::partners::Classify {
+            status: vec![200],
+            body_regex: None,
+            json: Some(pipeline::partners::JsonMatch { pointer: "/status".to_owned(), equals: json!("rejected") }),
+            verdict: pipeline::partners::Verdict::Rejected,
+        }],
+        max_retries,
+        backoff_base_ms: 0,
+        backoff_cap_ms: 0,
+        breaker: pipeline::partners::Breaker { consecutive_failures: 3, open_secs: 60, ..Default::default() },
+    }
+}
+
+struct Setup {
+    pool: PgPool,
+    mock: MockPartner,
+    context: DeliverContext,
+    config: PartnerConfig,
+}
+
+async fn setup(pool: PgPool, config: PartnerConfig) -> Setup {
+    pipeline::db::migrate(&pool).await.expect("migrate");
+    let mut conn = pool.acquire().await.expect("connection");
+    pipeline::partners::apply(&mut conn, &config).await.expect("partner");
+    let mock = MockPartner::start("127.0.0.1:0".parse().expect("addr")).await.expect("mock");
+    let env = BTreeMap::from([
+        ("PARTNER_BASE_URL".to_owned(), format!("http://{}", mock.addr())),
+        ("PARTNER_TOKEN".to_owned(), "s3cret".to_owned()),
+    ]);
+    let context = DeliverContext {
+        pool: pool.clone(),
+        client: reqwest::Client::new(),
+        env: Arc::new(env),
+        breakers: Arc::new(Breakers::new(Duration::ZERO)),
+        owner: "test".to_owned(),
+    };
+    Setup { pool, mock, context, config }
+}
+
+impl Setup {
+    fn consumer(&self) -> Consumer<Deliver> {
+        let mut config = ConsumerConfig::new("deliver", self.config.queue().expect("queue")).expect("config");
+        config.max_retries = 1_000;
+        config.defaults.batch_size = 10;
+        Consumer::new(
+            self.pool.clone(),
+            config,
+            Deliver::new(self.config.clone(), self.context.clone()).expect("deliver"),
+        )
+    }
+
+    /// A lead of a new person with `email`; returns its submission id.
+    async fn lead(&self, email: &str) -> Uuid {
+        let person: i64 = sqlx::query_scalar("INSERT INTO persons (email, full_name) VALUES ($1, 'x') RETURNING id")
+            .bind(email)
+            .fetch_one(&self.pool)
+            .await
+            .expect("person");
+        let lead = PartnerLead {
+            lead: RoutingLead {
+                submission_id: Uuid::now_v7(),
+                site: "degreefinder".to_owned(),
+                person_id: person,
+                alias_id: None,
+                submitted_at: Utc::now(),
+                fields: json!({ "state": "CA" }).as_object().cloned().unwrap_or_default(),
+            },
+            route: ROUTE.to_owned(),
+            rule: Some("r1".to_owned()),
+            tree_version: 1,
+        };
+        // tree_version references decision_trees: a stored (inactive) tree row.
+        sqlx::query("INSERT INTO decision_trees (version, rules_version, report) OVERRIDING SYSTEM VALUE VALUES (1, 1, '{}') ON CONFLICT DO NOTHING")
+            .execute(&self.pool)
+            .await
+            .expect("tree");
+        queue::send(&self.pool, &self.config.queue().expect("queue"), &lead).await.expect("send");
+        lead.lead.submission_id
+    }
+
+    async fn state(&self, id: Uuid) -> (String, i32, Option<i32>) {
+        sqlx::query_as("SELECT state, attempts, response_status FROM leads WHERE submission_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("leads row")
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect(sql)
+    }
+
+    /// Runs `consumer` until a read finds nothing visible.
+    async fn drain(&self, consumer: &Consumer<Deliver>) {
+        for _ in 0..50 {
+            if consumer.run_once().await.expect("batch").read == 0 {
+                return;
+            }
+        }
+        panic!("the queue did not drain");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn each_answer_ends_in_its_state(pool: PgPool) {
+    let s = setup(pool, partner(0, 2_000)).await;
+    let consumer = s.consumer();
+    let cases = [
+        (Behaviour::Accept, "accepted", Some(200)),
+        (Behaviour::Reject, "rejected", Some(200)),
+        (Behaviour::Duplicate, "duplicate", Some(409)),
+    ];
+    for (i, (behaviour, state, status)) in cases.into_iter().enumerate() {
+        s.mock.set(ROUTE, behaviour);
+        let id = s.lead(&format!("p{i}@example.com")).await;
+        s.drain(&consumer).await;
+        assert_eq!(s.state(id).await, (state.to_owned(), 1, status), "{state}");
+    }
+    // The request as configured: template, secret from the environment, idempotency key.
+    let request = s.mock.requests(ROUTE).pop().expect("a request");
+    assert_eq!(request.headers.get("authorization").map(String::as_str), Some("Bearer s3cret"));
+    let body: Value = serde_json::from_str(&request.body).expect("JSON body");
+    assert_eq!((body["email"].as_str(), body["state"].as_str()), (Some("p2@example.com"), Some("CA")));
+    assert!(request.headers.get("idempotency-key").is_some_and(|k| k.ends_with(":acme")));
+    let stored: String =
+        sqlx::query_scalar("SELECT request::text FROM partners").fetch_one(&s.pool).await.expect("row");
+    assert!(!stored.contains("s3cret"), "a secret was stored");
+    assert_eq!(s.count("SELECT count(*) FROM pgmq.q_partner_acme").await, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn dedupe_within_the_window_and_not_after(pool: PgPool) {
+    let s = setup(pool, partner(0, 2_000)).await;
+    let consumer = s.consumer();
+    let first = s.lead("ann@example.com").await;
+    let again = s.lead("ann@example.com").await;
+    s.drain(&consumer).await;
+    assert_eq!(s.state(first).await.0, "accepted");
+    assert_eq!(s.state(again).await, ("duplicate".to_owned(), 0, None));
+    assert_eq!(s.mock.calls(ROUTE), 1);
+
+    sqlx::query("UPDATE leads SET request_date = now() - interval '31 days'").execute(&s.pool).await.expect("age");
+    let later = s.lead("ann@example.com").await;
+    s.drain(&consumer).await;
+    assert_eq!(s.state(later).await.0, "accepted");
+    assert_eq!(s.mock.calls(ROUTE), 2);
+}
+
+#[sqlx::test(migrations = false)]
+async fn retryable_errors_then_success_and_a_permanent_failure(pool: PgPool) {
+    let s = setup(pool, partner(3, 2_000)).await;
+    let consumer = s.consumer();
+    s.mock.set(
+        ROUTE,
+        Behaviour::Sequence { steps: vec![Behaviour::ServerError, Behaviour::ServerError, Behaviour::Accept] },
+    );
+    let id = s.lead("bob@example.com").await;
+    s.drain(&consumer).await;
+    assert_eq!(s.state(id).await, ("accepted".to_owned(), 3, Some(200)));
+    assert_eq!(s.mock.idempotency_keys(ROUTE).values().copied().collect::<Vec<_>>(), [3], "one key for every attempt");
+}
+
+#[sqlx::test(migrations = false)]
+async fn exhausted_retries_go_to_the_dlq_and_open_the_circuit_which_blocks_calls(pool: PgPool) {
+    let s = setup(pool, partner(1, 2_000)).await;
+    let consumer = s.consumer();
+    s.mock.set(ROUTE, Behaviour::ServerError);
+    let id = s.lead("cy@example.com").await;
+    s.drain(&consumer).await;
+    assert_eq!(s.state(id).await, ("failed".to_owned(), 2, Some(500)));
+    let letter: Value =
+        sqlx::query_scalar("SELECT message FROM pgmq.q_partner_acme_dlq").fetch_one(&s.pool).await.expect("dlq");
+    assert!(letter["error"].as_str().is_some_and(|e| e.contains("gave up after 2 attempts")), "{letter}");
+    let (state, retry_in): (String, f64) = sqlx::query_as(
+        "SELECT state, extract(epoch FROM retry_at - now())::float8 FROM circuit_breakers WHERE partner = 'acme'",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .expect("breaker");
+    assert_eq!(state, "open");
+    assert!(retry_in > 50.0, "retry in {retry_in} s");
+
+    // While open, nothing is read and the partner gets no call.
+    s.mock.set(ROUTE, Behaviour::Accept);
+    let calls = s.mock.calls(ROUTE);
+    let waiting = [s.lead("d1@example.com").await, s.lead("d2@example.com").await, s.lead("d3@example.com").await];
+    s.context.breakers.reload(&s.pool).await.expect("reload");
+    for _ in 0..3 {
+        assert_eq!(consumer.run_once().await.expect("batch").read, 0);
+    }
+    assert_eq!(s.mock.calls(ROUTE), calls, "calls while the circuit was open");
+
+    // Retry time reached: two workers, exactly one probe; it succeeds and closes the circuit.
+    sqlx::query("UPDATE circuit_breakers SET retry_at = now()").execute(&s.pool).await.expect("due");
+    s.context.breakers.reload(&s.pool).await.expect("reload");
+    let other = s.consumer();
+    let (a, b) = tokio::join!(consumer.run_once(), other.run_once());
+    a.expect("batch");
+    b.expect("batch");
+    assert_eq!(s.mock.calls(ROUTE), calls + 1, "exactly one probe");
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM circuit_breakers").fetch_one(&s.pool).await.expect("breaker");
+    assert_eq!(state, "closed");
+    tokio::time::sleep(Duration::from_millis(600)).await; // the deferred leads become visible again
+    s.drain(&consumer).await;
+    for id in waiting {
+        assert_eq!(s.state(id).await.0, "accepted");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn timeouts_and_retry_after(pool: PgPool) {
+    let s = setup(pool, partner(2, 100)).await;
+    let consumer = s.consumer();
+    s.mock.set(ROUTE, Behaviour::Slow { delay_ms: 1_000 });
+    let slow = s.lead("slow@example.com").await;
+    consumer.run_once().await.expect("batch");
+    let error: String = sqlx::query_scalar("SELECT error FROM leads WHERE submission_id = $1")
+        .bind(slow)
+        .fetch_one(&s.pool)
+        .await
+        .expect("row");
+    assert!(error.contains("timed out"), "{error}");
+    sqlx::query("DELETE FROM pgmq.q_partner_acme").execute(&s.pool).await.expect("clear");
+
+    s.mock.set(ROUTE, Behaviour::TooManyRequests { retry_after_secs: 5 });
+    let limited = s.lead("busy@example.com").await;
+    consumer.run_once().await.expect("batch");
+    assert_eq!(s.state(limited).await, ("pending".to_owned(), 1, Some(429)));
+    let wait: f64 = sqlx::query_scalar("SELECT extract(epoch FROM vt - now())::float8 FROM pgmq.q_partner_acme")
+        .fetch_one(&s.pool)
+        .await
+        .expect("vt");
+    assert!(wait > 4.0, "Retry-After not honoured: visible again in {wait} s");
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_workers_racing_on_duplicates_deliver_each_key_once(pool: PgPool) {
+    let s = setup(pool, partner(0, 2_000)).await;
+    for i in 0..60 {
+        s.lead(&format!("k{}@example.com", i % 12)).await;
+    }
+    let (a, b) = (s.consumer(), s.consumer());
+    let ((), ()) = tokio::join!(s.drain(&a), s.drain(&b));
+    assert_eq!(s.mock.calls(ROUTE), 12, "one call per dedupe key");
+    assert_eq!(s.count("SELECT count(*) FROM leads WHERE state = 'accepted'").await, 12);
+    assert_eq!(s.count("SELECT count(*) FROM leads WHERE state = 'duplicate'").await, 48);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_crash_between_call_and_commit_repeats_the_call_once_with_the_same_key(pool: PgPool) {
+    let s = setup(pool, partner(0, 2_000)).await;
+    let id = s.lead("crash@example.com").await;
+    // The worker's batch: read, handle (the call is made), then it dies before committing.
+    let handler = Deliver::new(s.config.clone(), s.context.clone()).expect("deliver");
+    let message: Value =
+        sqlx::query_scalar("SELECT message FROM pgmq.q_partner_acme").fetch_one(&s.pool).await.expect("message");
+    let envelope = Envelope {
+        msg_id: 1,
+        attempt: 1,
+        enqueued_at: Utc::now(),
+        body: serde_json::from_value(message).expect("lead"),
+    };
+    let mut tx = s.pool.begin().await.expect("tx");
+    handler.handle(&mut tx, &[envelope]).await.expect("handled");
+    drop(tx); // rolled back: no row, the message is still queued
+
+    s.drain(&s.consumer()).await;
+    assert_eq!(s.state(id).await, ("accepted".to_owned(), 1, Some(200)));
+    assert_eq!(s.mock.idempotency_keys(ROUTE).values().copied().collect::<Vec<_>>(), [2], "one repeat, same key");
+}
