@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod commit;
 mod dlq;
 mod error;
+mod partners;
 mod rules;
 mod schema;
 pub mod sites;

@@ -47,6 +47,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/api/rules/{name}/disable", post(disable))
         // The dead-letter API (`dlq`) sits behind the same admin token.
         .merge(crate::dlq::routes())
+        .merge(crate::partners::routes())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 

@@ -5,5 +5,6 @@
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
 mod dlq;
+mod partners;
 mod rules;
 mod submit;

@@ -308,3 +308,28 @@ async fn a_crash_between_call_and_commit_repeats_the_call_once_with_the_same_key
     assert_eq!(s.state(id).await, ("accepted".to_owned(), 1, Some(200)));
     assert_eq!(s.mock.idempotency_keys(ROUTE).values().copied().collect::<Vec<_>>(), [2], "one repeat, same key");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_permanent_error_is_not_retried(pool: PgPool) {
+    let mut config = partner(3, 2_000);
+    // This partner answers 500 to leads it will never take: classified permanent.
+    config.classify.insert(
+        0,
+        pipeline::partners::Classify {
+            status: vec![500],
+            body_regex: None,
+            json: None,
+            verdict: pipeline::partners::Verdict::Permanent,
+        },
+    );
+    let s = setup(pool, config).await;
+    s.mock.set(ROUTE, Behaviour::ServerError);
+    let id = s.lead("never@example.com").await;
+    s.drain(&s.consumer()).await;
+    assert_eq!(s.state(id).await, ("failed".to_owned(), 1, Some(500)));
+    assert_eq!(s.mock.calls(ROUTE), 1, "a permanent error is not retried");
+    assert_eq!(s.count("SELECT count(*) FROM pgmq.q_partner_acme_dlq").await, 1);
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM circuit_breakers").fetch_one(&s.pool).await.expect("breaker");
+    assert_eq!(state, "closed", "a bad lead is not a failing partner");
+}
