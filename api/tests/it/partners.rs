@@ -2,35 +2,15 @@
 //! file: create or update with queues and breaker, list with circuit state, refusals.
 
 use api::Api;
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use pipeline::config::ApiConfig;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+
+use crate::rules::call_as;
 
 const TOKEN: &str = "partners-admin";
-
-async fn send(
-    app: &Router,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(path).header(header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-    let response = app.clone().oneshot(request.body(body).expect("request")).await.expect("infallible");
-    let status = response.status();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
 
 fn example_partner() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/partners.yaml"))
@@ -48,14 +28,17 @@ async fn partners_are_configured_over_the_admin_api(pool: PgPool) {
     let name = partner["name"].as_str().expect("a name").to_owned();
     let path = format!("/api/partners/{name}");
 
-    assert_eq!(send(&app, None, Method::GET, "/api/partners", None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(send(&app, Some("wrong"), Method::PUT, &path, Some(partner.clone())).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call_as(&app, None, Method::GET, "/api/partners", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call_as(&app, Some("wrong"), Method::PUT, &path, Some(partner.clone())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 
-    let (status, body) = send(&app, Some(TOKEN), Method::PUT, &path, Some(partner.clone())).await;
+    let (status, body) = call_as(&app, Some(TOKEN), Method::PUT, &path, Some(partner.clone())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = send(&app, Some(TOKEN), Method::GET, &path, None).await;
+    let (status, body) = call_as(&app, Some(TOKEN), Method::GET, &path, None).await;
     assert_eq!((status, &body["partner"], &body["circuit"]), (StatusCode::OK, &partner, &json!("closed")));
-    let (_, list) = send(&app, Some(TOKEN), Method::GET, "/api/partners", None).await;
+    let (_, list) = call_as(&app, Some(TOKEN), Method::GET, "/api/partners", None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     let queue: Option<String> = sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name = $1")
         .bind(format!("partner_{name}_dlq"))
@@ -71,8 +54,8 @@ async fn partners_are_configured_over_the_admin_api(pool: PgPool) {
     let mut unknown = partner.clone();
     unknown["colour"] = json!("red");
     for (body, code) in [(other, "invalid_partner"), (bad_method, "invalid_partner"), (unknown, "invalid_partner")] {
-        let (status, answer) = send(&app, Some(TOKEN), Method::PUT, &path, Some(body)).await;
+        let (status, answer) = call_as(&app, Some(TOKEN), Method::PUT, &path, Some(body)).await;
         assert_eq!((status, answer["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(code)), "{answer}");
     }
-    assert_eq!(send(&app, Some(TOKEN), Method::GET, "/api/partners/nobody", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call_as(&app, Some(TOKEN), Method::GET, "/api/partners/nobody", None).await.0, StatusCode::NOT_FOUND);
 }

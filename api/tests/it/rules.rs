@@ -32,7 +32,7 @@ async fn start(pool: &PgPool) -> Router {
 }
 
 /// Sends `method path` with `token` as bearer (if any) and `body` as JSON (if any).
-async fn call_as(
+pub(crate) async fn call_as(
     app: &Router,
     token: Option<&str>,
     method: Method,
