@@ -92,6 +92,18 @@ impl Api {
     }
 }
 
+/// `GET /metrics`: the Prometheus text of `registry` (queue gauges, consumer counters and
+/// batch-duration histograms). Unauthenticated, like `/healthz`: serve it on a private network.
+pub fn metrics_router(registry: Arc<pipeline::metrics::Registry>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], registry.render()) }
+        }),
+    )
+}
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets in-flight requests
 /// finish.
 pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {

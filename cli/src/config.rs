@@ -142,6 +142,9 @@ pub(crate) struct ServeArgs {
     /// fields) and print where each went.
     #[arg(long, env = "DEMO_LEADS")]
     demo_leads: Option<std::path::PathBuf>,
+    /// Seconds between samples of the queues (`pgmq.metrics_all()`) for Sentry and `/metrics`.
+    #[arg(long, env = "QUEUE_METRICS_SECS", default_value_t = 10)]
+    queue_metrics_secs: u64,
     /// Deliver consumers per enabled partner in this process (0: no delivery).
     #[arg(long, env = "DELIVER_WORKERS", default_value_t = 1)]
     deliver_workers: usize,
@@ -212,6 +215,7 @@ impl ServeArgs {
             router_batch_size: self.router_batch_size.max(1),
             tree_poll: Duration::from_secs(self.tree_poll_secs.max(1)),
             compile_workers: self.compile_workers,
+            queue_metrics: Duration::from_secs(self.queue_metrics_secs.max(1)),
             deliver: DeliverConfig {
                 workers: self.deliver_workers,
                 partners_refresh: Duration::from_secs(self.partners_refresh_secs.max(1)),

@@ -59,8 +59,10 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
     tracing::info!("HTTP server listening on http://{addr} (health: /healthz, readiness: /readyz)");
 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let api =
+    let registry = Arc::new(pipeline::metrics::Registry::default());
+    let mut api =
         api::Api::start(pool.clone(), config.api.clone(), shutdown.clone()).await.context("starting the HTTP API")?;
+    api.router = api.router.merge(api::metrics_router(Arc::clone(&registry)));
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move { api.serve(listener, http_shutdown).await.context("HTTP server failed") });
 
@@ -79,11 +81,11 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
             consumer_config("identify", queue::fixed::SUBMISSIONS, config.identify_max_retries)?,
             handler,
         );
-        spawn_consumer(&mut tasks, consumer, shutdown.clone());
+        spawn_consumer(&mut tasks, &registry, consumer, shutdown.clone());
     }
     for _ in 0..config.compile_workers {
         let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile);
-        spawn_consumer(&mut tasks, consumer, shutdown.clone());
+        spawn_consumer(&mut tasks, &registry, consumer, shutdown.clone());
     }
     if config.router_workers > 0 {
         let tree = Arc::new(ActiveTree::new().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -97,7 +99,7 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
             let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
             router_config.defaults.batch_size = config.router_batch_size;
             let consumer = Consumer::new(pool.clone(), router_config, handler);
-            spawn_consumer(&mut tasks, consumer, shutdown.clone());
+            spawn_consumer(&mut tasks, &registry, consumer, shutdown.clone());
         }
     }
 
@@ -114,6 +116,7 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
         };
         let run = workers::deliver::run(
             context,
+            Arc::clone(&registry),
             config.consumer.clone(),
             config.deliver.workers,
             config.deliver.partners_refresh,
@@ -133,6 +136,15 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
             }
             // The demo ending is not the service ending.
             stop.cancelled().await;
+            Ok(())
+        });
+    }
+
+    {
+        let run =
+            workers::queue_metrics::run(pool.clone(), Arc::clone(&registry), config.queue_metrics, shutdown.clone());
+        tasks.spawn(async move {
+            run.await;
             Ok(())
         });
     }
@@ -158,9 +170,12 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
 /// Runs `consumer` until `shutdown`.
 fn spawn_consumer<H: Handler>(
     tasks: &mut JoinSet<anyhow::Result<()>>,
+    registry: &pipeline::metrics::Registry,
     consumer: Consumer<H>,
     shutdown: CancellationToken,
 ) {
+    let (worker, queue) = consumer.names();
+    registry.register(worker, queue, consumer.stats());
     tasks.spawn(async move {
         consumer.run(shutdown).await;
         Ok(())

@@ -123,6 +123,16 @@ async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgP
     assert_eq!(routed["submission_id"], accepted["submission_id"]);
     assert_eq!(routed["fields"]["site"], "degreefinder");
     assert!(routed["tree_version"].as_i64().is_some() && routed["route"].is_string(), "{routed}");
+    // The Prometheus endpoint: queue gauges and the workers' counters.
+    let metrics =
+        client.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("offer_router_queue_length{queue=\"routing\"}"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "offer_router_consumer_messages_total{worker=\"identify\",queue=\"submissions\",outcome=\"done\"} 1"
+        ),
+        "{metrics}"
+    );
     let rules_version: i64 = sqlx::query_scalar("SELECT version FROM rule_set").fetch_one(&pool).await.expect("v");
     assert_eq!(rules_version, 1, "the example rules were seeded once");
 

@@ -126,6 +126,8 @@ pub struct ServiceConfig {
     pub tree_poll: Duration,
     /// Compile workers this process runs (`COMPILE_WORKERS`, default 1).
     pub compile_workers: usize,
+    /// How often the queues are sampled for Sentry and `/metrics` (`QUEUE_METRICS_SECS`, default 10 s).
+    pub queue_metrics: Duration,
     /// Partner delivery.
     pub deliver: DeliverConfig,
     /// Retries of the router worker (`ROUTING_MAX_RETRIES`, default 3).

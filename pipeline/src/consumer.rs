@@ -150,9 +150,16 @@ pub struct BatchReport {
     pub failed: bool,
 }
 
+/// Upper bounds (ms) of the batch-duration histogram's buckets (the last one is +Inf).
+pub const BATCH_MS_BUCKETS: [f64; 11] = [1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
+
 /// Running totals of a consumer, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
+    /// Batches per duration bucket ([`BATCH_MS_BUCKETS`], then +Inf), not cumulative.
+    batch_ms: [AtomicU64; 12],
+    /// Sum of batch durations in microseconds.
+    batch_us_sum: AtomicU64,
     batches: AtomicU64,
     done: AtomicU64,
     retried: AtomicU64,
@@ -187,6 +194,28 @@ impl ConsumerStats {
         add(&self.dead_lettered, report.dead_lettered);
         add(&self.skipped, report.skipped);
         add(&self.failed_batches, usize::from(report.failed));
+    }
+
+    fn record_duration(&self, elapsed: Duration) {
+        let ms = elapsed.as_secs_f64() * 1e3;
+        let bucket = BATCH_MS_BUCKETS.iter().position(|&bound| ms <= bound).unwrap_or(BATCH_MS_BUCKETS.len());
+        self.batch_ms[bucket].fetch_add(1, Ordering::Relaxed);
+        self.batch_us_sum.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The batch-duration histogram: cumulative counts per bucket of [`BATCH_MS_BUCKETS`]
+    /// (then +Inf), and the sum in milliseconds.
+    pub fn batch_histogram(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let counts = self
+            .batch_ms
+            .iter()
+            .map(|c| {
+                total += c.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (counts, self.batch_us_sum.load(Ordering::Relaxed) as f64 / 1e3)
     }
 
     /// The totals now.
@@ -254,6 +283,11 @@ impl<H: Handler> Consumer<H> {
     /// The running totals.
     pub fn stats(&self) -> Arc<ConsumerStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The worker's name and the queue it reads.
+    pub fn names(&self) -> (&str, &str) {
+        (&self.config.worker, self.config.queue.as_str())
     }
 
     /// The handler.
@@ -325,6 +359,7 @@ impl<H: Handler> Consumer<H> {
         .instrument(span)
         .await?;
         self.stats.record(&report);
+        self.stats.record_duration(started.elapsed());
         emit_metrics(&self.config, &report, started.elapsed());
         tracing::debug!(
             worker = %self.config.worker,

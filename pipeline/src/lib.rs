@@ -13,6 +13,7 @@ pub mod dlq;
 mod error;
 pub mod identity;
 pub mod message;
+pub mod metrics;
 pub mod partners;
 pub mod queue;
 pub mod retry;

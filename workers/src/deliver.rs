@@ -719,6 +719,7 @@ async fn identities(tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> R
 /// restarted or stopped after its batch in hand). `replicas` consumers per partner.
 pub async fn run(
     context: DeliverContext,
+    registry: Arc<pipeline::metrics::Registry>,
     defaults: pipeline::config::ConsumerDefaults,
     replicas: usize,
     refresh: Duration,
@@ -748,7 +749,7 @@ pub async fn run(
                     if running.contains_key(&name) {
                         continue;
                     }
-                    match start(&context, &defaults, &config, replicas, &shutdown, &mut tasks) {
+                    match start(&context, &registry, &defaults, &config, replicas, &shutdown, &mut tasks) {
                         Ok(token) => {
                             running.insert(name, (config, token));
                         }
@@ -769,6 +770,7 @@ pub async fn run(
 
 fn start(
     context: &DeliverContext,
+    registry: &pipeline::metrics::Registry,
     defaults: &pipeline::config::ConsumerDefaults,
     partner: &PartnerConfig,
     replicas: usize,
@@ -787,6 +789,7 @@ fn start(
             config,
             Deliver::new(partner.clone(), context.clone())?,
         );
+        registry.register("deliver", partner.queue()?.as_str(), consumer.stats());
         let stop = token.clone();
         tasks.spawn(async move { consumer.run(stop).await });
     }
