@@ -392,7 +392,7 @@ async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
     let mut tx = state.pool.begin().await?;
     if !dry_run {
         // Writers take turns from the read on: the document checked is the one changed.
-        sqlx::query("SELECT 1 FROM rule_set FOR UPDATE").execute(&mut *tx).await?;
+        rules::lock(&mut tx).await?;
     }
     let (version, stored) = rules::load(&mut tx).await?;
     let positions = positions(&mut tx).await?;

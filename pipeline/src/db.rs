@@ -1,6 +1,7 @@
 //! The Postgres pool and the schema: PGMQ installation plus the sqlx migrations in
 //! `migrations/` at the workspace root.
 
+use sha2::Digest;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
@@ -60,6 +61,27 @@ async fn install_pgmq(pool: &PgPool) -> Result<PgmqInstall> {
     }
     pgmq::install::install_sql_from_embedded(pool).await?;
     Ok(PgmqInstall::EmbeddedSql)
+}
+
+/// A stable 64-bit advisory-lock key for `value` in `namespace` (the first 8 bytes of a SHA-256):
+/// every replica computes the same key, and a collision only makes two callers take turns.
+pub fn advisory_key(namespace: &str, value: &str) -> i64 {
+    let digest = sha2::Sha256::new().chain_update(namespace).chain_update([0]).chain_update(value).finalize();
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(word)
+}
+
+/// Takes transaction-level advisory locks on `keys`, each once and in sorted order, so callers
+/// locking overlapping sets cannot deadlock. They are released at the end of the transaction.
+pub async fn lock_in_order(conn: &mut PgConnection, mut keys: Vec<i64>) -> Result<()> {
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
+        .bind(&keys)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Drops and recreates the database `<name of url's database>_<suffix>` next to the one `url`

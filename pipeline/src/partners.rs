@@ -180,7 +180,7 @@ pub struct PartnersFile {
 impl PartnerConfig {
     /// The partner's queue.
     pub fn queue(&self) -> Result<QueueName> {
-        QueueName::new(format!("partner_{}", self.name))
+        QueueName::partner(&self.name)
     }
 
     /// The verdict for an answer: the first matching rule, else the defaults.

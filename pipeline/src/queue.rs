@@ -26,6 +26,11 @@ impl QueueName {
         if valid { Ok(Self(name)) } else { Err(Error::InvalidQueueName(name)) }
     }
 
+    /// The queue of partner (route) `route`, `partner_<route>`.
+    pub fn partner(route: &str) -> Result<Self> {
+        Self::new(format!("partner_{route}"))
+    }
+
     /// The queue's dead-letter queue, `<name>_dlq`.
     pub fn dead_letter_queue(&self) -> Result<Self> {
         Self::new(format!("{}_dlq", self.0))

@@ -147,11 +147,18 @@ pub async fn version<'e>(executor: impl PgExecutor<'e>) -> Result<i64> {
     Ok(sqlx::query_scalar("SELECT version FROM rule_set").fetch_one(executor).await?)
 }
 
+/// Locks the rule set's header until the transaction ends: writers of the rule set take turns
+/// (a caller that checks a document before writing it locks first, so what it checked is what
+/// it changes). Every write below takes it; taking it twice in one transaction is harmless.
+pub async fn lock(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT 1 FROM rule_set FOR UPDATE").execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Replaces the whole stored rule set with `doc` (the caller has checked it). Returns the new
 /// version, for which a compile is enqueued.
 pub async fn replace(conn: &mut PgConnection, doc: &RuleSetDoc) -> Result<i64> {
-    // Lock the header first: concurrent writers of the rule set take turns.
-    sqlx::query("SELECT 1 FROM rule_set FOR UPDATE").execute(&mut *conn).await?;
+    lock(conn).await?;
     sqlx::query("DELETE FROM rules").execute(&mut *conn).await?;
     write_schema(conn, &doc.schema()).await?;
     let names: Vec<&str> = doc.rules.iter().map(|r| r.name.as_str()).collect();
@@ -178,7 +185,7 @@ pub async fn replace(conn: &mut PgConnection, doc: &RuleSetDoc) -> Result<i64> {
 /// Creates or updates one rule (a new rule goes after every other rule of its priority).
 /// Returns the new version.
 pub async fn upsert_rule(conn: &mut PgConnection, rule: &RuleDoc) -> Result<i64> {
-    sqlx::query("SELECT 1 FROM rule_set FOR UPDATE").execute(&mut *conn).await?;
+    lock(conn).await?;
     sqlx::query(
         "INSERT INTO rules (name, priority, position, when_expr, route, enabled)
          VALUES ($1, $2, (SELECT coalesce(max(position), 0) + 1 FROM rules), $3, $4, $5)
@@ -197,7 +204,7 @@ pub async fn upsert_rule(conn: &mut PgConnection, rule: &RuleDoc) -> Result<i64>
 
 /// Deletes rule `name`; `Ok(None)` if there is no such rule. Returns the new version.
 pub async fn delete_rule(conn: &mut PgConnection, name: &str) -> Result<Option<i64>> {
-    sqlx::query("SELECT 1 FROM rule_set FOR UPDATE").execute(&mut *conn).await?;
+    lock(conn).await?;
     let deleted = sqlx::query("DELETE FROM rules WHERE name = $1").bind(name).execute(&mut *conn).await?;
     if deleted.rows_affected() == 0 {
         return Ok(None);
@@ -207,7 +214,7 @@ pub async fn delete_rule(conn: &mut PgConnection, name: &str) -> Result<Option<i
 
 /// Replaces the header (time zone, routes, default route, fields). Returns the new version.
 pub async fn set_schema(conn: &mut PgConnection, schema: &Schema) -> Result<i64> {
-    sqlx::query("SELECT 1 FROM rule_set FOR UPDATE").execute(&mut *conn).await?;
+    lock(conn).await?;
     write_schema(conn, schema).await?;
     bump(conn).await
 }

@@ -53,15 +53,14 @@ impl Tree {
         manifest: &str,
     ) -> Result<Self, BoxError> {
         let program = Program::load_json(engine, wasm, manifest)?;
-        let queue = |route: &str| QueueName::new(format!("partner_{route}"));
         let rules = program
             .manifest()
             .rules
             .iter()
-            .map(|r| Ok((r.name.clone(), r.route.clone(), queue(&r.route)?)))
+            .map(|r| Ok((r.name.clone(), r.route.clone(), QueueName::partner(&r.route)?)))
             .collect::<pipeline::Result<Vec<_>>>()?;
         let default = match &program.manifest().default_route {
-            Some(route) => Some((route.clone(), queue(route)?)),
+            Some(route) => Some((route.clone(), QueueName::partner(route)?)),
             None => None,
         };
         Ok(Self { version, rules_version, program: Arc::new(program), rules, default })

@@ -63,7 +63,7 @@ pub fn compile_document(doc: &RuleSetDoc, rules_version: i64) -> Result<CompileO
         return Ok(CompileOutcome { module: None, report: json });
     };
     for route in &doc.routes {
-        if let Err(error) = partner_queue(route) {
+        if let Err(error) = QueueName::partner(route) {
             json["compile"] = json!({ "refused": error.to_string(), "check_ms": check_ms });
             return Ok(CompileOutcome { module: None, report: json });
         }
@@ -91,11 +91,6 @@ pub fn compile_document(doc: &RuleSetDoc, rules_version: i64) -> Result<CompileO
             Ok(CompileOutcome { module: None, report: json })
         }
     }
-}
-
-/// The queue of route `route` (`partner_<route>`).
-pub fn partner_queue(route: &str) -> pipeline::Result<QueueName> {
-    QueueName::new(format!("partner_{route}"))
 }
 
 impl Handler for Compile {
@@ -161,13 +156,13 @@ async fn store(
     // Only queues that do not exist yet: `pgmq.create` on a queue in use takes locks that
     // conflict with the routers' inserts into it (and can deadlock with their batches).
     let wanted: Vec<String> =
-        doc.routes.iter().map(|r| Ok(partner_queue(r)?.to_string())).collect::<pipeline::Result<_>>()?;
+        doc.routes.iter().map(|r| Ok(QueueName::partner(r)?.to_string())).collect::<pipeline::Result<_>>()?;
     let existing: Vec<String> = sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name = ANY($1)")
         .bind(&wanted)
         .fetch_all(&mut *tx)
         .await?;
-    for route in doc.routes.iter().filter(|r| partner_queue(r).is_ok_and(|q| !existing.contains(&q.to_string()))) {
-        queue::create_with_dead_letter_queue(&mut *tx, &partner_queue(route)?).await?;
+    for route in doc.routes.iter().filter(|r| QueueName::partner(r).is_ok_and(|q| !existing.contains(&q.to_string()))) {
+        queue::create_with_dead_letter_queue(&mut *tx, &QueueName::partner(route)?).await?;
     }
     sqlx::query("UPDATE decision_trees SET active = false WHERE active").execute(&mut *tx).await?;
     let tree: i64 = sqlx::query_scalar(

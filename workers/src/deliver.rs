@@ -33,7 +33,6 @@ use pipeline::partners::{PartnerConfig, Verdict};
 use pipeline::retry::{ExponentialBackoff, RetryPolicy};
 use rand::SeedableRng;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
@@ -291,13 +290,6 @@ fn dedupe_key(fields: &[String], lead: &PartnerLead, person: &Value) -> String {
         .join("\u{1f}")
 }
 
-fn lock_key(partner: &str, key: &str) -> i64 {
-    let digest = Sha256::new().chain_update(partner).chain_update([0]).chain_update(key).finalize();
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&digest[..8]);
-    i64::from_le_bytes(word)
-}
-
 /// What a call changes on its `leads` row.
 struct RowUpdate {
     id: i64,
@@ -337,13 +329,7 @@ impl Deliver {
         };
         let keys: Vec<String> =
             batch.iter().map(|m| dedupe_key(&self.partner.dedupe_fields, &m.body, &person(&m.body))).collect();
-        let mut locks: Vec<i64> = keys.iter().map(|k| lock_key(partner, k)).collect();
-        locks.sort_unstable();
-        locks.dedup();
-        sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
-            .bind(&locks)
-            .execute(&mut *tx)
-            .await?;
+        pipeline::db::lock_in_order(tx, keys.iter().map(|k| pipeline::db::advisory_key(partner, k)).collect()).await?;
 
         // Dedupe and rows.
         let plans = self.prepare(tx, batch, &keys).await?;
@@ -423,13 +409,7 @@ impl Deliver {
                             let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
                             policy.delay(attempts as u32, &mut *rng)
                         };
-                        (
-                            "pending",
-                            Outcome::RetryIn(
-                                answer.retry_after.unwrap_or(backoff).max(backoff.min(Duration::from_millis(1))),
-                                error,
-                            ),
-                        )
+                        ("pending", Outcome::RetryIn(answer.retry_after.unwrap_or(backoff), error))
                     }
                 }
             };

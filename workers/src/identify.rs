@@ -24,11 +24,11 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use pipeline::BoxError;
 use pipeline::consumer::{Envelope, Handler, Outcome, Output};
+use pipeline::db::{advisory_key, lock_in_order};
 use pipeline::identity::{Key, Keys, PhoneRegion};
 use pipeline::message::{RoutingLead, Submission, derived};
 use pipeline::queue::{self, QueueName};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use tracing::Instrument;
 
@@ -149,14 +149,6 @@ impl Graph {
     }
 }
 
-/// A stable 64-bit advisory-lock key for one normalized key value.
-fn lock_key(key: Key, value: &str) -> i64 {
-    let digest = Sha256::new().chain_update(key.name()).chain_update([0]).chain_update(value).finalize();
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&digest[..8]);
-    i64::from_le_bytes(word)
-}
-
 /// Sentry figures of one batch.
 #[derive(Debug, Default)]
 struct Tally {
@@ -195,17 +187,11 @@ impl Identify {
             .collect();
         let valid: Vec<&Keys> = normalized.iter().filter_map(|k| k.as_ref().ok()).collect();
 
-        let mut locks: Vec<i64> = valid
+        let locks = valid
             .iter()
-            .flat_map(|k| Key::ALL.into_iter().filter_map(|key| k.get(key).map(|v| lock_key(key, v))))
+            .flat_map(|k| Key::ALL.into_iter().filter_map(|key| k.get(key).map(|v| advisory_key(key.name(), v))))
             .collect();
-        locks.sort_unstable();
-        locks.dedup();
-        sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
-            .bind(&locks)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| format!("locking identity keys: {e}"))?;
+        lock_in_order(tx, locks).await.map_err(|e| format!("locking identity keys: {e}"))?;
 
         let mut graph = load(tx, &valid).await?;
         let times = derived_times(tx, batch.iter().map(|m| m.body.submitted_at).collect()).await?;
@@ -397,6 +383,7 @@ mod tests {
 
     #[test]
     fn lock_keys_are_stable_and_distinct() {
+        let lock_key = |key: Key, value: &str| advisory_key(key.name(), value);
         assert_eq!(lock_key(Key::Email, "a@b.co"), lock_key(Key::Email, "a@b.co"));
         assert_ne!(lock_key(Key::Email, "x"), lock_key(Key::Phone, "x"));
     }
