@@ -19,7 +19,7 @@ pub(crate) struct DbArgs {
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
     /// Connections in this process's pool (each consumer holds one during a batch; deliver
-    /// takes a second for circuit-breaker updates).
+    /// takes a second for its dedupe claims and circuit-breaker updates).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 64)]
     database_max_connections: u32,
 }
@@ -71,8 +71,9 @@ pub(crate) struct ServeArgs {
     /// Do not apply migrations at start-up.
     #[arg(long, env = "NO_MIGRATE")]
     no_migrate: bool,
-    /// Messages each consumer reads per batch.
-    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 100)]
+    /// Messages each consumer reads per batch (the router: `ROUTER_BATCH_SIZE`). Bigger batches
+    /// share a batch's round trips and commits among more leads.
+    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 250)]
     batch_size: u32,
     /// Seconds a read message stays invisible to other consumers.
     #[arg(long, env = "VISIBILITY_TIMEOUT_SECS", default_value_t = 30)]
@@ -86,6 +87,10 @@ pub(crate) struct ServeArgs {
     /// Longest sleep between polls of an empty queue, in milliseconds.
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 250)]
     poll_interval_ms: u64,
+    /// Milliseconds a consumer waits after a batch that was not full before reading again, so a
+    /// trickle moves in batches (0: read again at once).
+    #[arg(long, env = "CONSUMER_LINGER_MS", default_value_t = 50)]
+    consumer_linger_ms: u64,
     /// Token of the admin API (`/api/rules`): `Authorization: Bearer <token>`. Unset: the admin
     /// API answers 401 to everything.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
@@ -142,6 +147,13 @@ pub(crate) struct ServeArgs {
     /// fields) and print where each went.
     #[arg(long, env = "DEMO_LEADS")]
     demo_leads: Option<std::path::PathBuf>,
+    /// After the sample leads, the demo keeps posting this many leads per second and prints a
+    /// live summary (0: neither).
+    #[arg(long, env = "DEMO_RATE", default_value_t = 0.0)]
+    demo_rate: f64,
+    /// Seconds between the demo's live summaries.
+    #[arg(long, env = "DEMO_SUMMARY_SECS", default_value_t = 2)]
+    demo_summary_secs: u64,
     /// Seconds between samples of the queues (`pgmq.metrics_all()`) for Sentry and `/metrics`.
     #[arg(long, env = "QUEUE_METRICS_SECS", default_value_t = 10)]
     queue_metrics_secs: u64,
@@ -168,7 +180,7 @@ pub(crate) struct Seeds {
     pub(crate) rules: Option<std::path::PathBuf>,
     pub(crate) partners: Option<std::path::PathBuf>,
     pub(crate) mock_partners: Option<SocketAddr>,
-    pub(crate) demo_leads: Option<std::path::PathBuf>,
+    pub(crate) demo: Option<crate::demo::Demo>,
 }
 
 impl ServeArgs {
@@ -177,7 +189,12 @@ impl ServeArgs {
             rules: self.seed_rules.clone(),
             partners: self.seed_partners.clone(),
             mock_partners: self.mock_partners_addr,
-            demo_leads: self.demo_leads.clone(),
+            demo: self.demo_leads.clone().map(|leads| crate::demo::Demo {
+                leads,
+                rate: if self.demo_rate.is_finite() { self.demo_rate.max(0.0) } else { 0.0 },
+                summary_every: Duration::from_secs(self.demo_summary_secs.max(1)),
+                mock_partners: self.mock_partners_addr,
+            }),
         }
     }
 
@@ -195,6 +212,7 @@ impl ServeArgs {
                     cap: Duration::from_millis(self.retry_backoff_cap_ms.max(self.retry_backoff_base_ms)),
                 },
                 poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
+                linger: Duration::from_millis(self.consumer_linger_ms),
             },
             api: ApiConfig {
                 admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),

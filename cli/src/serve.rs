@@ -128,10 +128,10 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
         });
     }
 
-    if let Some(leads) = seeds.demo_leads.clone() {
+    if let Some(demo) = seeds.demo.clone() {
         let (pool, stop) = (pool.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Err(error) = crate::demo::run(&pool, addr, &leads, stop.clone()).await {
+            if let Err(error) = crate::demo::run(&pool, addr, &demo, stop.clone()).await {
                 tracing::error!(error = format!("{error:#}"), "the demo failed");
             }
             // The demo ending is not the service ending.

@@ -52,6 +52,10 @@ pub struct ConsumerDefaults {
     pub backoff: ExponentialBackoff,
     /// Longest sleep between polls of an empty queue (default 250 ms).
     pub poll_interval: Duration,
+    /// Wait after a batch that was not full before reading again, so a trickle moves in
+    /// batches instead of a message or two at a time (default zero: read again at once; the
+    /// service sets 50 ms, `CONSUMER_LINGER_MS`).
+    pub linger: Duration,
 }
 
 impl Default for ConsumerDefaults {
@@ -61,6 +65,7 @@ impl Default for ConsumerDefaults {
             visibility_timeout: Duration::from_secs(30),
             backoff: ExponentialBackoff::default(),
             poll_interval: Duration::from_millis(250),
+            linger: Duration::ZERO,
         }
     }
 }

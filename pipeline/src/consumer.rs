@@ -37,7 +37,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::ConsumerConfig;
+use crate::config::{ConsumerConfig, ConsumerDefaults};
 use crate::queue::{self, QueueName};
 use crate::retry::RetryPolicy;
 use crate::{BoxError, Error, Result};
@@ -261,6 +261,14 @@ pub struct Consumer<H> {
 /// First sleep after an empty read; it doubles up to the configured poll interval.
 const MIN_IDLE: Duration = Duration::from_millis(5);
 
+/// The pause after a batch of `read` messages: none after a full batch (more is waiting), else
+/// the linger. A partial batch means the queue is drained; waiting a little lets the next batch
+/// grow, rather than paying a batch's round trips and commits for every message or two of a
+/// trickle.
+fn pause_after(read: usize, defaults: &ConsumerDefaults) -> Option<Duration> {
+    (read < defaults.batch_size as usize && !defaults.linger.is_zero()).then_some(defaults.linger)
+}
+
 impl<H: Handler> Consumer<H> {
     /// A consumer using the config's exponential backoff and an OS-seeded random source.
     pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Self {
@@ -306,7 +314,10 @@ impl<H: Handler> Consumer<H> {
                 Ok(report) if report.read > 0 => {
                     idle = MIN_IDLE;
                     consecutive_errors = 0;
-                    continue;
+                    match pause_after(report.read, &self.config.defaults) {
+                        Some(linger) => linger,
+                        None => continue,
+                    }
                 }
                 Ok(_) => {
                     let pause = idle;
@@ -349,9 +360,16 @@ impl<H: Handler> Consumer<H> {
             match self.settle(&raw).await {
                 Ok(report) => Ok(report),
                 Err(error) => {
-                    // An error event (Sentry), in the batch's span: worker, queue and size.
+                    // An error event (Sentry), in the batch's trace. It names worker and queue
+                    // itself: an event does not carry the fields of the spans around it.
                     let msg_ids: Vec<i64> = raw.iter().map(|m| m.msg_id).collect();
-                    tracing::error!(%error, ?msg_ids, "batch rolled back; counting a failed attempt for each message");
+                    tracing::error!(
+                        worker = %self.config.worker,
+                        queue = %self.config.queue,
+                        %error,
+                        ?msg_ids,
+                        "batch rolled back; counting a failed attempt for each message"
+                    );
                     self.settle_failed(&raw, &error.to_string()).await
                 }
             }
@@ -619,10 +637,13 @@ impl Plan {
     }
 
     fn dead_letter(&mut self, config: &ConsumerConfig, message: &RawMessage, error: String) {
+        // Every queue of the pipeline carries one lead per message: name it, where it can be read.
+        let submission_id = message.message.as_ref().and_then(|m| m.get("submission_id")).and_then(Value::as_str);
         tracing::error!(
             worker = %config.worker,
             queue = %config.queue,
             msg_id = message.msg_id,
+            submission_id,
             attempts = message.attempt(),
             %error,
             "message dead-lettered to {}",
@@ -642,5 +663,20 @@ impl Plan {
         self.dead_letters.push(serde_json::to_value(letter).unwrap_or(Value::Null));
         self.delete.push(message.msg_id);
         self.report.dead_lettered += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_batch_lingers_a_full_one_does_not() {
+        let defaults = ConsumerDefaults { batch_size: 100, linger: Duration::from_millis(50), ..Default::default() };
+        assert_eq!(pause_after(1, &defaults), Some(Duration::from_millis(50)));
+        assert_eq!(pause_after(99, &defaults), Some(Duration::from_millis(50)));
+        assert_eq!(pause_after(100, &defaults), None);
+        let eager = ConsumerDefaults { linger: Duration::ZERO, ..defaults };
+        assert_eq!(pause_after(1, &eager), None);
     }
 }

@@ -14,6 +14,7 @@ mod error;
 pub mod identity;
 pub mod message;
 pub mod metrics;
+pub mod outcome;
 pub mod partners;
 pub mod queue;
 pub mod retry;

@@ -20,6 +20,7 @@ use pipeline::BoxError;
 use pipeline::consumer::{Envelope, Handler, Outcome, Output};
 use pipeline::message::{PartnerLead, RoutingLead};
 use pipeline::queue::QueueName;
+use pipeline::telemetry::LeadSpans;
 use runtime::host::{Engine, Program, Session};
 use serde_json::Value;
 use sqlx::postgres::PgListener;
@@ -235,12 +236,24 @@ impl Router {
         let mut unmatched: Vec<&RoutingLead> = Vec::new();
         let mut per_route: HashMap<&str, (usize, f64)> = HashMap::new();
         let now = chrono::Utc::now();
+        // One span per lead (sampled batches only): the decision is one module call for the
+        // whole batch, so a lead's span times its forwarding and records what decided it.
+        let spans = LeadSpans::current();
         for (&i, answer) in encoded.iter().zip(&answers) {
             let lead = &batch[i].body;
+            let span = spans.start("router.lead", lead.submission_id);
+            span.record("msg_id", batch[i].msg_id);
+            span.record("tree", tree.version);
             let target = match answer {
                 Some(rule) => tree.rules.get(*rule).map(|(name, route, queue)| (Some(name), route, queue)),
                 None => tree.default.as_ref().map(|(route, queue)| (None, route, queue)),
             };
+            if let Some((rule, route, _)) = target {
+                span.record("route", route.as_str());
+                span.record("rule", rule.map(String::as_str));
+            } else {
+                span.record("unmatched", true);
+            }
             outcomes[i] = Some(match target {
                 Some((rule, route, queue)) => {
                     let entry = per_route.entry(route.as_str()).or_default();

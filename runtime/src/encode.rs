@@ -1,9 +1,17 @@
 //! Encoding a lead (JSON) into the module's input record, per the manifest's tables. Exact:
 //! decimals are parsed from their text or checked for an exact round trip, never rounded.
 //!
-//! This is the router's hot path, so lookups avoid per-call allocation and library calls:
-//! field names and class values go through small open-addressing tables with a
-//! word-at-a-time hash, and a string's "other" class is a dense index by (prefix, suffix).
+//! This is the router's hot path, so lookups avoid per-call allocation, library calls and
+//! unpredictable branches:
+//! - a lead's keys arrive in byte order (a `serde_json::Map`), so each is first checked
+//!   against the schema's next field or the one after it; only other keys are looked up;
+//! - names and values of up to 16 bytes are compared as two words and a length ([`Short`]),
+//!   in open-addressing tables;
+//! - a string's longest tested prefix (suffix) is one table lookup per distinct affix length,
+//!   and its "other" class a dense index by (prefix, suffix);
+//! - numbers are scaled with precomputed powers of ten, in `i64`/`f64` without library calls.
+
+use std::collections::HashMap;
 
 use serde_json::Value;
 
@@ -38,90 +46,166 @@ pub fn parse_units(text: &str, scale: u32) -> Option<i128> {
     }
 }
 
-/// A JSON number or numeric string in units of `10^-scale`, with fast paths for integers and
-/// for decimals that arrived as `f64`.
-fn units_of(value: &Value, scale: u32) -> Option<i128> {
+/// `10^scale` as an integer and as a float, computed once per field.
+#[derive(Debug, Clone, Copy)]
+struct Scale {
+    digits: u32,
+    int: Option<i64>,
+    float: f64,
+}
+
+impl Scale {
+    fn new(digits: u32) -> Self {
+        Self { digits, int: 10i64.checked_pow(digits), float: 10f64.powi(i32::try_from(digits).unwrap_or(i32::MAX)) }
+    }
+}
+
+/// A JSON number or numeric string in units of `10^-scale`, with fast paths (no `i128`, no
+/// library call) for integers and for decimals that arrived as `f64`.
+#[inline]
+fn units_of(value: &Value, scale: Scale) -> Option<i128> {
     match value {
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(v), _) => i128::from(v).checked_mul(10i128.checked_pow(scale)?),
+        Value::Number(n) => match (n.as_i64(), n.as_f64(), scale.int) {
+            // Cannot overflow: both are below 2^63.
+            (Some(v), _, Some(factor)) => Some(i128::from(v) * i128::from(factor)),
+            (Some(v), _, None) => i128::from(v).checked_mul(10i128.checked_pow(scale.digits)?),
             // Exact at this scale iff scaling gives an integer that maps back to the same
             // f64 (unique below 2^53 units).
-            (None, Some(v)) if scale <= 15 => {
-                let factor = 10f64.powi(scale as i32);
-                let scaled = (v * factor).round();
-                (scaled.abs() < 9.0e15 && scaled / factor == v).then_some(scaled as i128)
+            (None, Some(v), _) if scale.digits <= 15 => {
+                let scaled = v * scale.float;
+                if scaled.is_nan() || scaled.abs() >= 9.0e15 {
+                    return None;
+                }
+                // Rounded half away from zero, as `f64::round` (a library call here); from 2^52 up
+                // every f64 is an integer already.
+                let rounded = if scaled.abs() >= 4.5e15 { scaled } else { scaled + 0.5f64.copysign(scaled) };
+                let units = rounded as i64;
+                (units as f64 / scale.float == v).then_some(i128::from(units))
             }
-            _ => parse_units(&n.to_string(), scale),
+            _ => parse_units(&n.to_string(), scale.digits),
         },
-        Value::String(s) => parse_units(s, scale),
+        Value::String(s) => parse_units(s, scale.digits),
         _ => None,
     }
 }
 
-/// A hash of a short byte string, eight bytes at a time (whole words are loaded directly and
-/// the tail is assembled in a register, so no load waits on byte stores).
-fn hash(bytes: &[u8]) -> u64 {
-    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(27);
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for word in words.by_ref() {
-        h = mix(h, u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_default()));
-    }
-    let tail = words.remainder();
-    if !tail.is_empty() {
-        h = mix(h, tail.iter().enumerate().fold(0u64, |w, (i, b)| w | u64::from(*b) << (8 * i)));
-    }
-    h
+/// A short string (up to 16 bytes) as two words and its length: for a given length the words
+/// hold every byte (loads may overlap), so `(len, a, b)` identifies the string. Loading it is a
+/// few unaligned loads, and comparing two keys is two word compares: no `memcmp` call, no
+/// pointer to follow.
+#[derive(Debug, Clone, Copy, Eq)]
+struct Short {
+    len: usize,
+    a: u64,
+    b: u64,
 }
 
-/// A read-only string → value table with open addressing.
+impl PartialEq for Short {
+    /// One branch instead of three.
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        ((self.len ^ other.len) as u64 | (self.a ^ other.a) | (self.b ^ other.b)) == 0
+    }
+}
+
+impl Short {
+    #[inline]
+    fn new(bytes: &[u8]) -> Option<Self> {
+        let len = bytes.len();
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+        let half = |at: usize| u64::from(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default()));
+        let (a, b) = match len {
+            0 => (0, 0),
+            1..4 => (u64::from(bytes[0]) | u64::from(bytes[len / 2]) << 8 | u64::from(bytes[len - 1]) << 16, 0),
+            4..8 => (half(0) | half(len - 4) << 32, 0),
+            8..=16 => (word(0), word(len - 8)),
+            _ => return None,
+        };
+        Some(Self { len, a, b })
+    }
+
+    #[inline]
+    fn hash(self) -> u64 {
+        let h = (self.a ^ self.len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h.rotate_left(29) ^ self.b).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+    }
+}
+
+/// A read-only string → value table: keys of up to 16 bytes in an open-addressing array of
+/// [`Short`]s (the hot path), longer ones in a `HashMap`.
 struct Table<V> {
-    slots: Vec<Option<(u64, Box<str>, V)>>,
+    /// Number of keys.
+    len: usize,
+    slots: Vec<Option<(Short, V)>>,
     mask: usize,
+    long: HashMap<Box<[u8]>, V>,
 }
 
 impl<V: Copy> Table<V> {
     fn new(entries: impl IntoIterator<Item = (String, V)>) -> Self {
-        let entries: Vec<(String, V)> = entries.into_iter().collect();
-        let size = (entries.len() * 2).next_power_of_two().max(8);
-        let mut slots: Vec<Option<(u64, Box<str>, V)>> = (0..size).map(|_| None).collect();
-        for (key, value) in entries {
-            let h = hash(key.as_bytes());
-            let mut i = h as usize & (size - 1);
+        let (short, long): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .map(|(key, value)| (Short::new(key.as_bytes()), key, value))
+            .partition(|e| e.0.is_some());
+        let len = short.len() + long.len();
+        let size = (short.len() * 4).next_power_of_two().max(16);
+        let mut slots: Vec<Option<(Short, V)>> = vec![None; size];
+        for (key, _, value) in short {
+            let Some(key) = key else { continue };
+            let mut i = key.hash() as usize & (size - 1);
             while slots[i].is_some() {
                 i = (i + 1) & (size - 1);
             }
-            slots[i] = Some((h, key.into_boxed_str(), value));
+            slots[i] = Some((key, value));
         }
-        Self { slots, mask: size - 1 }
+        let long = long.into_iter().map(|(_, key, value)| (key.into_bytes().into_boxed_slice(), value)).collect();
+        Self { len, slots, mask: size - 1, long }
     }
 
+    #[inline]
     fn get(&self, key: &str) -> Option<V> {
-        let h = hash(key.as_bytes());
-        let mut i = h as usize & self.mask;
+        self.get_bytes(key.as_bytes())
+    }
+
+    #[inline]
+    fn get_bytes(&self, key: &[u8]) -> Option<V> {
+        match Short::new(key) {
+            Some(short) => self.get_short(short),
+            None => self.long.get(key).copied(),
+        }
+    }
+
+    /// The lookup of a key already made a [`Short`].
+    #[inline]
+    fn get_short(&self, key: Short) -> Option<V> {
+        let mut i = key.hash() as usize & self.mask;
         loop {
             match &self.slots[i] {
                 None => return None,
-                Some((stored, k, v)) if *stored == h && same(k.as_bytes(), key.as_bytes()) => return Some(*v),
+                Some((stored, v)) if *stored == key => return Some(*v),
                 Some(_) => i = (i + 1) & self.mask,
             }
         }
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per field, read on the hot path: boxing the string tables would cost a pointer chase per value"
+)]
 enum Slot {
     Enum(Table<u32>),
     Bool,
     Str {
         literals: Table<u32>,
-        prefixes: Vec<String>,
-        suffixes: Vec<String>,
+        prefixes: Affixes,
+        suffixes: Affixes,
         /// Class id at `(1 + prefix index, or 0) * (suffixes + 1) + (1 + suffix index, or 0)`.
         others: Vec<u32>,
     },
     Number {
         value_offset: usize,
-        scale: u32,
+        scale: Scale,
         min: i64,
         max: i64,
     },
@@ -132,43 +216,46 @@ pub struct Encoder {
     fields: Vec<(String, usize, Slot)>,
     /// Field name → index in `fields`.
     by_name: Table<usize>,
+    /// Field indexes by name in byte order (the order a `serde_json::Map` iterates in), each
+    /// with its name as a [`Short`] (`None` if longer), for the lockstep walk in
+    /// [`Encoder::encode_map`].
+    sorted: Vec<(Option<Short>, usize)>,
+    /// Field index → its place in `sorted`.
+    rank: Vec<usize>,
     record_size: usize,
 }
 
-/// Equality of short byte strings, a word at a time (a `memcmp` call costs more here).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
-    let word = |c: &[u8]| u64::from_ne_bytes(<[u8; 8]>::try_from(c).unwrap_or_default());
-    if x.by_ref().zip(y.by_ref()).any(|(p, q)| word(p) != word(q)) {
-        return false;
-    }
-    x.remainder() == y.remainder()
+/// A string field's prefixes (or suffixes): the longest one a value starts (ends) with is
+/// found with one table lookup per distinct affix length, longest first.
+struct Affixes {
+    /// Distinct lengths, longest first.
+    lengths: Vec<usize>,
+    /// Affix → its index in the manifest's list.
+    table: Table<usize>,
+    at_end: bool,
 }
 
-/// Index of the longest string in `affixes` that `s` starts with (`at_end` false) or ends
-/// with (`at_end` true).
-fn longest_affix(affixes: &[String], s: &str, at_end: bool) -> Option<usize> {
-    let s = s.as_bytes();
-    let mut best: Option<(usize, usize)> = None;
-    for (i, a) in affixes.iter().enumerate() {
-        let a = a.as_bytes();
-        if a.len() > s.len() || best.is_some_and(|(_, n)| a.len() <= n) {
-            continue;
-        }
-        let (edge, part) = if at_end {
-            (a.last() == s.last(), &s[s.len() - a.len()..])
-        } else {
-            (a.first() == s.first(), &s[..a.len()])
-        };
-        // the edge byte rules most candidates out without a full comparison
-        if edge && same(a, part) {
-            best = Some((i, a.len()));
-        }
+impl Affixes {
+    fn new(affixes: &[String], at_end: bool) -> Self {
+        let mut lengths: Vec<usize> = affixes.iter().map(String::len).collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        lengths.dedup();
+        Self { lengths, table: Table::new(affixes.iter().cloned().enumerate().map(|(i, a)| (a, i))), at_end }
     }
-    best.map(|(i, _)| i)
+
+    fn len(&self) -> usize {
+        self.table.len
+    }
+
+    /// Index of the longest affix of `s`.
+    #[inline]
+    fn longest(&self, s: &str) -> Option<usize> {
+        let s = s.as_bytes();
+        self.lengths.iter().filter(|&&l| l <= s.len()).find_map(|&l| {
+            let part = if self.at_end { &s[s.len() - l..] } else { &s[..l] };
+            self.table.get_bytes(part)
+        })
+    }
 }
 
 fn slot(kind: &FieldKind) -> Slot {
@@ -188,13 +275,13 @@ fn slot(kind: &FieldKind) -> Slot {
             }
             Slot::Str {
                 literals: Table::new(literals.iter().enumerate().map(|(i, v)| (v.clone(), i as u32 + 1))),
-                prefixes: prefixes.clone(),
-                suffixes: suffixes.clone(),
+                prefixes: Affixes::new(prefixes, false),
+                suffixes: Affixes::new(suffixes, true),
                 others: table,
             }
         }
         FieldKind::Number { value_offset, scale, min, max } => {
-            Slot::Number { value_offset: *value_offset, scale: *scale, min: *min, max: *max }
+            Slot::Number { value_offset: *value_offset, scale: Scale::new(*scale), min: *min, max: *max }
         }
     }
 }
@@ -205,7 +292,16 @@ impl Encoder {
         let fields: Vec<(String, usize, Slot)> =
             manifest.fields.iter().map(|f| (f.name.clone(), f.slot, slot(&f.kind))).collect();
         let by_name = Table::new(fields.iter().enumerate().map(|(i, (name, _, _))| (name.clone(), i)));
-        Self { fields, by_name, record_size: manifest.record_size }
+        let mut by_bytes: Vec<(&str, usize)> =
+            fields.iter().enumerate().map(|(i, (name, _, _))| (name.as_str(), i)).collect();
+        by_bytes.sort_unstable();
+        let sorted: Vec<(Option<Short>, usize)> =
+            by_bytes.iter().map(|(name, i)| (Short::new(name.as_bytes()), *i)).collect();
+        let mut rank = vec![0; fields.len()];
+        for (place, (_, index)) in sorted.iter().enumerate() {
+            rank[*index] = place;
+        }
+        Self { fields, by_name, sorted, rank, record_size: manifest.record_size }
     }
 
     /// Bytes per record.
@@ -223,8 +319,21 @@ impl Encoder {
     pub fn encode_map(&self, object: &serde_json::Map<String, Value>, out: &mut [u8]) -> Result<()> {
         let out = &mut out[..self.record_size];
         out.fill(0);
+        // A map iterates its keys in byte order, and a lead's keys are mostly the schema's
+        // fields: so the next key is most likely the field after the last one found (or one
+        // after that, when a field is missing). Checking those costs a length and a word compare
+        // or two; only other keys pay for a table lookup.
+        let mut next = 0;
         for (key, value) in object {
-            let Some(index) = self.by_name.get(key) else { continue };
+            let short = Short::new(key.as_bytes());
+            let guess = |at: usize| self.sorted.get(at).filter(|(name, _)| short.is_some() && *name == short);
+            let found = match (guess(next).or_else(|| guess(next + 1)), short) {
+                (Some(&(_, index)), _) => Some(index),
+                (None, Some(short)) => self.by_name.get_short(short),
+                (None, None) => self.by_name.get(key),
+            };
+            let Some(index) = found else { continue };
+            next = self.rank[index] + 1;
             if !value.is_null() {
                 self.encode_field(index, value, out)?;
             }
@@ -255,49 +364,62 @@ impl Encoder {
         self.by_name.get(name).is_some()
     }
 
-    /// Writes one field's class (and number) into `out`.
+    /// Writes one field's class (and number) into `out`, or says what is wrong with `value`.
     #[inline]
     fn encode_field(&self, index: usize, value: &Value, out: &mut [u8]) -> Result<()> {
-        let (name, slot, kind) = &self.fields[index];
-        let bad = |problem: String| Error::Encode { field: name.clone(), problem };
+        match self.write_field(index, value, out) {
+            Some(()) => Ok(()),
+            None => Err(self.field_error(index, value)),
+        }
+    }
+
+    /// The hot path of [`Encoder::encode_field`]: `None` when `value` does not fit the field
+    /// (the reason is worked out apart, so no error is built or moved here).
+    #[inline]
+    fn write_field(&self, index: usize, value: &Value, out: &mut [u8]) -> Option<()> {
+        let (_, slot, kind) = &self.fields[index];
         let class = match kind {
-            Slot::Enum(values) => {
-                let s = value.as_str().ok_or_else(|| bad(format!("expected a string, got {value}")))?;
-                values.get(s).ok_or_else(|| bad(format!("`{s}` is not one of the field's values")))?
-            }
-            Slot::Bool => {
-                1 + u32::from(value.as_bool().ok_or_else(|| bad(format!("expected true or false, got {value}")))?)
-            }
+            Slot::Enum(values) => values.get(value.as_str()?)?,
+            Slot::Bool => 1 + u32::from(value.as_bool()?),
             Slot::Str { literals, prefixes, suffixes, others } => {
-                let s = value.as_str().ok_or_else(|| bad(format!("expected a string, got {value}")))?;
+                let s = value.as_str()?;
                 match literals.get(s) {
                     Some(id) => id,
                     None => {
-                        let p = longest_affix(prefixes, s, false).map_or(0, |i| i + 1);
-                        let x = longest_affix(suffixes, s, true).map_or(0, |i| i + 1);
-                        match others.get(p * (suffixes.len() + 1) + x) {
-                            Some(&id) if id != 0 => id,
-                            _ => return Err(bad(format!("no class for `{s}` (manifest incomplete)"))),
-                        }
+                        let p = prefixes.longest(s).map_or(0, |i| i + 1);
+                        let x = suffixes.longest(s).map_or(0, |i| i + 1);
+                        others.get(p * (suffixes.len() + 1) + x).copied().filter(|&id| id != 0)?
                     }
                 }
             }
             Slot::Number { value_offset, scale, min, max } => {
-                if !matches!(value, Value::Number(_) | Value::String(_)) {
-                    return Err(bad(format!("expected a number, got {value}")));
-                }
-                let units = units_of(value, *scale)
-                    .ok_or_else(|| bad(format!("`{value}` is not exact with {scale} digits after the point")))?;
-                let units = i64::try_from(units)
-                    .ok()
-                    .filter(|u| (*min..=*max).contains(u))
-                    .ok_or_else(|| bad(format!("`{value}` is outside the field's domain")))?;
-                out[*value_offset..value_offset + 8].copy_from_slice(&units.to_le_bytes());
+                let units = i64::try_from(units_of(value, *scale)?).ok().filter(|u| (*min..=*max).contains(u))?;
+                out.get_mut(*value_offset..value_offset + 8)?.copy_from_slice(&units.to_le_bytes());
                 1
             }
         };
-        out[*slot..slot + 4].copy_from_slice(&class.to_le_bytes());
-        Ok(())
+        out.get_mut(*slot..slot + 4)?.copy_from_slice(&class.to_le_bytes());
+        Some(())
+    }
+
+    /// Why `value` does not fit field `index` (the cold path of [`Encoder::encode_field`]).
+    #[cold]
+    fn field_error(&self, index: usize, value: &Value) -> Error {
+        let (name, _, kind) = &self.fields[index];
+        let problem = match (kind, value) {
+            (Slot::Enum(_), Value::String(s)) => format!("`{s}` is not one of the field's values"),
+            (Slot::Str { .. }, Value::String(s)) => format!("no class for `{s}` (manifest incomplete)"),
+            (Slot::Enum(_) | Slot::Str { .. }, _) => format!("expected a string, got {value}"),
+            (Slot::Bool, _) => format!("expected true or false, got {value}"),
+            (Slot::Number { .. }, Value::Number(_) | Value::String(_)) => match kind {
+                Slot::Number { scale, .. } if units_of(value, *scale).is_none() => {
+                    format!("`{value}` is not exact with {} digits after the point", scale.digits)
+                }
+                _ => format!("`{value}` is outside the field's domain"),
+            },
+            (Slot::Number { .. }, _) => format!("expected a number, got {value}"),
+        };
+        Error::Encode { field: name.clone(), problem }
     }
 }
 
@@ -312,22 +434,50 @@ mod tests {
         assert_eq!(parse_units("3.55", 1), None);
         assert_eq!(parse_units("1e3", 0), None);
         assert_eq!(parse_units("", 0), None);
-        assert_eq!(units_of(&serde_json::json!(15000.5), 2), Some(1_500_050));
-        assert_eq!(units_of(&serde_json::json!(0.1), 1), Some(1));
-        assert_eq!(units_of(&serde_json::json!(0.15), 1), None);
-        assert_eq!(units_of(&serde_json::json!("7.25"), 2), Some(725));
-        assert_eq!(units_of(&serde_json::json!(7), 2), Some(700));
+        let units = |value: serde_json::Value, scale| units_of(&value, Scale::new(scale));
+        assert_eq!(units(serde_json::json!(15000.5), 2), Some(1_500_050));
+        assert_eq!(units(serde_json::json!(0.1), 1), Some(1));
+        assert_eq!(units(serde_json::json!(0.15), 1), None);
+        assert_eq!(units(serde_json::json!(0.29), 2), Some(29));
+        assert_eq!(units(serde_json::json!(-0.29), 2), Some(-29));
+        assert_eq!(units(serde_json::json!(-2.5), 0), None);
+        assert_eq!(units(serde_json::json!(-2.5), 1), Some(-25));
+        assert_eq!(units(serde_json::json!(1e300), 2), None);
+        assert_eq!(units(serde_json::json!("7.25"), 2), Some(725));
+        assert_eq!(units(serde_json::json!(7), 2), Some(700));
+        assert_eq!(units(serde_json::json!(7), 19), Some(70_000_000_000_000_000_000));
+        assert_eq!(units(serde_json::json!(i64::MAX), 2), Some(i128::from(i64::MAX) * 100));
     }
 
     #[test]
     fn affixes_and_equality() {
-        let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(longest_affix(&list(&["9", "90", "1"]), "90210", false), Some(1));
-        assert_eq!(longest_affix(&list(&["9", "90"]), "80210", false), None);
-        assert_eq!(longest_affix(&list(&["902100"]), "90210", false), None);
-        assert_eq!(longest_affix(&list(&[".edu", "u"]), "mit.edu", true), Some(0));
-        assert!(
-            same(b"degreefinder", b"degreefinder") && !same(b"degreefinder", b"degreefindex") && !same(b"a", b"ab")
-        );
+        let list = |v: &[&str], at_end| Affixes::new(&v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), at_end);
+        assert_eq!(list(&["9", "90", "1"], false).longest("90210"), Some(1));
+        assert_eq!(list(&["9", "90"], false).longest("80210"), None);
+        assert_eq!(list(&["902100"], false).longest("90210"), None);
+        assert_eq!(list(&[".edu", "u"], true).longest("mit.edu"), Some(0));
+        assert_eq!(list(&["a-very-long-prefix-indeed", "a"], false).longest("a-very-long-prefix-indeed!"), Some(0));
+        // Affixes are bytes: a cut inside a character finds nothing and does not panic.
+        assert_eq!(list(&["é"], true).longest("café"), Some(0));
+        assert_eq!(list(&["x"], true).longest("é"), None);
+    }
+
+    #[test]
+    fn tables_find_exactly_their_keys_of_every_length() {
+        let keys: Vec<String> =
+            (0..40).map(|n| "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"[..n].to_owned()).collect();
+        let table = Table::new(keys.iter().enumerate().map(|(i, k)| (k.clone(), i)));
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(table.get(key), Some(i), "{key:?}");
+            // Same length, one byte different, at the start, the middle and the end.
+            for at in [0, key.len() / 2, key.len().saturating_sub(1)] {
+                if let Some(byte) = key.as_bytes().get(at) {
+                    let mut other = key.clone().into_bytes();
+                    other[at] = byte ^ 0x20;
+                    assert_eq!(table.get(&String::from_utf8(other).expect("ascii")), None, "{key:?} at {at}");
+                }
+            }
+        }
+        assert_eq!(table.get("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHI"), None);
     }
 }

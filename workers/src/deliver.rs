@@ -3,11 +3,13 @@
 //! configuration says, and records the outcome; a circuit breaker per partner, shared through
 //! `circuit_breakers`, keeps a failing partner from being hammered.
 //!
-//! Per batch, in the consumer's transaction:
+//! Per batch:
 //! 1. Advisory locks on the batch's dedupe keys (sorted), so replicas racing on one key
 //!    deliver it once. A lead whose key was delivered (or is in flight) within the window is
 //!    recorded `duplicate` and not sent.
 //! 2. The `leads` row (`pending`, `request_date`) is created, or found again on a redelivery.
+//!    Steps 1 and 2 commit on a transaction of their own before any call, so a key's claim
+//!    survives a batch that never commits; the rest happens in the consumer's transaction.
 //! 3. The breaker (read through a short cache): open → the message waits until the retry time
 //!    (attempts untouched); due for a probe → one replica takes the probe lease (compare-and-swap
 //!    on `generation`, committed at once) and sends exactly one lead.
@@ -18,8 +20,9 @@
 //!    moved to `partner_<name>_dlq`, and the circuit opens with a retry time chosen by the
 //!    answer. A success closes the circuit.
 //!
-//! A worker killed between a call and its commit rolls the row back; the message reappears and
-//! the call is repeated once, with the same idempotency key.
+//! A worker killed between a call and its commit leaves the row `pending` (the key stays claimed:
+//! another lead with it is a duplicate); the message reappears and the call is repeated once,
+//! with the same idempotency key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +34,7 @@ use pipeline::consumer::{Envelope, Handler, Outcome};
 use pipeline::message::PartnerLead;
 use pipeline::partners::{PartnerConfig, Verdict};
 use pipeline::retry::{ExponentialBackoff, RetryPolicy};
+use pipeline::telemetry::LeadSpans;
 use rand::SeedableRng;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -323,16 +327,24 @@ impl Deliver {
     async fn deliver(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>, BoxError> {
         let started = Instant::now();
         let partner = &self.partner.name;
+        let spans = LeadSpans::current();
         let persons = identities(tx, batch).await?;
         let person = |lead: &PartnerLead| {
             persons.get(&lead.lead.alias_id.unwrap_or(lead.lead.person_id)).cloned().unwrap_or(Value::Null)
         };
         let keys: Vec<String> =
             batch.iter().map(|m| dedupe_key(&self.partner.dedupe_fields, &m.body, &person(&m.body))).collect();
-        pipeline::db::lock_in_order(tx, keys.iter().map(|k| pipeline::db::advisory_key(partner, k)).collect()).await?;
-
-        // Dedupe and rows.
-        let plans = self.prepare(tx, batch, &keys).await?;
+        // Dedupe and rows, committed before any call. A claim (a `pending` row) must outlive a
+        // batch cut between its calls and its commit (a crash, the database going away): rolled
+        // back with the batch, it would let another lead with the same key be sent before this
+        // message reappears, and the partner would receive the key twice. The message stays in
+        // the batch: if the batch does not commit, it reappears, finds its `pending` row and is
+        // sent again with the same Idempotency-Key.
+        let mut claim = self.context.pool.begin().await?;
+        let locks = keys.iter().map(|k| pipeline::db::advisory_key(partner, k)).collect();
+        pipeline::db::lock_in_order(&mut claim, locks).await?;
+        let plans = self.prepare(&mut claim, batch, &keys).await?;
+        claim.commit().await?;
 
         // The breaker: closed sends all; a due probe sends one (if this replica wins the lease).
         self.context.breakers.refresh(&self.context.pool).await?;
@@ -365,7 +377,23 @@ impl Deliver {
             let mut calls = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 let lead = &batch[i].body;
-                calls.push(self.call(lead, person(lead)));
+                // The lead's span (sampled batches only) times its call.
+                let span = spans.start("deliver.lead", lead.lead.submission_id);
+                span.record("msg_id", batch[i].msg_id);
+                span.record("partner", partner.as_str());
+                if let Plan::Send { attempts, .. } = plans[i] {
+                    span.record("attempt", attempts + 1);
+                }
+                let call = self.call(lead, person(lead));
+                calls.push(async move {
+                    let answer = call.await;
+                    span.record("status", answer.status);
+                    span.record("verdict", verdict_name(answer.verdict));
+                    if answer.error.is_some() {
+                        span.failed();
+                    }
+                    answer
+                });
             }
             answers.extend(futures_util::future::join_all(calls).await);
         }
@@ -421,13 +449,15 @@ impl Deliver {
                 excerpt: excerpt(&answer.body, EXCERPT),
                 error: answer.error.clone(),
             });
-            emit_call(partner, answer, attempts);
+            emit_call(partner, &batch[i], answer, attempts, state == "failed");
             outcomes[i] = Some(outcome);
         }
         if !updates.is_empty() {
+            // `clock_timestamp()`, not `now()` (the batch's start, before the calls): the row
+            // records when the answers came, which the end-to-end latency is measured to.
             sqlx::query(
                 "UPDATE leads SET state = u.state, attempts = u.attempts, response_status = u.status,
-                        response_excerpt = u.excerpt, error = u.error, updated_at = now()
+                        response_excerpt = u.excerpt, error = u.error, updated_at = clock_timestamp()
                  FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[])
                       AS u(id, state, attempts, status, excerpt, error)
                  WHERE leads.id = u.id",
@@ -492,14 +522,38 @@ impl Deliver {
         .into_iter()
         .collect();
 
+        // A lead of the batch whose own row claims its key (a redelivery) holds the key against
+        // the batch's new leads wherever it stands in the batch: the lookup above leaves the
+        // batch's rows out, and `pgmq.read` does not return a batch in queue order.
+        for (message, key) in batch.iter().zip(keys) {
+            let claimed = existing.get(&message.body.lead.submission_id);
+            if claimed.is_some_and(|(_, state, _)| matches!(state.as_str(), "pending" | "accepted" | "rejected")) {
+                seen.insert(key.clone());
+            }
+        }
+
         // Decide in message order: a key sent by an earlier lead of the batch is a duplicate too.
         let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
         let mut new_rows: Vec<(usize, &'static str)> = Vec::new();
+        // Failed rows whose letter was replayed from the DLQ: (row, new state).
+        let mut replayed: Vec<(i64, &'static str)> = Vec::new();
         for (i, (message, key)) in batch.iter().zip(keys).enumerate() {
             match existing.get(&message.body.lead.submission_id) {
                 Some((row, state, attempts)) if state == "pending" => {
-                    seen.insert(key.clone());
                     plans.push(Some(Plan::Send { row: *row, attempts: *attempts }));
+                }
+                // A `failed` lead's message comes back only when an operator replays its
+                // letter: it starts again with fresh attempts, unless its key went to another
+                // lead meanwhile.
+                Some((row, state, _)) if state == "failed" => {
+                    if seen.contains(key) {
+                        replayed.push((*row, "duplicate"));
+                        plans.push(Some(Plan::Settled(Outcome::Done(Vec::new()))));
+                    } else {
+                        seen.insert(key.clone());
+                        replayed.push((*row, "pending"));
+                        plans.push(Some(Plan::Send { row: *row, attempts: 0 }));
+                    }
                 }
                 Some(_) => plans.push(Some(Plan::Settled(Outcome::Done(Vec::new())))),
                 None if seen.contains(key) => {
@@ -512,6 +566,16 @@ impl Deliver {
                     plans.push(None);
                 }
             }
+        }
+        if !replayed.is_empty() {
+            sqlx::query(
+                "UPDATE leads SET state = u.state, attempts = 0, error = NULL, request_date = now(), updated_at = now()
+                 FROM unnest($1::bigint[], $2::text[]) AS u(id, state) WHERE leads.id = u.id",
+            )
+            .bind(replayed.iter().map(|&(row, _)| row).collect::<Vec<_>>())
+            .bind(replayed.iter().map(|&(_, state)| state).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
         }
         if !new_rows.is_empty() {
             let lead = |i: usize| &batch[i].body;
@@ -654,7 +718,19 @@ fn transition(partner: &str, to: &'static str) {
         .capture();
 }
 
-fn emit_call(partner: &str, answer: &Answer, attempts: i32) {
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Accepted => "accepted",
+        Verdict::Rejected => "rejected",
+        Verdict::Duplicate => "duplicate",
+        Verdict::Retryable => "retryable",
+        Verdict::Permanent => "permanent",
+    }
+}
+
+/// Reports one call: its metrics, and a warning for a failed call (an error event when the lead
+/// has failed for good and goes to the partner's DLQ).
+fn emit_call(partner: &str, message: &Envelope<PartnerLead>, answer: &Answer, attempts: i32, failed: bool) {
     let status = answer.status.map_or_else(|| "none".to_owned(), |s| s.to_string());
     sentry::metrics::distribution("deliver.call.duration", answer.elapsed.as_secs_f64() * 1e3)
         .unit(sentry::protocol::Unit::Millisecond)
@@ -664,13 +740,32 @@ fn emit_call(partner: &str, answer: &Answer, attempts: i32) {
     sentry::metrics::counter("deliver.responses", 1.0)
         .attribute("partner", partner.to_owned())
         .attribute("status", status)
-        .attribute("verdict", format!("{:?}", answer.verdict).to_lowercase())
+        .attribute("verdict", verdict_name(answer.verdict))
         .capture();
     if attempts > 1 {
         sentry::metrics::counter("deliver.retries", 1.0).attribute("partner", partner.to_owned()).capture();
     }
-    if let Some(error) = &answer.error {
-        tracing::warn!(partner, status = ?answer.status, attempts, %error, "partner call failed");
+    let submission_id = message.body.lead.submission_id;
+    match &answer.error {
+        Some(error) if failed => tracing::error!(
+            partner,
+            %submission_id,
+            msg_id = message.msg_id,
+            status = answer.status,
+            attempts,
+            %error,
+            "partner call failed; the lead goes to the partner's dead-letter queue"
+        ),
+        Some(error) => tracing::warn!(
+            partner,
+            %submission_id,
+            msg_id = message.msg_id,
+            status = answer.status,
+            attempts,
+            %error,
+            "partner call failed; will retry"
+        ),
+        None => {}
     }
 }
 

@@ -28,6 +28,7 @@ use pipeline::db::{advisory_key, lock_in_order};
 use pipeline::identity::{Key, Keys, PhoneRegion};
 use pipeline::message::{RoutingLead, Submission, derived};
 use pipeline::queue::{self, QueueName};
+use pipeline::telemetry::LeadSpans;
 use serde_json::Value;
 use sqlx::PgConnection;
 use tracing::Instrument;
@@ -197,19 +198,34 @@ impl Identify {
         let times = derived_times(tx, batch.iter().map(|m| m.body.submitted_at).collect()).await?;
 
         let mut tally = Tally::default();
+        let spans = LeadSpans::current();
         let identities: Vec<Result<(Identity, &Keys), String>> = normalized
             .iter()
             .zip(batch)
             .map(|(keys, message)| {
-                let keys = keys.as_ref().map_err(Clone::clone)?;
-                let _lead =
-                    tracing::debug_span!("identify.lead", submission_id = %message.body.submission_id).entered();
+                let lead = spans.start("identify.lead", message.body.submission_id);
+                lead.record("msg_id", message.msg_id);
+                lead.record("site", message.body.site.as_str());
+                let keys = keys.as_ref().map_err(|problem| {
+                    lead.failed();
+                    problem.clone()
+                })?;
                 let identity = graph.identify(keys);
-                match identity {
-                    Identity::NewPerson(_) => tally.persons += 1,
-                    Identity::Alias { .. } => tally.aliases += 1,
-                    Identity::Existing { .. } => tally.reused += 1,
-                }
+                let found = match identity {
+                    Identity::NewPerson(_) => {
+                        tally.persons += 1;
+                        "new_person"
+                    }
+                    Identity::Alias { .. } => {
+                        tally.aliases += 1;
+                        "new_alias"
+                    }
+                    Identity::Existing { .. } => {
+                        tally.reused += 1;
+                        "existing"
+                    }
+                };
+                lead.record("identity", found);
                 Ok((identity, keys))
             })
             .collect();

@@ -193,6 +193,13 @@ pub(crate) const EDU_DOMAINS: &[&str] = &[
     "unlv.edu",
 ];
 
+/// Military domains (service members, the `.mil` lending rule).
+pub(crate) const MIL_DOMAINS: &[&str] = &["army.mil", "navy.mil", "us.af.mil", "usmc.mil", "mail.mil"];
+
+/// Throwaway and placeholder domains: QA staff testing the forms, people hiding their address
+/// (the rules block them as test traffic).
+pub(crate) const THROWAWAY_DOMAINS: &[&str] = &["mailinator.com", "example.com", "test.com"];
+
 /// Programs asked for on `degreefinder`.
 pub(crate) const DEGREEFINDER_PROGRAMS: &[(&str, u32)] = &[
     ("nursing", 16),

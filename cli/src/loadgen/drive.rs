@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
+use crate::e2e::{Posts, Sent};
 use crate::lead::Generator;
 use crate::summary::{Summary, Tally};
 
@@ -39,6 +40,8 @@ pub(crate) struct LoadConfig {
     pub(crate) stop: Stop,
     /// Send a unique `Idempotency-Key` with each post, starting with this prefix.
     pub(crate) idempotency_prefix: Option<String>,
+    /// Keep the `submission_id` and send time of every 202 (end-to-end mode).
+    pub(crate) track: bool,
 }
 
 /// State the sender tasks share.
@@ -47,6 +50,8 @@ struct Shared {
     client: reqwest::Client,
     generator: Mutex<Generator>,
     start: Instant,
+    /// `start` on the wall clock, in µs since the Unix epoch (the database's clock).
+    start_wall_us: i64,
     warmup_end: Instant,
     /// Requests handed out (the schedule's ticket in rate mode).
     tickets: AtomicU64,
@@ -54,18 +59,27 @@ struct Shared {
     measured: AtomicU64,
 }
 
-/// Runs the load and summarizes what it measured.
-pub(crate) async fn run(config: LoadConfig, generator: Generator) -> anyhow::Result<Summary> {
+/// The answer to an accepted post.
+#[derive(serde::Deserialize)]
+struct Accepted {
+    submission_id: uuid::Uuid,
+}
+
+/// Runs the load and summarizes what it measured; with [`LoadConfig::track`], also returns every
+/// accepted post (warm-up included).
+pub(crate) async fn run(config: LoadConfig, generator: Generator) -> anyhow::Result<(Summary, Posts)> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(config.concurrency)
         .tcp_nodelay(true)
         .build()
         .context("building the HTTP client")?;
     let start = Instant::now();
+    let start_wall_us = chrono::Utc::now().timestamp_micros();
     let shared = Arc::new(Shared {
         client,
         generator: Mutex::new(generator),
         start,
+        start_wall_us,
         warmup_end: start + config.warmup,
         tickets: AtomicU64::new(0),
         measured: AtomicU64::new(0),
@@ -80,7 +94,8 @@ pub(crate) async fn run(config: LoadConfig, generator: Generator) -> anyhow::Res
         tally.merge(ended.context("a sender task panicked")??);
     }
     let config = &shared.config;
-    Ok(Summary::new(config.url.clone(), config.concurrency, config.rate, shared.warmup_end, tally))
+    let posts = Posts { sent: std::mem::take(&mut tally.sent), untracked: tally.untracked };
+    Ok((Summary::new(config.url.clone(), config.concurrency, config.rate, shared.warmup_end, tally), posts))
 }
 
 /// One sender: takes the next request, waits for its time (rate mode), posts it, records.
@@ -138,6 +153,16 @@ async fn sender(shared: Arc<Shared>) -> anyhow::Result<Tally> {
                 if status != 202 && tally.first_error.is_none() {
                     let text = String::from_utf8_lossy(&body);
                     tally.first_error = Some(format!("{status} {}", text.chars().take(400).collect::<String>()));
+                }
+                if status == 202 && config.track {
+                    match serde_json::from_slice::<Accepted>(&body) {
+                        Ok(accepted) => {
+                            let offset = i64::try_from(sent.saturating_duration_since(shared.start).as_micros());
+                            let at_us = shared.start_wall_us.saturating_add(offset.unwrap_or(i64::MAX));
+                            tally.sent.push(Sent { id: accepted.submission_id, at_us });
+                        }
+                        Err(_) => tally.untracked += 1,
+                    }
                 }
                 if measured {
                     *tally.statuses.entry(status).or_default() += 1;

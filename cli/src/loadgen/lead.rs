@@ -9,6 +9,9 @@ use serde_json::{Map, Value};
 
 use crate::data::{self, State};
 
+/// Share of people with a throwaway or placeholder email domain (test traffic).
+const THROWAWAY_SHARE: f64 = 0.005;
+
 /// Birth years in emails (`jsmith84`) count back from this year, not from the clock, so the
 /// leads do not depend on when they are generated.
 const REFERENCE_YEAR: u32 = 2025;
@@ -23,11 +26,12 @@ pub(crate) enum Vertical {
 }
 
 impl Vertical {
-    /// Ages the vertical's forms accept, inclusive.
+    /// Ages the vertical's forms accept, inclusive. Loan forms take 17 too: minors do apply,
+    /// and the rules turn them away (`qc-underage`).
     pub(crate) fn ages(self) -> (u8, u8) {
         match self {
             Vertical::Education => (17, 60),
-            Vertical::Finance => (18, 80),
+            Vertical::Finance => (17, 80),
         }
     }
 }
@@ -199,7 +203,12 @@ fn random_email(rng: &mut StdRng, first: &str, last: &str, age: u8) -> String {
         local.push_str(&suffix.to_string());
     }
     let edu_share = if age <= 26 { 0.25 } else { 0.08 };
-    let domain = if rng.random_bool(edu_share) {
+    let mil_share = if (18..=45).contains(&age) { 0.03 } else { 0.0 };
+    let domain = if rng.random_bool(THROWAWAY_SHARE) {
+        *pick(rng, data::THROWAWAY_DOMAINS)
+    } else if rng.random_bool(mil_share) {
+        *pick(rng, data::MIL_DOMAINS)
+    } else if rng.random_bool(edu_share) {
         *pick(rng, data::EDU_DOMAINS)
     } else {
         weighted_by(rng, data::EMAIL_DOMAINS, |(_, weight)| *weight).0
@@ -436,6 +445,8 @@ fn loan_cents(rng: &mut StdRng, site: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use pipeline::identity::{Keys, PhoneRegion, join_name, normalize_email, normalize_name, normalize_phone};
 
@@ -452,14 +463,51 @@ mod tests {
         })
     }
 
-    /// The field schema of `examples/rules.yaml`, as the ingest endpoint checks it.
-    fn encoder() -> runtime::encode::Encoder {
+    /// `examples/rules.yaml`, type-checked, and its bytes.
+    fn example_rules() -> (compiler::model::RuleSet, Vec<u8>) {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/rules.yaml");
         let bytes = std::fs::read(path).expect("examples/rules.yaml");
         let (checked, _, _) = compiler::report::check_rules("rules.yaml", &bytes).expect("checks");
         let (rules, _) = checked.expect("parses");
+        (rules, bytes)
+    }
+
+    /// The field schema of `examples/rules.yaml`, as the ingest endpoint checks it.
+    fn encoder() -> runtime::encode::Encoder {
+        let (rules, bytes) = example_rules();
         let compiled = compiler::compile::compile(&rules, &[], &bytes).expect("compiles");
         runtime::encode::Encoder::new(&compiled.manifest)
+    }
+
+    #[test]
+    fn every_rule_of_the_example_rules_decides_some_leads() {
+        // The leads as the router sees them: the offer fields plus what the service derives
+        // (the key's site, the normalized email's domain, the hour of day, spread over the day).
+        let (rules, _) = example_rules();
+        let order = rules.order();
+        let mut generator = generator(11, 10_000, 0.3);
+        let mut decided: BTreeMap<String, usize> = BTreeMap::new();
+        let mut unsold_by_default = 0;
+        for n in 0..30_000 {
+            let lead = generator.next_lead();
+            let mut fields = lead.body["fields"].as_object().expect("fields").clone();
+            fields.insert("site".to_owned(), Value::from(generator.config.sites[lead.site].name.clone()));
+            if let Some(email) = lead.body.get("email").and_then(Value::as_str) {
+                let email = normalize_email(email).expect("a valid email");
+                let (_, domain) = email.rsplit_once('@').expect("a domain");
+                fields.insert("email_domain".to_owned(), Value::from(domain));
+            }
+            fields.insert("submitted_hour".to_owned(), Value::from(n % 24));
+            let lead = compiler::interp::Lead::from_json(&rules, &Value::Object(fields)).expect("fits the schema");
+            match rules.decide_in(&order, &lead).rule {
+                Some(rule) => *decided.entry(rule.name.clone()).or_default() += 1,
+                None => unsold_by_default += 1,
+            }
+        }
+        let never: Vec<&str> =
+            rules.rules.iter().map(|r| r.name.as_str()).filter(|name| !decided.contains_key(*name)).collect();
+        assert!(never.is_empty(), "rules that decided no lead: {never:?}; decided: {decided:?}");
+        assert!(unsold_by_default > 0, "some leads fall to the default route");
     }
 
     fn int(fields: &Map<String, Value>, name: &str) -> Option<i64> {

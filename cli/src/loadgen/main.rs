@@ -1,10 +1,13 @@
 //! `loadgen`: posts realistic leads to `POST /api/submit` and reports the accepted rate, the
-//! answers by status and the latency percentiles. `main` parses the flags, builds the
-//! generator and driver configs once, runs, and maps the outcome to the exit code
-//! (0: every answer was 202; 1: some were not; 2: the run could not be made).
+//! answers by status and the latency percentiles; with `--e2e` it then waits for every accepted
+//! lead's final state and reports the end-to-end rate, latency and outcomes. `main` parses the
+//! flags, builds the generator and driver configs once, runs, and maps the outcome to the exit
+//! code (0: every answer was 202 and, with `--e2e`, every lead reached a final state; 1: some did
+//! not; 2: the run could not be made).
 
 mod data;
 mod drive;
+mod e2e;
 mod lead;
 mod summary;
 
@@ -71,6 +74,18 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// End to end: after the posts, wait until every accepted lead has a final state in the
+    /// database (accepted, rejected, duplicate, failed, unmatched, dead-lettered) and report the
+    /// end-to-end rate, the latency from post to final state and the count per state.
+    #[arg(long, requires = "database_url")]
+    e2e: bool,
+    /// The service's database (`--e2e` reads the final states there).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// With `--e2e`: seconds after the last post until leads without a final state count as
+    /// lost (exit 1). Raise it when the posts run far ahead of the pipeline.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    settle_timeout: f64,
 }
 
 fn parse_key(text: &str) -> Result<(String, String), String> {
@@ -103,6 +118,8 @@ struct Run {
     json: bool,
     allow_errors: bool,
     threads: usize,
+    /// `--e2e`: the database URL and the settle timeout.
+    e2e: Option<(String, Duration)>,
 }
 
 impl Args {
@@ -130,6 +147,11 @@ impl Args {
             format!("loadgen-{nanos:x}")
         });
         let url = format!("{}/api/submit", self.url.trim_end_matches('/'));
+        let e2e = match (self.e2e, self.database_url) {
+            (true, Some(database_url)) => Some((database_url, seconds(self.settle_timeout, "settle-timeout")?)),
+            (true, None) => anyhow::bail!("--e2e needs --database-url (or DATABASE_URL)"),
+            (false, _) => None,
+        };
         Ok(Run {
             generator: GeneratorConfig {
                 sites,
@@ -145,10 +167,12 @@ impl Args {
                 warmup: seconds(self.warmup, "warmup")?,
                 stop,
                 idempotency_prefix,
+                track: e2e.is_some(),
             },
             json: self.json,
             allow_errors: self.allow_errors,
             threads: self.threads,
+            e2e,
         })
     }
 }
@@ -171,16 +195,42 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let runtime = runtime.enable_all().build().context("starting the async runtime")?;
     let generator = Generator::new(run.generator);
-    let summary = runtime.block_on(drive::run(run.load, generator))?;
+    let summary = runtime.block_on(async {
+        // Connect first: a wrong database URL fails the run before any post.
+        let watch = match &run.e2e {
+            Some((url, _)) => Some(e2e::Watch::start(url).await?),
+            None => None,
+        };
+        let (mut summary, posts) = drive::run(run.load, generator).await?;
+        let posts_ended = std::time::Instant::now();
+        if let (Some(watch), Some((_, timeout))) = (watch, &run.e2e) {
+            summary.end_to_end = Some(watch.settle(posts, posts_ended, *timeout).await?);
+        }
+        anyhow::Ok(summary)
+    })?;
     if run.json {
         println!("{}", serde_json::to_string_pretty(&summary).context("writing the summary as JSON")?);
     } else {
         print!("{}", summary.text());
     }
     let failed = summary.failed + (summary.warmup_requests - summary.warmup_accepted);
+    let mut code = ExitCode::SUCCESS;
     if failed > 0 && !run.allow_errors {
         eprintln!("error: {failed} posts were not answered 202 (--allow-errors to accept that)");
-        return Ok(ExitCode::from(1));
+        code = ExitCode::from(1);
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(e2e) = &summary.end_to_end {
+        if e2e.lost > 0 {
+            eprintln!(
+                "error: {} accepted leads reached no final state within {:.0} s of the last post (--settle-timeout)",
+                e2e.lost, e2e.settle_timeout_secs
+            );
+            code = ExitCode::from(1);
+        }
+        if e2e.untracked > 0 {
+            eprintln!("error: {} answers 202 named no submission_id to follow", e2e.untracked);
+            code = ExitCode::from(1);
+        }
+    }
+    Ok(code)
 }

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::e2e::{EndToEnd, Sent};
+
 /// Answers and latencies one worker saw (merged into [`Summary`] at the end).
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
@@ -26,6 +28,10 @@ pub(crate) struct Tally {
     pub(crate) last_done: Option<Instant>,
     /// The first unexpected answer (status and body) or transport error, to show the user.
     pub(crate) first_error: Option<String>,
+    /// Accepted posts, warm-up included (end-to-end mode only).
+    pub(crate) sent: Vec<Sent>,
+    /// 202 answers without a readable `submission_id` (end-to-end mode only).
+    pub(crate) untracked: u64,
 }
 
 impl Tally {
@@ -43,6 +49,8 @@ impl Tally {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
+        self.sent.extend(other.sent);
+        self.untracked += other.untracked;
     }
 }
 
@@ -122,6 +130,9 @@ pub(crate) struct Summary {
     pub(crate) accepted_total: u64,
     /// The first unexpected answer or error, if any.
     pub(crate) first_error: Option<String>,
+    /// End-to-end mode: what became of the accepted leads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) end_to_end: Option<EndToEnd>,
 }
 
 impl Summary {
@@ -160,6 +171,7 @@ impl Summary {
             warmup_accepted: tally.warmup_accepted,
             accepted_total: accepted + tally.warmup_accepted,
             first_error: tally.first_error,
+            end_to_end: None,
         }
     }
 
@@ -187,6 +199,9 @@ impl Summary {
         );
         if let Some(error) = &self.first_error {
             let _ = writeln!(out, "first error   {error}");
+        }
+        if let Some(e2e) = &self.end_to_end {
+            out.push_str(&e2e.text());
         }
         out
     }

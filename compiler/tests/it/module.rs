@@ -190,10 +190,14 @@ fn leads_that_do_not_fit_get_clear_errors() {
     let program = program(&compiled);
     let mut session = program.session().expect("session");
     for (lead, problem) in [
-        (json!({"age": "old"}), "`age`"),
-        (json!({"age": 1000}), "outside the field's domain"),
-        (json!({"state": "ZZ"}), "not one of the field's values"),
-        (json!({"loan_amount": 10.555}), "not exact"),
+        (json!({"age": "old"}), "`age`: `\"old\"` is not exact with 0 digits after the point"),
+        (json!({"age": 1000}), "`age`: `1000` is outside the field's domain"),
+        (json!({"age": true}), "`age`: expected a number, got true"),
+        (json!({"state": "ZZ"}), "`state`: `ZZ` is not one of the field's values"),
+        (json!({"state": 5}), "`state`: expected a string, got 5"),
+        (json!({"zip": ["9"]}), "`zip`: expected a string, got [\"9\"]"),
+        (json!({"has_diploma": "yes"}), "`has_diploma`: expected true or false, got \"yes\""),
+        (json!({"loan_amount": 10.555}), "`loan_amount`: `10.555` is not exact with 2 digits after the point"),
         (json!([1, 2]), "JSON object"),
     ] {
         let error = session.decide_json(&lead).expect_err("refused").to_string();

@@ -5,5 +5,6 @@
 
 mod consumer;
 mod dlq;
+mod outcome;
 mod partners;
 mod schema;

@@ -2,7 +2,9 @@
 //! and its recorded state, dedupe within and after the window, retries then success, retries
 //! exhausted into the DLQ with the circuit opened, timeouts, Retry-After, the circuit (no calls
 //! while open, exactly one probe across two workers, closing on success), two workers racing on
-//! duplicate leads, and a crash between the call and the commit.
+//! duplicate leads, a crash between the call and the commit (the call repeated once, and the
+//! dedupe key still claimed against another lead meanwhile), and a batch whose new lead comes
+//! before a redelivered one with the same key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use pipeline::config::ConsumerConfig;
 use pipeline::consumer::{Consumer, Envelope, Handler};
 use pipeline::message::{PartnerLead, RoutingLead};
 use pipeline::partners::{PartnerConfig, RequestTemplate};
-use pipeline::queue::{self};
+use pipeline::queue::{self, QueueName};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -127,6 +129,18 @@ impl Setup {
 
     async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect(sql)
+    }
+
+    /// The queued message of lead `id`, as a batch hands it to the handler.
+    async fn envelope(&self, id: Uuid) -> Envelope<PartnerLead> {
+        let (msg_id, message): (i64, Value) = sqlx::query_as(
+            "SELECT msg_id, message FROM pgmq.q_partner_acme WHERE (message->>'submission_id')::uuid = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .expect("message");
+        Envelope { msg_id, attempt: 1, enqueued_at: Utc::now(), body: serde_json::from_value(message).expect("lead") }
     }
 
     /// Runs `consumer` until a read finds nothing visible.
@@ -302,7 +316,7 @@ async fn a_crash_between_call_and_commit_repeats_the_call_once_with_the_same_key
     };
     let mut tx = s.pool.begin().await.expect("tx");
     handler.handle(&mut tx, &[envelope]).await.expect("handled");
-    drop(tx); // rolled back: no row, the message is still queued
+    drop(tx); // rolled back: the row stays `pending` (claimed before the call), the message queued
 
     s.drain(&s.consumer()).await;
     assert_eq!(s.state(id).await, ("accepted".to_owned(), 1, Some(200)));
@@ -332,4 +346,88 @@ async fn a_permanent_error_is_not_retried(pool: PgPool) {
     let state: String =
         sqlx::query_scalar("SELECT state FROM circuit_breakers").fetch_one(&s.pool).await.expect("breaker");
     assert_eq!(state, "closed", "a bad lead is not a failing partner");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_crash_between_call_and_commit_keeps_the_dedupe_key_claimed(pool: PgPool) {
+    let s = setup(pool, partner(0, 2_000)).await;
+    let first = s.lead("same@example.com").await;
+    // The first lead is called, and its worker dies before committing.
+    let handler = Deliver::new(s.config.clone(), s.context.clone()).expect("deliver");
+    let envelope = s.envelope(first).await;
+    let mut tx = s.pool.begin().await.expect("tx");
+    handler.handle(&mut tx, std::slice::from_ref(&envelope)).await.expect("handled");
+    drop(tx);
+    // Before its message reappears (its visibility timeout), another lead with the same key
+    // comes: the partner already has the key (the first call reached it), so this one is a
+    // duplicate, not a second delivery.
+    let hide = "UPDATE pgmq.q_partner_acme SET vt = now() + make_interval(secs => $2) WHERE msg_id = $1";
+    sqlx::query(hide).bind(envelope.msg_id).bind(60.0).execute(&s.pool).await.expect("invisible");
+    let second = s.lead("same@example.com").await;
+    s.drain(&s.consumer()).await;
+    sqlx::query(hide).bind(envelope.msg_id).bind(0.0).execute(&s.pool).await.expect("visible");
+    s.drain(&s.consumer()).await;
+    assert_eq!(s.state(first).await, ("accepted".to_owned(), 1, Some(200)));
+    assert_eq!(s.state(second).await.0, "duplicate");
+    let keys: Vec<String> = s.mock.idempotency_keys(ROUTE).into_keys().collect();
+    assert_eq!(keys, [format!("{first}:{ROUTE}")], "the partner received the key with one lead only");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_redelivered_lead_claims_its_key_wherever_it_stands_in_the_batch(pool: PgPool) {
+    let s = setup(pool, partner(3, 2_000)).await;
+    let handler = Deliver::new(s.config.clone(), s.context.clone()).expect("deliver");
+    // The first lead is tried once and left `pending` for a retry (its message stays queued).
+    s.mock.set(ROUTE, Behaviour::ServerError);
+    let first = s.lead("same@example.com").await;
+    let mut tx = s.pool.begin().await.expect("tx");
+    handler.handle(&mut tx, &[s.envelope(first).await]).await.expect("handled");
+    tx.commit().await.expect("commit");
+    assert_eq!(s.state(first).await.0, "pending");
+    // A new lead with the same key, and a batch that holds it before the retried one
+    // (`pgmq.read` does not return a batch in queue order).
+    s.mock.set(ROUTE, Behaviour::Accept);
+    let second = s.lead("same@example.com").await;
+    let mut tx = s.pool.begin().await.expect("tx");
+    handler.handle(&mut tx, &[s.envelope(second).await, s.envelope(first).await]).await.expect("handled");
+    tx.commit().await.expect("commit");
+    assert_eq!(s.state(first).await, ("accepted".to_owned(), 2, Some(200)));
+    assert_eq!(s.state(second).await.0, "duplicate");
+    let keys: Vec<String> = s.mock.idempotency_keys(ROUTE).into_keys().collect();
+    assert_eq!(keys, [format!("{first}:{ROUTE}")], "the partner received the key with one lead only");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_replayed_letter_is_delivered_again_unless_its_key_went_elsewhere(pool: PgPool) {
+    let s = setup(pool, partner(0, 2_000)).await;
+    let consumer = s.consumer();
+    s.mock.set(ROUTE, Behaviour::ServerError);
+    let first = s.lead("first@example.com").await;
+    let second = s.lead("second@example.com").await;
+    s.drain(&consumer).await;
+    assert_eq!(s.state(first).await.0, "failed");
+    assert_eq!(s.state(second).await.0, "failed");
+    // Meanwhile another lead of the second person is delivered.
+    s.mock.set(ROUTE, Behaviour::Accept);
+    let later = s.lead("second@example.com").await;
+    // The circuit opened on the failures: let the partner be tried again at once.
+    sqlx::query(
+        "UPDATE circuit_breakers SET state = 'closed', opened_at = NULL, retry_at = NULL, consecutive_failures = 0",
+    )
+    .execute(&s.pool)
+    .await
+    .expect("close");
+    s.context.breakers.reload(&s.pool).await.expect("breakers");
+    s.drain(&consumer).await;
+    assert_eq!(s.state(later).await.0, "accepted");
+    let calls = s.mock.calls(ROUTE);
+
+    let dlq = QueueName::new("partner_acme_dlq").expect("name");
+    let replayed = pipeline::dlq::replay(&s.pool, &dlq, pipeline::dlq::Selection::All).await.expect("replay");
+    assert_eq!(replayed.replayed, 2);
+    s.drain(&consumer).await;
+    assert_eq!(s.state(first).await, ("accepted".to_owned(), 1, Some(200)), "delivered with fresh attempts");
+    assert_eq!(s.state(second).await.0, "duplicate", "its key went to a later lead");
+    assert_eq!(s.mock.calls(ROUTE), calls + 1, "one call: the first lead's");
+    assert_eq!(s.count("SELECT count(*) FROM pgmq.q_partner_acme_dlq").await, 0);
 }

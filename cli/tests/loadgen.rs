@@ -1,0 +1,144 @@
+//! `loadgen --e2e` against a real `offer-router serve` (example rules and partners, the mock
+//! partners in-process) on a fresh database: every accepted lead reaches a final state and is
+//! counted once, with its latency and the queues' peaks; with no time to settle, the leads still
+//! on their way are reported lost and loadgen exits 1.
+
+#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{ConnectOptions, PgPool};
+
+/// Kills the daemon when the test ends, however it ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_local_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("address").to_string()
+}
+
+const SITES: [&str; 5] = ["degreefinder", "nursingdegrees", "onlinemba", "loanmatch", "quickcash"];
+
+fn loadgen(addr: &str, database_url: &str, keys: &[String], extra: &[&str]) -> (Output, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &format!("http://{addr}"), "--e2e", "--database-url", database_url, "--json"])
+        .args(["--concurrency", "8", "--warmup", "0", "--people", "100", "--seed", "7"])
+        .args(keys.iter().flat_map(|k| ["--key", k.as_str()]))
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run loadgen");
+    let summary = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("loadgen printed no JSON ({error}); stderr: {}", String::from_utf8_lossy(&output.stderr))
+    });
+    (output, summary)
+}
+
+#[sqlx::test(migrations = false)]
+async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool) {
+    let database_url = pool.connect_options().to_url_lossy().to_string();
+    let (addr, mock) = (free_local_addr(), free_local_addr());
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_offer-router"))
+            .arg("serve")
+            .env("DATABASE_URL", &database_url)
+            .env("HTTP_ADDR", &addr)
+            .env("SEED_RULES", format!("{examples}/rules.yaml"))
+            .env("SEED_PARTNERS", format!("{examples}/partners.yaml"))
+            .env("MOCK_PARTNERS_ADDR", &mock)
+            .env("PARTNER_BASE_URL", format!("http://{mock}"))
+            .env("PARTNER_TOKEN", "test-token")
+            .env("RUST_LOG", "warn")
+            .env_remove("SENTRY_DSN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start offer-router"),
+    );
+    // Ready, with the seeded rules compiled and active (leads would wait for them otherwise).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: Option<i64> =
+            sqlx::query_scalar("SELECT count(*) FROM decision_trees WHERE active").fetch_one(&pool).await.ok();
+        if active == Some(1) && reqwest::get(format!("http://{addr}/readyz")).await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        if let Some(status) = daemon.0.try_wait().expect("poll child") {
+            panic!("daemon exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "daemon not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys: Vec<String> = SITES
+        .iter()
+        .map(|site| {
+            let created = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+                .args(["sites", "create", site, "--json"])
+                .env("DATABASE_URL", &database_url)
+                .output()
+                .expect("run offer-router sites create");
+            assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+            let created: Value = serde_json::from_slice(&created.stdout).expect("JSON");
+            format!("{site}={}", created["api_key"].as_str().expect("a key"))
+        })
+        .collect();
+
+    // Every accepted lead reaches a final state, once.
+    let (output, summary) = loadgen(&addr, &database_url, &keys, &["--requests", "300", "--settle-timeout", "60"]);
+    assert!(output.status.success(), "loadgen failed: {}\n{summary:#}", String::from_utf8_lossy(&output.stderr));
+    let e2e = &summary["end_to_end"];
+    assert_eq!(summary["accepted_total"], 300, "{summary:#}");
+    assert_eq!(
+        (e2e["leads"].as_u64(), e2e["finished"].as_u64(), e2e["lost"].as_u64()),
+        (Some(300), Some(300), Some(0))
+    );
+    assert_eq!((e2e["several_finals"].as_u64(), e2e["untracked"].as_u64()), (Some(0), Some(0)), "{e2e:#}");
+    let states = e2e["states"].as_object().expect("states");
+    assert_eq!(states.len(), 6, "every state is listed: {e2e:#}");
+    assert_eq!(states.values().filter_map(Value::as_u64).sum::<u64>(), 300, "{e2e:#}");
+    assert!(states["accepted"].as_u64() > Some(0), "the mock partners accept: {e2e:#}");
+    // The database agrees: a final `leads` row per lead delivered or deduplicated.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM leads WHERE state <> 'pending'")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    let delivered: u64 =
+        ["accepted", "rejected", "duplicate", "failed"].iter().filter_map(|s| states[*s].as_u64()).sum();
+    assert_eq!(u64::try_from(rows).ok(), Some(delivered), "{e2e:#}");
+    let latency = &e2e["latency_ms"];
+    let (p50, max) = (latency["p50"].as_f64().expect("p50"), latency["max"].as_f64().expect("max"));
+    assert!(p50 > 0.0 && p50 <= max, "{latency}");
+    assert!(e2e["leads_per_sec"].as_f64() > Some(0.0) && e2e["sustained_per_sec"].as_f64() > Some(0.0), "{e2e:#}");
+    assert!(e2e["queue_peaks"].is_object() && e2e["lost_examples"] == Value::Array(Vec::new()), "{e2e:#}");
+
+    // Given no time to settle, the leads still in the pipeline are lost: exit 1, and named.
+    let (output, summary) = loadgen(&addr, &database_url, &keys, &["--requests", "200", "--settle-timeout", "0"]);
+    assert_eq!(output.status.code(), Some(1), "{summary:#}");
+    let e2e = &summary["end_to_end"];
+    let lost = e2e["lost"].as_u64().expect("lost");
+    assert!(lost > 0 && e2e["finished"].as_u64() == Some(200 - lost), "{e2e:#}");
+    assert!(!e2e["lost_examples"].as_array().expect("ids").is_empty(), "{e2e:#}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("reached no final state"), "{output:?}");
+}
+
+#[test]
+fn e2e_mode_needs_a_database() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--key", "degreefinder=ors_x", "--e2e"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run loadgen");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"), "{output:?}");
+}
