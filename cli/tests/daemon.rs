@@ -5,8 +5,7 @@
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -14,20 +13,9 @@ use nix::unistd::Pid;
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
 
-/// Kills the child if the test fails before it is reaped.
-struct Daemon(Child);
+mod common;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_local_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("address").to_string()
-}
+use common::{Daemon, free_local_addr, site_key};
 
 async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Value)> {
     let response = client.get(url).send().await.ok()?;
@@ -53,17 +41,7 @@ async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgP
     );
 
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ready = loop {
-        if let Some((200, body)) = get(&client, &format!("http://{addr}/readyz")).await {
-            break body;
-        }
-        if let Some(status) = daemon.0.try_wait().expect("poll child") {
-            panic!("daemon exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "daemon not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ready = daemon.ready(&addr).await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(get(&client, &format!("http://{addr}/healthz")).await, Some((200, serde_json::json!({"status": "ok"}))));
 
@@ -76,14 +54,7 @@ async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgP
 
     // A site's key, made by the operator command, is accepted by the daemon's ingest endpoint,
     // and the daemon's identify worker forwards the lead to `routing`.
-    let created = Command::new(env!("CARGO_BIN_EXE_offer-router"))
-        .args(["sites", "create", "degreefinder", "--json"])
-        .env("DATABASE_URL", &database_url)
-        .output()
-        .expect("run offer-router sites create");
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).expect("JSON");
-    let key = created["api_key"].as_str().expect("a key");
+    let key = site_key(&database_url, "degreefinder");
     let response = client
         .post(format!("http://{addr}/api/submit"))
         .bearer_auth(key)

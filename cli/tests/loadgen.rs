@@ -5,27 +5,15 @@
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::{ConnectOptions, PgPool};
 
-/// Kills the daemon when the test ends, however it ends.
-struct Daemon(Child);
+mod common;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_local_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("address").to_string()
-}
+use common::{Daemon, free_local_addr, site_key};
 
 const SITES: [&str; 5] = ["degreefinder", "nursingdegrees", "onlinemba", "loanmatch", "quickcash"];
 
@@ -67,32 +55,15 @@ async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool)
             .expect("start offer-router"),
     );
     // Ready, with the seeded rules compiled and active (leads would wait for them otherwise).
+    daemon.ready(&addr).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let active: Option<i64> =
-            sqlx::query_scalar("SELECT count(*) FROM decision_trees WHERE active").fetch_one(&pool).await.ok();
-        if active == Some(1) && reqwest::get(format!("http://{addr}/readyz")).await.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        if let Some(status) = daemon.0.try_wait().expect("poll child") {
-            panic!("daemon exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "daemon not ready within 60 s");
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM decision_trees WHERE active").fetch_one(&pool).await.ok()
+        != Some(1)
+    {
+        assert!(Instant::now() < deadline, "no active decision tree within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let keys: Vec<String> = SITES
-        .iter()
-        .map(|site| {
-            let created = Command::new(env!("CARGO_BIN_EXE_offer-router"))
-                .args(["sites", "create", site, "--json"])
-                .env("DATABASE_URL", &database_url)
-                .output()
-                .expect("run offer-router sites create");
-            assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-            let created: Value = serde_json::from_slice(&created.stdout).expect("JSON");
-            format!("{site}={}", created["api_key"].as_str().expect("a key"))
-        })
-        .collect();
+    let keys: Vec<String> = SITES.iter().map(|site| format!("{site}={}", site_key(&database_url, site))).collect();
 
     // Every accepted lead reaches a final state, once.
     let (output, summary) = loadgen(&addr, &database_url, &keys, &["--requests", "300", "--settle-timeout", "60"]);

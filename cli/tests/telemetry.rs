@@ -9,8 +9,7 @@
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,20 +21,9 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
 
-/// Kills the child if the test fails before it is reaped.
-struct Daemon(Child);
+mod common;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_local_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("address").to_string()
-}
+use common::{Daemon, free_local_addr, site_key};
 
 /// One envelope as the ingest received it.
 #[derive(Debug, Clone)]
@@ -298,17 +286,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
     );
 
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
-    loop {
-        let ready = client.get(format!("http://{addr}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().as_u16() == 200) {
-            break;
-        }
-        if let Some(status) = daemon.0.try_wait().expect("poll child") {
-            panic!("daemon exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "daemon not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    daemon.ready(&addr).await;
     control(
         &client,
         &mock,
@@ -319,14 +297,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
     control(&client, &mock, broken, json!({"mode": "server_error"})).await;
     control(&client, &mock, slow, json!({"mode": "slow", "delay_ms": 2500})).await;
 
-    let created = Command::new(env!("CARGO_BIN_EXE_offer-router"))
-        .args(["sites", "create", "degreefinder", "--json"])
-        .env("DATABASE_URL", &database_url)
-        .output()
-        .expect("run offer-router sites create");
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    let created: Value = serde_json::from_slice(&created.stdout).expect("JSON");
-    let key = created["api_key"].as_str().expect("a key").to_owned();
+    let key = site_key(&database_url, "degreefinder");
 
     // A message no worker can read: the router dead-letters it at once.
     let garbage: i64 = sqlx::query_scalar("SELECT * FROM pgmq.send('routing', '\"not a lead\"'::jsonb)")

@@ -1,0 +1,58 @@
+//! What the tests that run `offer-router` as a process share: the daemon as a child that dies
+//! with the test, a free local address, waiting for `/readyz`, and a site key made by the
+//! operator command. Each test crate uses part of it.
+
+#![allow(dead_code, reason = "each test crate that includes this module uses part of it")]
+
+use std::net::TcpListener;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Kills the daemon when the test ends, however it ends.
+pub(crate) struct Daemon(pub(crate) Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    /// Waits until `GET http://{addr}/readyz` answers 200 and returns its body; fails if the
+    /// daemon exits first or is not ready within 60 s.
+    pub(crate) async fn ready(&mut self, addr: &str) -> serde_json::Value {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(format!("http://{addr}/readyz")).send().await
+                && response.status().as_u16() == 200
+            {
+                return response.json().await.expect("readiness JSON");
+            }
+            if let Some(status) = self.0.try_wait().expect("poll child") {
+                panic!("daemon exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "daemon not ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A local address nothing listens on (yet).
+pub(crate) fn free_local_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("address").to_string()
+}
+
+/// A new site's API key, made with `offer-router sites create SITE --json`.
+pub(crate) fn site_key(database_url: &str, site: &str) -> String {
+    let created = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+        .args(["sites", "create", site, "--json"])
+        .env("DATABASE_URL", database_url)
+        .output()
+        .expect("run offer-router sites create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).expect("JSON");
+    created["api_key"].as_str().expect("a key").to_owned()
+}
