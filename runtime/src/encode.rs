@@ -62,7 +62,7 @@ impl Scale {
 
 /// A JSON number or numeric string in units of `10^-scale`, with fast paths (no `i128`, no
 /// library call) for integers and for decimals that arrived as `f64`.
-#[inline]
+#[inline(always)]
 fn units_of(value: &Value, scale: Scale) -> Option<i128> {
     match value {
         Value::Number(n) => match (n.as_i64(), n.as_f64(), scale.int) {
@@ -375,7 +375,7 @@ impl Encoder {
 
     /// The hot path of [`Encoder::encode_field`]: `None` when `value` does not fit the field
     /// (the reason is worked out apart, so no error is built or moved here).
-    #[inline]
+    #[inline(always)]
     fn write_field(&self, index: usize, value: &Value, out: &mut [u8]) -> Option<()> {
         let (_, slot, kind) = &self.fields[index];
         let class = match kind {
