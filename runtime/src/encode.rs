@@ -5,7 +5,7 @@
 //! unpredictable branches:
 //! - a lead's keys arrive in byte order (a `serde_json::Map`), so each is first checked
 //!   against the schema's next field or the one after it; only other keys are looked up;
-//! - names and values of up to 16 bytes are compared as two words and a length ([`Short`]),
+//! - names and values of up to 16 bytes are compared as two words and a length (`Short`),
 //!   in open-addressing tables;
 //! - a string's longest tested prefix (suffix) is one table lookup per distinct affix length,
 //!   and its "other" class a dense index by (prefix, suffix);
