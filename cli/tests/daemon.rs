@@ -8,8 +8,6 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
 
@@ -107,16 +105,7 @@ async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgP
     let rules_version: i64 = sqlx::query_scalar("SELECT version FROM rule_set").fetch_one(&pool).await.expect("v");
     assert_eq!(rules_version, 1, "the example rules were seeded once");
 
-    let pid = Pid::from_raw(i32::try_from(daemon.0.id()).expect("pid fits"));
-    kill(pid, Signal::SIGTERM).expect("send SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().expect("poll child") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = daemon.terminate(Instant::now() + Duration::from_secs(20)).await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 

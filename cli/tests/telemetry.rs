@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
 
@@ -374,14 +372,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sigterm = Instant::now();
-    kill(Pid::from_raw(i32::try_from(daemon.0.id()).expect("pid fits")), Signal::SIGTERM).expect("send SIGTERM");
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().expect("poll child") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "daemon did not stop within 60 s of the test's start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = daemon.terminate(deadline).await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     let _ = std::fs::remove_file(&partners_file);
 

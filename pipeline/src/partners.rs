@@ -32,6 +32,20 @@ pub enum Verdict {
     Permanent,
 }
 
+impl Verdict {
+    /// Its name, as in the partners file (`accepted`, `retryable`, ...); a final verdict's name
+    /// is also the state it gives the lead's `leads` row.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Duplicate => "duplicate",
+            Self::Retryable => "retryable",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
 /// One classification rule: the first that matches an answer decides it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

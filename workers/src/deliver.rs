@@ -388,7 +388,7 @@ impl Deliver {
                 calls.push(async move {
                     let answer = call.await;
                     span.record("status", answer.status);
-                    span.record("verdict", verdict_name(answer.verdict));
+                    span.record("verdict", answer.verdict.as_str());
                     if answer.error.is_some() {
                         span.failed();
                     }
@@ -414,12 +414,7 @@ impl Deliver {
             let (state, outcome) = match answer.verdict {
                 Verdict::Accepted | Verdict::Rejected | Verdict::Duplicate => {
                     successes += 1;
-                    let state = match answer.verdict {
-                        Verdict::Accepted => "accepted",
-                        Verdict::Rejected => "rejected",
-                        _ => "duplicate",
-                    };
-                    (state, Outcome::Done(Vec::new()))
+                    (answer.verdict.as_str(), Outcome::Done(Vec::new()))
                 }
                 Verdict::Permanent => ("failed", Outcome::DeadLetter(answer.error.clone().unwrap_or_default())),
                 Verdict::Retryable => {
@@ -718,16 +713,6 @@ fn transition(partner: &str, to: &'static str) {
         .capture();
 }
 
-fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Accepted => "accepted",
-        Verdict::Rejected => "rejected",
-        Verdict::Duplicate => "duplicate",
-        Verdict::Retryable => "retryable",
-        Verdict::Permanent => "permanent",
-    }
-}
-
 /// Reports one call: its metrics, and a warning for a failed call (an error event when the lead
 /// has failed for good and goes to the partner's DLQ).
 fn emit_call(partner: &str, message: &Envelope<PartnerLead>, answer: &Answer, attempts: i32, failed: bool) {
@@ -740,7 +725,7 @@ fn emit_call(partner: &str, message: &Envelope<PartnerLead>, answer: &Answer, at
     sentry::metrics::counter("deliver.responses", 1.0)
         .attribute("partner", partner.to_owned())
         .attribute("status", status)
-        .attribute("verdict", verdict_name(answer.verdict))
+        .attribute("verdict", answer.verdict.as_str())
         .capture();
     if attempts > 1 {
         sentry::metrics::counter("deliver.retries", 1.0).attribute("partner", partner.to_owned()).capture();

@@ -39,6 +39,21 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Sends SIGTERM and waits for the daemon to exit, at most until `deadline`.
+    pub(crate) async fn terminate(&mut self, deadline: Instant) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).expect("pid fits"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        loop {
+            if let Some(status) = self.0.try_wait().expect("poll child") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// A local address nothing listens on (yet).
 pub(crate) fn free_local_addr() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
