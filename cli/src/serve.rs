@@ -32,6 +32,10 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
         let loaded = crate::rules::load_file(&pool, file, false).await?;
         tracing::info!(file = %file.display(), rules = loaded.rules, version = loaded.version, "seeded the rule set");
     }
+    workers::compile::recompile_if_stale(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("checking the active tree's ABI")?;
     if let Some(file) = &seeds.partners {
         let configured: i64 = sqlx::query_scalar("SELECT count(*) FROM partners").fetch_one(&pool).await?;
         if configured == 0 {

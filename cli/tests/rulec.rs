@@ -91,7 +91,7 @@ fn compile_writes_module_and_manifest_and_refuses_errors() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tree.manifest.json")).expect("manifest written"))
             .expect("JSON");
-    assert_eq!(manifest["abi_version"], 1);
+    assert_eq!(manifest["abi_version"], 2);
     assert_eq!(manifest["rules"].as_array().map(Vec::len), Some(38));
     assert!(manifest["dag"]["nodes"].as_u64().is_some());
 

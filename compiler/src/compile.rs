@@ -104,7 +104,7 @@ pub fn compile(rules: &RuleSet, findings: &[crate::finding::Finding], source: &[
     let validation = validate(rules, &lowered)?;
     let validation_time = started.elapsed();
     let started = Instant::now();
-    let wasm = wasm::emit(&lowered.dag, &lowered.atoms);
+    let wasm = wasm::emit(&lowered.dag, &lowered.atoms)?;
     wasm::verify(&wasm)?;
     let emit_time = started.elapsed();
     let stats = lowered.dag.stats();

@@ -25,6 +25,9 @@ pub enum Error {
     /// An emitted module broke one of the module rules (valid, no imports, no loops).
     #[error("internal error: the emitted module is invalid: {0}")]
     InvalidModule(String),
+    /// The decision DAG is too large for the module's table format.
+    #[error("the rule set is too large to compile: {0}")]
+    TooLarge(String),
     /// The rule set has error-level findings and cannot be compiled.
     #[error("the rule set has {0} error-level findings; fix them first (`rulec check`)")]
     NotCompilable(usize),

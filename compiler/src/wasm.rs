@@ -1,21 +1,32 @@
 //! Wasm emission (wasm-encoder) of a decision DAG, following `runtime::abi`, and the checks
 //! every emitted module must pass: valid (wasmparser), no imports, no loop outside the batch
-//! loop of `decide_batch`.
+//! loops of `decide_batch`.
 //!
-//! A test node on a class field (enum, string, bool) is one `br_table` over its dense class
-//! ids; on a number field it is a presence check and then balanced `i64.lt_s` comparisons
-//! over the interval bounds. Nodes reached from several parents become functions of their
-//! own (called, never duplicated); the rest is inlined, so the code grows with the DAG, not
-//! with the number of paths. Every path ends in `return`, so no path loops.
+//! The DAG is emitted as data, walked by straight-line code without a branch, so the time of
+//! a decision does not depend on how predictable the leads are:
+//! - every test node is a **row** of 4-byte entries in the module's memory, one per class
+//!   of its field; entry `c` is the state after the node for class `c`: the record slot the
+//!   next node tests (in words, in the high bits) and the word where that node's row starts.
+//!   A leaf's row loops to itself on every class of one chosen field (the "leaf field", the
+//!   narrowest tested one) and holds its answer after its entries;
+//! - a step of the walk loads the class at the state's slot, then the entry at
+//!   `row + class`. The code makes as many steps as the longest path needs (a path that ends
+//!   sooner stays on its leaf), then reads the answer after the leaf's row;
+//! - a number field is first turned into its interval (atom) in place, in its presence slot:
+//!   a lookup table of atoms indexed by `value - min` when the field's domain is small, else
+//!   a branch-free binary search over its cut points. A field with many intervals is tested
+//!   in two steps, the high part of the interval and then, only where that does not decide,
+//!   the low part (in the first word of its value slot), so its rows stay small;
+//! - `decide_batch` walks [`LANES`] leads side by side, so their loads overlap; the few leads
+//!   of a batch past the last full group go through `decide` one by one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 use runtime::abi::{ABI_VERSION, EXPORT_DECIDE, EXPORT_DECIDE_BATCH, EXPORT_MEMORY, EXPORT_VERSION, Layout};
 use wasm_encoder::{
-    BlockType, CodeSection, ExportKind, ExportSection, Function, FunctionSection, InstructionSink, MemArg,
-    MemorySection, MemoryType, Module, TypeSection, ValType,
+    BlockType, CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function, FunctionSection,
+    InstructionSink, MemArg, MemorySection, MemoryType, Module, TypeSection, ValType,
 };
 
 use crate::atoms::{Atoms, FieldAtoms};
@@ -24,6 +35,10 @@ use crate::{Error, Result};
 
 /// Records one `decide_batch` call takes.
 pub const MAX_BATCH: usize = 1024;
+/// Leads `decide_batch` walks side by side (`MAX_BATCH` is a multiple of it).
+pub const LANES: usize = 16;
+/// Number fields with at most this many values in their domain get an atom lookup table.
+const DIRECT_LIMIT: i128 = 4096;
 
 /// Where things are in the module's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +49,8 @@ pub struct MemoryPlan {
     pub max_batch: usize,
     /// Start of the batch results.
     pub output_offset: usize,
-    /// Pages of 64 KiB.
-    pub pages: u64,
+    /// Start of the DAG's tables (after the results).
+    pub tables_offset: usize,
 }
 
 impl MemoryPlan {
@@ -44,8 +59,8 @@ impl MemoryPlan {
         let numbers = atoms.fields.iter().filter(|f| matches!(f, FieldAtoms::Numeric { .. })).count();
         let layout = Layout { fields: atoms.fields.len(), numbers };
         let output_offset = (layout.record_size() * MAX_BATCH).next_multiple_of(8);
-        let pages = ((output_offset + 4 * MAX_BATCH) as u64).div_ceil(65536).max(1);
-        Self { layout, max_batch: MAX_BATCH, output_offset, pages }
+        let tables_offset = (output_offset + 4 * MAX_BATCH).next_multiple_of(64);
+        Self { layout, max_batch: MAX_BATCH, output_offset, tables_offset }
     }
 }
 
@@ -53,273 +68,390 @@ const FN_VERSION: u32 = 0;
 const FN_DECIDE: u32 = 1;
 const FN_BATCH: u32 = 2;
 
-/// Where the code of a decision leaves its answer.
+/// How a number field's value becomes its atom.
 #[derive(Debug, Clone, Copy)]
-enum Exit {
-    /// `return` it (in `decide` and the node functions).
-    Return,
-    /// Branch out to the enclosing `block (result i32)` this many labels up (the inlined
-    /// decision in `decide_batch`'s loop).
-    Break(u32),
+enum Classify {
+    /// `atoms[value - min]` (u16), the index clamped to the domain.
+    Direct { table: u32, min: i64, size: i64 },
+    /// 1 + how many of the `count` cut points (i64, ascending) at `cuts` are `<=` the value.
+    Search { cuts: u32, count: usize },
 }
 
-/// The locals and exit of the function being emitted.
+/// A number field some node tests.
 #[derive(Debug, Clone, Copy)]
-struct Frame {
-    /// The local holding the record's address.
-    ptr: u32,
-    /// The first of the i64 locals, one per number field.
-    values: u32,
-    exit: Exit,
+struct Number {
+    /// Offset of its presence slot, where its atom (or, split, `atom >> lo_bits`) goes.
+    slot: u32,
+    /// Offset of its value; split, `atom & (2^lo_bits - 1)` goes in its first 4 bytes.
+    value: u32,
+    classify: Classify,
+    /// Set when the field has so many atoms that a row per node would be large: its nodes
+    /// then test the high part of the atom, and the low part where that does not decide.
+    lo_bits: Option<u32>,
 }
 
-impl Frame {
-    /// The same frame `labels` blocks deeper.
-    fn nested(self, labels: u32) -> Frame {
-        match self.exit {
-            Exit::Return => self,
-            Exit::Break(depth) => Frame { exit: Exit::Break(depth + labels), ..self },
+/// Fields with more atoms than this are tested in two steps (see [`Number::lo_bits`]).
+const SPLIT_ABOVE: usize = 64;
+
+/// The DAG laid out as memory: its tables, and what the code needs to walk them.
+struct Image {
+    /// Bytes placed at `plan.tables_offset`.
+    data: Vec<u8>,
+    /// The root's entry.
+    start: u32,
+    /// Steps that reach a leaf from anywhere.
+    depth: usize,
+    /// An entry is `slot / 4 << shift | row`.
+    shift: u32,
+    /// Where the rows start (bytes).
+    rows_offset: u32,
+    /// Offset of a leaf's answer from its row (bytes).
+    answer: u32,
+    numbers: Vec<Number>,
+}
+
+impl Image {
+    fn new(dag: &Dag, atoms: &Atoms, plan: &MemoryPlan) -> Result<Image> {
+        let base = plan.tables_offset;
+        let mut data: Vec<u8> = Vec::new();
+        let addr = |len: usize| u32::try_from(base + len).unwrap_or(u32::MAX);
+        let slot = |field: usize| plan.layout.slot(field) as u32;
+
+        // Test nodes breadth first, so the rows near the root (the hottest) are together.
+        let mut tests = Vec::new();
+        let mut leaves = Vec::new();
+        let mut seen = vec![false; dag.graph.node_count()];
+        let mut queue = VecDeque::from([dag.root]);
+        seen[dag.root.index()] = true;
+        while let Some(node) = queue.pop_front() {
+            match dag.graph[node] {
+                Node::Leaf(_) => leaves.push(node),
+                Node::Test { field } => {
+                    tests.push((node, field));
+                    for child in dag.graph.neighbors(node) {
+                        if !std::mem::replace(&mut seen[child.index()], true) {
+                            queue.push_back(child);
+                        }
+                    }
+                }
+            }
         }
-    }
 
-    fn leave(self, sink: &mut InstructionSink<'_>) {
-        match self.exit {
-            Exit::Return => sink.return_(),
-            Exit::Break(depth) => sink.br(depth),
+        // Number fields first: their classification tables.
+        let mut numbers = Vec::new();
+        let mut split: Vec<Option<u32>> = vec![None; atoms.fields.len()];
+        let mut number = 0;
+        for (field, kind) in atoms.fields.iter().enumerate() {
+            let FieldAtoms::Numeric { bounds } = kind else { continue };
+            let value = plan.layout.value(number) as u32;
+            number += 1;
+            if !tests.iter().any(|&(_, f)| f == field) {
+                continue;
+            }
+            let (min, max) = (bounds[0], bounds[bounds.len() - 1] - 1);
+            let classify = if max - min < DIRECT_LIMIT {
+                let table = addr(data.len());
+                let mut atom = 1u16;
+                for v in min..=max {
+                    while bounds[usize::from(atom)] <= v {
+                        atom += 1;
+                    }
+                    data.extend_from_slice(&atom.to_le_bytes());
+                }
+                Classify::Direct { table, min: min as i64, size: (max - min + 1) as i64 }
+            } else {
+                data.resize(data.len().next_multiple_of(8), 0);
+                let cuts = addr(data.len());
+                let interior = &bounds[1..bounds.len() - 1];
+                for &cut in interior {
+                    data.extend_from_slice(&i64::try_from(cut).unwrap_or(i64::MAX).to_le_bytes());
+                }
+                Classify::Search { cuts, count: interior.len() }
+            };
+            // About as many high parts as low ones.
+            let len = kind.len();
+            split[field] = (len > SPLIT_ABOVE).then(|| (usize::BITS - (len - 1).leading_zeros()).div_ceil(2));
+            numbers.push(Number { slot: slot(field), value, classify, lo_bits: split[field] });
+        }
+        data.resize(data.len().next_multiple_of(64), 0);
+        let lo_slot = |field: usize| numbers.iter().find(|n| n.slot == slot(field)).map_or(0, |n| n.value);
+        // Classes a node's row is indexed by.
+        let width = |field: usize| match split[field] {
+            Some(lo) => atoms.fields[field].len().div_ceil(1 << lo),
+            None => atoms.fields[field].len(),
         };
+
+        // The leaf field: the tested field with the narrowest rows (leaf rows are that wide).
+        let leaf_field = tests.iter().map(|&(_, f)| f).min_by_key(|&f| (width(f), f));
+        let leaf_width = leaf_field.map_or(1, width);
+        let leaf_slot = leaf_field.map_or(0, slot);
+
+        // Each test node's child per atom (every atom has one; should one not, any will do),
+        // and, for split fields, which high parts need a row of their low parts.
+        let targets: Vec<Vec<NodeIndex>> = tests
+            .iter()
+            .map(|&(node, field)| {
+                let children = dag.children(node);
+                (0..atoms.fields[field].len())
+                    .map(|atom| {
+                        children.iter().find(|(set, _)| set.contains(atom)).or(children.first()).map_or(node, |c| c.1)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mixed = |targets: &[NodeIndex], lo: u32, hi: usize| {
+            let part = &targets[(hi << lo).min(targets.len())..((hi + 1) << lo).min(targets.len())];
+            part.iter().any(|t| *t != part[0])
+        };
+
+        // Rows, from `rows_offset`, in words: a row is one entry per class, a leaf's row then
+        // its answer. An entry is the next node's slot (in words, shifted by `shift`) and the
+        // word where its row starts.
+        let rows_offset = base + data.len();
+        let slot_words = plan.layout.record_size().div_ceil(4).max(1);
+        let shift = 32 - (usize::BITS - slot_words.leading_zeros());
+        let mut rows: HashMap<NodeIndex, u32> = HashMap::new();
+        let mut at = 0usize;
+        for (&(node, field), targets) in tests.iter().zip(&targets) {
+            rows.insert(node, at as u32);
+            at += width(field);
+            if let Some(lo) = split[field] {
+                at += (0..width(field)).filter(|&hi| mixed(targets, lo, hi)).count() << lo;
+            }
+        }
+        for &leaf in &leaves {
+            rows.insert(leaf, at as u32);
+            at += leaf_width + 1;
+        }
+        if at >= 1 << shift || rows_offset + 4 * at > u32::MAX as usize {
+            return Err(Error::TooLarge(format!("{at} words of decision tables")));
+        }
+        let entry = |slot: u32, row: u32| (slot / 4) << shift | row;
+        let state = |node: &NodeIndex| match dag.graph[*node] {
+            Node::Test { field } => entry(slot(field), rows[node]),
+            Node::Leaf(_) => entry(leaf_slot, rows[node]),
+        };
+
+        let word = |data: &mut Vec<u8>, w: u32| data.extend_from_slice(&w.to_le_bytes());
+        for (&(node, field), targets) in tests.iter().zip(&targets) {
+            match split[field] {
+                None => targets.iter().for_each(|t| word(&mut data, state(t))),
+                Some(lo) => {
+                    // High parts, then the low-part rows of the mixed ones, in order.
+                    let mut next = rows[&node] + width(field) as u32;
+                    for hi in 0..width(field) {
+                        if mixed(targets, lo, hi) {
+                            word(&mut data, entry(lo_slot(field), next));
+                            next += 1 << lo;
+                        } else {
+                            word(&mut data, state(&targets[(hi << lo).min(targets.len() - 1)]));
+                        }
+                    }
+                    for hi in (0..width(field)).filter(|&hi| mixed(targets, lo, hi)) {
+                        for low in 0..1usize << lo {
+                            word(&mut data, state(&targets[((hi << lo) + low).min(targets.len() - 1)]));
+                        }
+                    }
+                }
+            }
+        }
+        for leaf in &leaves {
+            for _ in 0..leaf_width {
+                word(&mut data, state(leaf));
+            }
+            let Node::Leaf(decision) = dag.graph[*leaf] else { continue };
+            word(&mut data, decision.map_or(0, |p| p as u32 + 1));
+        }
+        Ok(Image {
+            data,
+            start: state(&dag.root),
+            depth: steps(dag, dag.root, &split, &mut HashMap::new()),
+            shift,
+            rows_offset: rows_offset as u32,
+            answer: 4 * leaf_width as u32,
+            numbers,
+        })
     }
+}
+
+/// Steps of the longest walk from `node` to a leaf (a split field's test takes two).
+fn steps(dag: &Dag, node: NodeIndex, split: &[Option<u32>], memo: &mut HashMap<NodeIndex, usize>) -> usize {
+    if let Some(&known) = memo.get(&node) {
+        return known;
+    }
+    let result = match dag.graph[node] {
+        Node::Leaf(_) => 0,
+        Node::Test { field } => {
+            let deepest = dag.graph.neighbors(node).map(|c| steps(dag, c, split, memo)).max().unwrap_or(0);
+            1 + usize::from(split[field].is_some()) + deepest
+        }
+    };
+    memo.insert(node, result);
+    result
+}
+
+fn mem(offset: u32, align: u32) -> MemArg {
+    MemArg { offset: u64::from(offset), align, memory_index: 0 }
+}
+
+/// Locals of the straight-line decision code.
+#[derive(Debug, Clone, Copy)]
+struct Locals {
+    /// The first lead's record (i32); lead `j`'s is `record_size * j` further.
+    record: u32,
+    /// An i64 scratch.
+    value: u32,
+    /// An i32 scratch.
+    temp: u32,
+    /// Lane `j`'s row (i32) is local `rows + j`.
+    rows: u32,
 }
 
 struct Emitter<'a> {
-    dag: &'a Dag,
-    atoms: &'a Atoms,
-    plan: MemoryPlan,
-    /// Field → its index among the number fields.
-    number_index: Vec<Option<u32>>,
-    /// Field → offset of its i64 value.
-    value_offset: Vec<Option<usize>>,
-    /// Shared test nodes → their function index.
-    functions: HashMap<NodeIndex, u32>,
-}
-
-fn mem(offset: usize, align: u32) -> MemArg {
-    MemArg { offset: offset as u64, align, memory_index: 0 }
+    image: &'a Image,
+    record_size: u32,
 }
 
 impl Emitter<'_> {
-    fn node(&self, sink: &mut InstructionSink<'_>, frame: Frame, node: NodeIndex, own_function: bool) {
-        match self.dag.graph[node] {
-            Node::Leaf(decision) => {
-                sink.i32_const(decision.map_or(0, |p| p as i32 + 1));
-                frame.leave(sink);
-            }
-            Node::Test { field } => {
-                if let (false, Some(&index)) = (own_function, self.functions.get(&node)) {
-                    sink.local_get(frame.ptr).call(index);
-                    frame.leave(sink);
-                    return;
+    /// Turns lane `lane`'s number fields into atoms, in their presence slots (see
+    /// [`Number`]).
+    fn classify(&self, sink: &mut InstructionSink<'_>, locals: Locals, lane: u32) {
+        let at = lane * self.record_size;
+        for number in &self.image.numbers {
+            sink.local_get(locals.record).i64_load(mem(at + number.value, 3)).local_set(locals.value);
+            match number.classify {
+                Classify::Direct { table, min, size } => {
+                    // index = value - min, clamped (unsigned) into the domain.
+                    sink.local_get(locals.value).i64_const(min).i64_sub().local_tee(locals.value);
+                    sink.i64_const(size - 1).local_get(locals.value).i64_const(size).i64_lt_u().select();
+                    sink.i32_wrap_i64().i32_const(1).i32_shl().i32_load16_u(mem(table, 1));
                 }
-                let children = self.dag.children(node);
-                match &self.atoms.fields[field] {
-                    FieldAtoms::Numeric { bounds } => self.number(sink, frame, field, bounds, &children),
-                    other => self.class(sink, frame, field, other.len(), &children),
+                Classify::Search { cuts, count } => {
+                    // base: byte offset of the window; the answer is in [base, base + n] cuts.
+                    sink.i32_const(0).local_set(locals.temp);
+                    let mut n = count;
+                    while n > 1 {
+                        let half = (n / 2) as u32;
+                        sink.local_get(locals.temp).i32_const(8 * half as i32).i32_add();
+                        sink.local_get(locals.temp);
+                        sink.local_get(locals.temp).i64_load(mem(cuts + 8 * half, 3));
+                        sink.local_get(locals.value).i64_le_s().select().local_set(locals.temp);
+                        n -= n / 2;
+                    }
+                    sink.local_get(locals.temp).i32_const(3).i32_shr_u().i32_const(1).i32_add();
+                    if count > 0 {
+                        sink.local_get(locals.temp).i64_load(mem(cuts, 3));
+                        sink.local_get(locals.value).i64_le_s().i32_add();
+                    }
+                }
+            }
+            // Missing stays 0.
+            sink.i32_const(0);
+            sink.local_get(locals.record).i32_load(mem(at + number.slot, 2));
+            sink.select().local_set(locals.temp);
+            match number.lo_bits {
+                None => {
+                    sink.local_get(locals.record).local_get(locals.temp).i32_store(mem(at + number.slot, 2));
+                }
+                Some(lo) => {
+                    sink.local_get(locals.record);
+                    sink.local_get(locals.temp).i32_const(lo as i32).i32_shr_u().i32_store(mem(at + number.slot, 2));
+                    sink.local_get(locals.record);
+                    sink.local_get(locals.temp).i32_const((1 << lo) - 1).i32_and().i32_store(mem(at + number.value, 2));
                 }
             }
         }
     }
 
-    fn class(
-        &self,
-        sink: &mut InstructionSink<'_>,
-        frame: Frame,
-        field: usize,
-        atoms: usize,
-        children: &[(crate::atoms::AtomSet, NodeIndex)],
-    ) {
-        let group_of = |atom: usize| children.iter().position(|(set, _)| set.contains(atom)).unwrap_or(0) as u32;
-        for _ in children {
-            sink.block(BlockType::Empty);
+    /// Decides `lanes` consecutive records at `locals.record`, leaving each answer in its
+    /// lane's row local.
+    fn walk(&self, sink: &mut InstructionSink<'_>, locals: Locals, lanes: u32) {
+        for lane in 0..lanes {
+            self.classify(sink, locals, lane);
         }
-        sink.local_get(frame.ptr).i32_load(mem(self.plan.layout.slot(field), 2));
-        let targets: Vec<u32> = (0..atoms).map(group_of).collect();
-        sink.br_table(targets, group_of(0));
-        let k = children.len() as u32;
-        for (g, (_, child)) in children.iter().enumerate() {
-            sink.end();
-            self.node(sink, frame.nested(k - 1 - g as u32), *child, false);
+        let image = self.image;
+        let mask = ((1u64 << image.shift) - 1) as i32;
+        for lane in 0..lanes {
+            sink.i32_const(image.start as i32).local_set(locals.rows + lane);
+        }
+        for _ in 0..image.depth {
+            for lane in 0..lanes {
+                // entry = rows[row(entry) + record[slot(entry)]]
+                let entry = locals.rows + lane;
+                sink.local_get(locals.record);
+                sink.local_get(entry).i32_const(image.shift as i32).i32_shr_u().i32_const(2).i32_shl().i32_add();
+                sink.i32_load(mem(lane * self.record_size, 2));
+                sink.local_get(entry).i32_const(mask).i32_and().i32_add().i32_const(2).i32_shl();
+                sink.i32_load(mem(image.rows_offset, 2)).local_set(entry);
+            }
+        }
+        for lane in 0..lanes {
+            let entry = locals.rows + lane;
+            sink.local_get(entry).i32_const(mask).i32_and().i32_const(2).i32_shl();
+            sink.i32_load(mem(image.rows_offset + image.answer, 2)).local_set(entry);
         }
     }
 
-    fn number(
-        &self,
-        sink: &mut InstructionSink<'_>,
-        frame: Frame,
-        field: usize,
-        bounds: &[i128],
-        children: &[(crate::atoms::AtomSet, NodeIndex)],
-    ) {
-        let child_of = |atom: usize| children.iter().find(|(set, _)| set.contains(atom)).map(|(_, c)| *c);
-        let (Some(index), Some(offset)) = (self.number_index[field], self.value_offset[field]) else { return };
-        let local = frame.values + index;
-        // missing?
-        sink.local_get(frame.ptr).i32_load(mem(self.plan.layout.slot(field), 2)).i32_eqz().if_(BlockType::Empty);
-        if let Some(missing) = child_of(0) {
-            self.node(sink, frame.nested(1), missing, false);
+    /// `decide(record) -> i32`.
+    fn decide(&self) -> Function {
+        // locals: 0 = record, 1 = value, 2 = temp, 3 = row
+        let mut f = Function::new([(1, ValType::I64), (2, ValType::I32)]);
+        let locals = Locals { record: 0, value: 1, temp: 2, rows: 3 };
+        let mut sink = f.instructions();
+        self.walk(&mut sink, locals, 1);
+        sink.local_get(locals.rows).end();
+        f
+    }
+
+    /// `decide_batch(records, count, out)`: groups of [`LANES`] leads, then one by one.
+    fn batch(&self) -> Function {
+        // locals: 0 = records, 1 = count, 2 = out, 3 = record, 4 = end of the groups,
+        // 5 = value, 6 = temp, 7.. = rows
+        let mut f = Function::new([(2, ValType::I32), (1, ValType::I64), (1 + LANES as u32, ValType::I32)]);
+        let locals = Locals { record: 3, value: 5, temp: 6, rows: 7 };
+        let (size, lanes) = (self.record_size as i32, LANES as i32);
+        let mut sink = f.instructions();
+        sink.local_get(0).local_set(3);
+        sink.local_get(0).local_get(1).i32_const(-lanes).i32_and().i32_const(size).i32_mul().i32_add().local_set(4);
+        sink.block(BlockType::Empty).loop_(BlockType::Empty);
+        sink.local_get(3).local_get(4).i32_ge_u().br_if(1);
+        self.walk(&mut sink, locals, LANES as u32);
+        for lane in 0..LANES as u32 {
+            sink.local_get(2).local_get(locals.rows + lane).i32_store(mem(4 * lane, 2));
         }
+        sink.local_get(3).i32_const(size * lanes).i32_add().local_set(3);
+        sink.local_get(2).i32_const(4 * lanes).i32_add().local_set(2);
+        sink.br(0).end().end();
+        // The rest, one by one: end = records + count * size.
+        sink.local_get(0).local_get(1).i32_const(size).i32_mul().i32_add().local_set(4);
+        sink.block(BlockType::Empty).loop_(BlockType::Empty);
+        sink.local_get(3).local_get(4).i32_ge_u().br_if(1);
+        sink.local_get(2).local_get(3).call(FN_DECIDE).i32_store(mem(0, 2));
+        sink.local_get(3).i32_const(size).i32_add().local_set(3);
+        sink.local_get(2).i32_const(4).i32_add().local_set(2);
+        sink.br(0).end().end();
         sink.end();
-        sink.local_get(frame.ptr).i64_load(mem(offset, 3)).local_set(local);
-        // runs of consecutive atoms with the same child: (first atom, child)
-        let mut runs: Vec<(usize, NodeIndex)> = Vec::new();
-        for atom in 1..bounds.len() {
-            if let Some(child) = child_of(atom)
-                && runs.last().is_none_or(|(_, c)| *c != child)
-            {
-                runs.push((atom, child));
-            }
-        }
-        self.ranges(sink, frame, local, bounds, &runs);
-    }
-
-    fn ranges(
-        &self,
-        sink: &mut InstructionSink<'_>,
-        frame: Frame,
-        local: u32,
-        bounds: &[i128],
-        runs: &[(usize, NodeIndex)],
-    ) {
-        match runs {
-            [] => {
-                sink.unreachable();
-            }
-            [(_, child)] => self.node(sink, frame, *child, false),
-            _ => {
-                let mid = runs.len() / 2;
-                let split = bounds[runs[mid].0 - 1];
-                sink.local_get(local)
-                    .i64_const(i64::try_from(split).unwrap_or(i64::MAX))
-                    .i64_lt_s()
-                    .if_(BlockType::Empty);
-                self.ranges(sink, frame.nested(1), local, bounds, &runs[..mid]);
-                sink.end();
-                self.ranges(sink, frame, local, bounds, &runs[mid..]);
-            }
-        }
-    }
-
-    fn numbers(&self) -> u32 {
-        self.number_index.iter().flatten().count() as u32
-    }
-
-    /// `decide` or a node function: `(record) -> i32`.
-    fn function(&self, root: NodeIndex) -> Function {
-        let mut f = Function::new([(self.numbers(), ValType::I64)]);
-        let mut sink = f.instructions();
-        self.node(&mut sink, Frame { ptr: 0, values: 1, exit: Exit::Return }, root, true);
-        sink.unreachable().end();
         f
     }
-
-    /// `decide_batch(records, count, out)`: the decision inlined in the loop body, each leaf
-    /// branching to the store of its answer.
-    fn batch(&self, root: NodeIndex) -> Function {
-        // locals: 3 = i, 4 = record address, 5.. = number values
-        let mut f = Function::new([(2, ValType::I32), (self.numbers(), ValType::I64)]);
-        let record = self.plan.layout.record_size() as i32;
-        let mut sink = f.instructions();
-        sink.block(BlockType::Empty)
-            .loop_(BlockType::Empty)
-            .local_get(3)
-            .local_get(1)
-            .i32_ge_u()
-            .br_if(1)
-            .local_get(0)
-            .local_get(3)
-            .i32_const(record)
-            .i32_mul()
-            .i32_add()
-            .local_set(4)
-            .local_get(2)
-            .local_get(3)
-            .i32_const(4)
-            .i32_mul()
-            .i32_add()
-            .block(BlockType::Result(ValType::I32));
-        self.node(&mut sink, Frame { ptr: 4, values: 5, exit: Exit::Break(0) }, root, true);
-        sink.unreachable()
-            .end()
-            .i32_store(mem(0, 2))
-            .local_get(3)
-            .i32_const(1)
-            .i32_add()
-            .local_set(3)
-            .br(0)
-            .end()
-            .end()
-            .end();
-        f
-    }
-}
-
-/// Largest shared subtree (in nodes, copies counted) that is inlined at every use.
-const INLINE_LIMIT: usize = 3;
-
-/// Nodes of the subtree under `node` if every shared node were copied (capped).
-fn inline_cost(dag: &Dag, node: NodeIndex, memo: &mut HashMap<NodeIndex, usize>) -> usize {
-    if let Some(&c) = memo.get(&node) {
-        return c;
-    }
-    let children: Vec<NodeIndex> = dag.graph.neighbors_directed(node, Direction::Outgoing).collect();
-    let c =
-        children.into_iter().fold(1usize, |acc, child| acc.saturating_add(inline_cost(dag, child, memo))).min(1 << 20);
-    memo.insert(node, c);
-    c
 }
 
 /// Emits the module for `dag` over `atoms`.
-pub fn emit(dag: &Dag, atoms: &Atoms) -> Vec<u8> {
+pub fn emit(dag: &Dag, atoms: &Atoms) -> Result<Vec<u8>> {
     let plan = MemoryPlan::new(atoms);
-    let mut number_index = vec![None; atoms.fields.len()];
-    let mut value_offset = vec![None; atoms.fields.len()];
-    let mut k = 0;
-    for (field, f) in atoms.fields.iter().enumerate() {
-        if matches!(f, FieldAtoms::Numeric { .. }) {
-            number_index[field] = Some(k as u32);
-            value_offset[field] = Some(plan.layout.value(k));
-            k += 1;
-        }
-    }
-    let mut functions = HashMap::new();
-    // Shared subtrees become functions unless they are small enough to copy.
-    let mut cost = HashMap::new();
-    let mut shared: Vec<NodeIndex> = dag
-        .graph
-        .node_indices()
-        .filter(|&n| {
-            matches!(dag.graph[n], Node::Test { .. })
-                && dag.graph.edges_directed(n, Direction::Incoming).count() > 1
-                && inline_cost(dag, n, &mut cost) > INLINE_LIMIT
-        })
-        .collect();
-    shared.sort();
-    for (i, &node) in shared.iter().enumerate() {
-        functions.insert(node, 3 + i as u32);
-    }
-    let emitter = Emitter { dag, atoms, plan, number_index, value_offset, functions };
+    let image = Image::new(dag, atoms, &plan)?;
+    let emitter = Emitter { image: &image, record_size: plan.layout.record_size() as u32 };
 
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I32]); // 0: abi_version
-    types.ty().function([ValType::I32], [ValType::I32]); // 1: decide, node functions
+    types.ty().function([ValType::I32], [ValType::I32]); // 1: decide
     types.ty().function([ValType::I32, ValType::I32, ValType::I32], []); // 2: decide_batch
     let mut funcs = FunctionSection::new();
     funcs.function(0).function(1).function(2);
-    for _ in &shared {
-        funcs.function(1);
-    }
+    let pages = ((plan.tables_offset + image.data.len()) as u64).div_ceil(65536).max(1);
     let mut memories = MemorySection::new();
     memories.memory(MemoryType {
-        minimum: plan.pages,
-        maximum: Some(plan.pages),
+        minimum: pages,
+        maximum: Some(pages),
         memory64: false,
         shared: false,
         page_size_log2: None,
@@ -335,16 +467,15 @@ pub fn emit(dag: &Dag, atoms: &Atoms) -> Vec<u8> {
     let mut version = Function::new([]);
     version.instructions().i32_const(ABI_VERSION as i32).end();
     code.function(&version);
-    code.function(&emitter.function(dag.root));
-    let batch = emitter.batch(dag.root);
-    code.function(&batch);
-    for &node in &shared {
-        code.function(&emitter.function(node));
-    }
+    code.function(&emitter.decide());
+    code.function(&emitter.batch());
+
+    let mut data = DataSection::new();
+    data.active(0, &ConstExpr::i32_const(plan.tables_offset as i32), image.data.iter().copied());
 
     let mut module = Module::new();
-    module.section(&types).section(&funcs).section(&memories).section(&exports).section(&code);
-    module.finish()
+    module.section(&types).section(&funcs).section(&memories).section(&exports).section(&code).section(&data);
+    Ok(module.finish())
 }
 
 /// Checks an emitted module: valid, imports nothing, and loops only in `decide_batch`.

@@ -176,16 +176,21 @@ impl Router {
         Self { tree, session: Mutex::new(None) }
     }
 
-    /// Decides `records` (consecutive encoded leads) on `tree`, re-instantiating after a swap.
-    fn decide(&self, tree: &Tree, records: &[u8]) -> Result<Vec<Option<usize>>, BoxError> {
+    /// Encodes and decides each lead of `batch` on `tree` (see `Session::decide_leads`),
+    /// re-instantiating the module after a swap.
+    fn decide(
+        &self,
+        tree: &Tree,
+        batch: &[Envelope<RoutingLead>],
+    ) -> Result<Vec<runtime::Result<Option<usize>>>, BoxError> {
         // A poisoned lock means a panic mid-decision; the session is rebuilt below anyway.
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         if !session.as_ref().is_some_and(|s| Arc::ptr_eq(s.program(), &tree.program)) {
             *session = Some(tree.program.session()?);
         }
-        let mut answers = Vec::with_capacity(records.len() / tree.program.manifest().record_size.max(1));
+        let mut answers = Vec::with_capacity(batch.len());
         if let Some(session) = session.as_mut() {
-            session.decide_records(records, &mut answers)?;
+            session.decide_leads(batch.iter().map(|m| &m.body.fields), &mut answers)?;
         }
         Ok(answers)
     }
@@ -213,16 +218,13 @@ impl Router {
         batch: &[Envelope<RoutingLead>],
     ) -> Result<Vec<Outcome>, BoxError> {
         let started = Instant::now();
-        let size = tree.program.manifest().record_size;
-        let encoder = tree.program.encoder();
-        let mut records = vec![0u8; size * batch.len()];
-        let mut encoded = Vec::with_capacity(batch.len());
+        let answers = self.decide(tree, batch)?;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
-        for (i, message) in batch.iter().enumerate() {
-            let slot = &mut records[encoded.len() * size..(encoded.len() + 1) * size];
-            match encoder.encode_map(&message.body.fields, slot) {
-                Ok(()) => {
-                    encoded.push(i);
+        let mut decided = Vec::with_capacity(batch.len());
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(answer) => {
+                    decided.push((i, answer));
                     outcomes.push(None);
                 }
                 Err(error) => outcomes.push(Some(Outcome::DeadLetter(format!(
@@ -231,7 +233,6 @@ impl Router {
                 )))),
             }
         }
-        let answers = self.decide(tree, &records[..encoded.len() * size])?;
 
         let mut unmatched: Vec<&RoutingLead> = Vec::new();
         let mut per_route: HashMap<&str, (usize, f64)> = HashMap::new();
@@ -239,13 +240,13 @@ impl Router {
         // One span per lead (sampled batches only): the decision is one module call for the
         // whole batch, so a lead's span times its forwarding and records what decided it.
         let spans = LeadSpans::current();
-        for (&i, answer) in encoded.iter().zip(&answers) {
+        for (i, answer) in decided {
             let lead = &batch[i].body;
             let span = spans.start("router.lead", lead.submission_id);
             span.record("msg_id", batch[i].msg_id);
             span.record("tree", tree.version);
             let target = match answer {
-                Some(rule) => tree.rules.get(*rule).map(|(name, route, queue)| (Some(name), route, queue)),
+                Some(rule) => tree.rules.get(rule).map(|(name, route, queue)| (Some(name), route, queue)),
                 None => tree.default.as_ref().map(|(route, queue)| (None, route, queue)),
             };
             if let Some((rule, route, _)) = target {

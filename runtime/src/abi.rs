@@ -1,4 +1,4 @@
-//! The decision-module ABI, version 1.
+//! The decision-module ABI, version 2.
 //!
 //! A module imports nothing and exports:
 //! - `memory`: its linear memory, at least `manifest.memory_bytes()` long;
@@ -13,9 +13,16 @@
 //! class field's class id, 0 = missing; a number field's presence, 0 or 1), padded to 8,
 //! then one i64 slot per number field (its value in units of `10^-scale`). The host writes
 //! records from byte 0 and reads batch results at `manifest.output_offset`.
+//!
+//! Version 2 (the decision DAG as tables in the module's memory, walked without branches):
+//! a call may overwrite the records it decides (a number field's slots become its interval),
+//! so the host writes them anew for every call; a class id outside its field's classes gives
+//! an unspecified answer or a trap, never an out-of-module access. Version 1 modules compiled
+//! the DAG to branches and left the records alone; this host refuses them (the service
+//! recompiles the active rules at start, `workers::compile::recompile_if_stale`).
 
 /// The ABI version this host speaks.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Export names.
 pub const EXPORT_MEMORY: &str = "memory";
 /// Export names.

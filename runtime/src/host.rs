@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 pub use wasmtime::Engine;
 use wasmtime::{Config, ExternType, InstancePre, Linker, Memory, Module, OptLevel, Store, TypedFunc, ValType};
@@ -188,6 +188,56 @@ impl Session {
                 out.push(self.answer(raw)?);
             }
         }
+        Ok(())
+    }
+
+    /// Encodes and decides leads (objects) straight into the module's memory, a batch of up to
+    /// the manifest's `max_batch` per call, appending one answer per lead to `out`: its rule
+    /// index, `None` for no match, or why it cannot be encoded. Errs only if the module fails.
+    pub fn decide_leads<'a>(
+        &mut self,
+        leads: impl IntoIterator<Item = &'a Map<String, Value>>,
+        out: &mut Vec<Result<Option<usize>>>,
+    ) -> Result<()> {
+        let program = Arc::clone(&self.program);
+        let (size, max) = (program.manifest.record_size, program.manifest.max_batch);
+        // Where the answers of the records now in memory go in `out`.
+        let mut pending: Vec<usize> = Vec::with_capacity(max);
+        let mut leads = leads.into_iter().peekable();
+        while leads.peek().is_some() {
+            let memory = self.memory.data_mut(&mut self.store);
+            while pending.len() < max {
+                let Some(lead) = leads.next() else { break };
+                let at = pending.len() * size;
+                // `Program::load` checked that `max` records fit.
+                let record = memory.get_mut(at..at + size).ok_or_else(|| Error::Call("memory too small".to_owned()))?;
+                match program.encoder.encode_map(lead, record) {
+                    Ok(()) => {
+                        pending.push(out.len());
+                        out.push(Ok(None));
+                    }
+                    Err(error) => out.push(Err(error)),
+                }
+            }
+            self.decide_pending(&mut pending, out)?;
+        }
+        Ok(())
+    }
+
+    /// Decides the `pending.len()` records at the start of memory into `out[pending[i]]`.
+    fn decide_pending(&mut self, pending: &mut Vec<usize>, out: &mut [Result<Option<usize>>]) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let output = self.program.manifest.output_offset;
+        let args = (0, i32::try_from(pending.len()).unwrap_or(i32::MAX), i32::try_from(output).unwrap_or(i32::MAX));
+        self.decide_batch.call(&mut self.store, args).map_err(|e| Error::Call(format!("{e:#}")))?;
+        let memory = self.memory.data(&self.store);
+        let answers = memory.get(output..output + 4 * pending.len()).unwrap_or_default();
+        for (&i, raw) in pending.iter().zip(answers.chunks_exact(4)) {
+            out[i] = self.answer(i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
+        }
+        pending.clear();
         Ok(())
     }
 

@@ -15,8 +15,9 @@ use pipeline::BoxError;
 use pipeline::consumer::{Envelope, Handler, Outcome};
 use pipeline::queue::{self, QueueName};
 use pipeline::rules::{self, CompileRequest, RuleSetDoc};
+use runtime::abi::ABI_VERSION;
 use serde_json::{Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 /// The channel routers listen on; the payload is the new active tree's version.
@@ -107,14 +108,36 @@ impl Handler for Compile {
     }
 }
 
+/// After an upgrade to a decision-module ABI the active tree was not compiled for, routers
+/// cannot load it: requests a compile, which then recompiles the newest rules version for this
+/// ABI. Returns whether it requested one. The service calls it at start.
+pub async fn recompile_if_stale(pool: &PgPool) -> Result<bool, BoxError> {
+    let stale: Option<i64> = sqlx::query_scalar(
+        "SELECT rules_version FROM decision_trees
+         WHERE active AND (manifest->>'abi_version')::bigint IS DISTINCT FROM $1",
+    )
+    .bind(i64::from(ABI_VERSION))
+    .fetch_optional(pool)
+    .await?;
+    let Some(rules_version) = stale else { return Ok(false) };
+    queue::send(pool, &QueueName::new(queue::fixed::COMPILE)?, &CompileRequest { rules_version }).await?;
+    tracing::warn!(rules_version, abi = ABI_VERSION, "the active decision tree is for another ABI; recompiling");
+    Ok(true)
+}
+
 /// Compiles and stores the newest rules version unless it was compiled already.
 async fn compile_newest(tx: &mut PgConnection) -> Result<(), BoxError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(COMPILE_LOCK).execute(&mut *tx).await?;
     let (version, doc) = rules::load(tx).await?;
-    let done: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM decision_trees WHERE rules_version = $1)")
-        .bind(version)
-        .fetch_one(&mut *tx)
-        .await?;
+    // A refused version is done; a module is done only if this host's routers can load it.
+    let done: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM decision_trees WHERE rules_version = $1
+                        AND (wasm IS NULL OR (manifest->>'abi_version')::bigint = $2))",
+    )
+    .bind(version)
+    .bind(i64::from(ABI_VERSION))
+    .fetch_one(&mut *tx)
+    .await?;
     if done || version == 0 {
         return Ok(());
     }

@@ -388,3 +388,33 @@ async fn schema_changes_are_checked_against_the_rules(pool: PgPool) {
     assert_eq!(stored["rule_set"]["rules"].as_array().map(Vec::len), Some(38), "rules untouched");
     assert_eq!(compile_requests(&pool).await, 2);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_tree_for_another_abi_is_recompiled_at_start(pool: PgPool) {
+    let app = start(&pool).await;
+    load_example(&app, &pool).await;
+    compile(&pool).await;
+    assert!(!workers::compile::recompile_if_stale(&pool).await.expect("checks"), "a fresh tree is current");
+    assert_eq!(compile_requests(&pool).await, 0);
+    // As if the active tree had been compiled by an older release.
+    let old: i64 = sqlx::query_scalar(
+        "UPDATE decision_trees SET manifest = jsonb_set(manifest, '{abi_version}', '1') WHERE active RETURNING version",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("an active tree");
+
+    assert!(workers::compile::recompile_if_stale(&pool).await.expect("checks"));
+    assert_eq!(compile_requests(&pool).await, 1);
+    compile(&pool).await;
+    let (status, active) = call(&app, Method::GET, "/api/rules/trees/active", None).await;
+    assert_eq!(status, StatusCode::OK, "{active}");
+    assert!(active["version"].as_i64() > Some(old), "a new tree: {active}");
+    assert_eq!(active["rules_version"], 1, "of the same rules");
+    let abi: i64 = sqlx::query_scalar("SELECT (manifest->>'abi_version')::bigint FROM decision_trees WHERE active")
+        .fetch_one(&pool)
+        .await
+        .expect("abi");
+    assert_eq!(abi, i64::from(runtime::abi::ABI_VERSION));
+    assert!(!workers::compile::recompile_if_stale(&pool).await.expect("checks"));
+}

@@ -248,6 +248,8 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
         let (mut interp, mut single, mut batch, mut encode_only, mut encode_decide, mut fresh) =
             (f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX);
         let texts: Vec<String> = leads_json.iter().map(Value::to_string).collect();
+        let maps: Vec<&serde_json::Map<String, Value>> = leads_json.iter().filter_map(Value::as_object).collect();
+        let mut decided = Vec::with_capacity(leads);
         for _ in 0..3 {
             // The interpreter is slow on big sets: fewer rounds, about the same total work.
             let interp_rounds = (20_000_000 / (leads.max(1) * order.len().max(1))).max(1);
@@ -284,11 +286,8 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
 
             let started = Instant::now();
             for _ in 0..rounds.div_ceil(4) {
-                for (lead, record) in leads_json.iter().zip(scratch.chunks_mut(size)) {
-                    program.encoder().encode(lead, record)?;
-                }
-                answers.clear();
-                session.decide_records(&scratch, &mut answers)?;
+                decided.clear();
+                session.decide_leads(maps.iter().copied(), &mut decided)?;
             }
             encode_decide = encode_decide.min(per_lead(started, leads, rounds.div_ceil(4)));
 
@@ -299,11 +298,8 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
                 for batch in texts.chunks(ROUTER_BATCH) {
                     let parsed: Vec<Value> = batch.iter().map(|t| serde_json::from_str(t)).collect::<Result<_, _>>()?;
                     let started = Instant::now();
-                    for (lead, record) in parsed.iter().zip(scratch.chunks_mut(size)) {
-                        program.encoder().encode(lead, record)?;
-                    }
-                    answers.clear();
-                    session.decide_records(&scratch[..parsed.len() * size], &mut answers)?;
+                    decided.clear();
+                    session.decide_leads(parsed.iter().filter_map(Value::as_object), &mut decided)?;
                     timed += started.elapsed();
                 }
             }

@@ -250,3 +250,100 @@ fn workers_switch_to_a_swapped_module_between_calls() {
         t.join().expect("no panic");
     }
 }
+
+/// Every way a lead can be decided (one record, a batch of records, one JSON lead, a batch
+/// of leads) against the interpreter.
+fn assert_decides_like_the_interpreter(rules: &RuleSet, program: &Arc<Program>, leads: &[Value]) {
+    let mut session = program.session().expect("session");
+    let size = program.manifest().record_size;
+    let mut records = vec![0u8; size * leads.len()];
+    for (lead, record) in leads.iter().zip(records.chunks_mut(size)) {
+        program.encoder().encode(lead, record).expect("encodes");
+    }
+    let mut batched = Vec::new();
+    session.decide_records(&records, &mut batched).expect("batch");
+    let mut in_place = Vec::new();
+    session.decide_leads(leads.iter().filter_map(Value::as_object), &mut in_place).expect("leads");
+    assert_eq!((batched.len(), in_place.len()), (leads.len(), leads.len()));
+    let name = |i: Option<usize>| i.map(|i| program.manifest().rules[i].name.clone());
+    for (((json, record), from_batch), from_leads) in leads.iter().zip(records.chunks(size)).zip(batched).zip(in_place)
+    {
+        let expected = rules.decide(&Lead::from_json(rules, json).expect("lead")).rule.map(|r| r.name.clone());
+        assert_eq!(name(session.decide_record(record).expect("one record")), expected, "{json}");
+        assert_eq!(name(from_batch), expected, "{json}");
+        assert_eq!(name(from_leads.expect("encodes")), expected, "{json}");
+        assert_eq!(session.decide_json(json).expect("decides").rule.map(|r| r.name.clone()), expected, "{json}");
+    }
+}
+
+#[test]
+fn wide_and_huge_number_fields_decide_like_the_interpreter() {
+    // `amount` has a domain too big for a lookup table and more than 64 intervals (its nodes
+    // test the interval in two steps); `age` gets a lookup table; `score` a short search.
+    let mut text = String::from(
+        "version: 1\nroutes: [a, b, c]\ndefault_route: c\nfields:\n  amount: { type: decimal, scale: 2, min: 0, max: 1000000 }\n  age: { type: int, min: 0, max: 120 }\n  score: { type: int, min: -5000000, max: 5000000 }\n  tier: { type: enum, values: [gold, silver] }\nrules:\n",
+    );
+    let cuts: Vec<i64> = (1..=90).map(|k| k * 1111 + k * k).collect();
+    for (i, cut) in cuts.iter().enumerate() {
+        let (age, tier) = (18 + (i % 7) * 9, if i % 3 == 0 { "gold" } else { "silver" });
+        text.push_str(&format!(
+            "  - name: r{i}\n    priority: {}\n    when: amount < {}.{:02} and age >= {age} and (tier == \"{tier}\" or score > {})\n    route: {}\n",
+            i + 1,
+            cut,
+            i % 100,
+            (i as i64 - 45) * 1000,
+            ["a", "b"][i % 2]
+        ));
+    }
+    let (rules, compiled) = compiled(&text);
+    assert!(compile::lower(&rules).atoms.fields[0].len() > 64, "`amount` has enough intervals to be split");
+    let program = program(&compiled);
+    // Every cut, one unit either side, the ends of each domain, and leads missing fields.
+    let mut leads = Vec::new();
+    for (i, cut) in cuts.iter().enumerate() {
+        for delta in [-1i64, 0, 1] {
+            let units = cut * 100 + (i % 100) as i64 + delta;
+            let amount = serde_json::Number::from_f64(units as f64 / 100.0).map_or(Value::Null, Value::Number);
+            let age = ([0, 17, 18 + (i % 7) as i64 * 9, 120][i % 4] + delta).clamp(0, 120);
+            let score = [(i as i64 - 45) * 1000 + delta, -5_000_000, 5_000_000][i % 3];
+            let tier = ["gold", "silver"][i % 2];
+            leads.push(json!({"amount": amount, "age": age, "score": score, "tier": tier}));
+            leads.push(json!({"amount": amount, "tier": "gold"}));
+        }
+    }
+    leads.extend([json!({}), json!({"amount": 0, "age": 120}), json!({"amount": 1_000_000, "score": 0})]);
+    assert!(leads.len() % compiler::wasm::LANES != 0, "the batch ends in a partial group");
+    assert_decides_like_the_interpreter(&rules, &program, &leads);
+}
+
+#[test]
+fn a_batch_of_leads_keeps_each_answer_in_place_across_calls_and_errors() {
+    let text = compiler::generate::rule_set(300, 3);
+    let (checked, findings, _) = check_rules("g.yaml", text.as_bytes()).expect("runs");
+    let (rules, _) = checked.expect("parses");
+    let compiled = compile::compile(&rules, &[], text.as_bytes()).expect("compiles");
+    assert!(
+        findings.iter().all(|f| !matches!(f.code, compiler::finding::Code::Syntax | compiler::finding::Code::Type))
+    );
+    let program = program(&compiled);
+    // More than one module call's worth, with leads that cannot be encoded among them.
+    let mut leads = compiler::generate::leads(&rules, 2 * program.manifest().max_batch + 37, 11);
+    for i in (5..leads.len()).step_by(97) {
+        leads[i] = json!({"state": "ZZ"});
+    }
+    let mut session = program.session().expect("session");
+    let mut answers = Vec::new();
+    session.decide_leads(leads.iter().filter_map(Value::as_object), &mut answers).expect("decides");
+    assert_eq!(answers.len(), leads.len());
+    for (i, (json, answer)) in leads.iter().zip(answers).enumerate() {
+        if i >= 5 && (i - 5) % 97 == 0 {
+            assert!(answer.expect_err("refused").to_string().contains("`ZZ` is not one of"));
+            continue;
+        }
+        let expected = rules.decide(&Lead::from_json(&rules, json).expect("lead")).rule.map(|r| r.name.as_str());
+        assert_eq!(answer.expect("encodes").map(|r| program.manifest().rules[r].name.as_str()), expected, "{json}");
+    }
+    // The same leads through every other entry point.
+    leads.retain(|l| l.get("state") != Some(&json!("ZZ")));
+    assert_decides_like_the_interpreter(&rules, &program, &leads);
+}
