@@ -77,6 +77,34 @@ enum Classify {
     Search { cuts: u32, count: usize },
 }
 
+impl Classify {
+    /// The classifier of a number field cut at `bounds` (see `FieldAtoms::Numeric`), its
+    /// table appended to `data` (which goes at `base`).
+    fn new(bounds: &[i128], data: &mut Vec<u8>, base: usize) -> Self {
+        let addr = |data: &Vec<u8>| u32::try_from(base + data.len()).unwrap_or(u32::MAX);
+        let (min, max) = (bounds[0], bounds[bounds.len() - 1] - 1);
+        if max - min < DIRECT_LIMIT {
+            let table = addr(data);
+            let mut atom = 1u16;
+            for v in min..=max {
+                while bounds[usize::from(atom)] <= v {
+                    atom += 1;
+                }
+                data.extend_from_slice(&atom.to_le_bytes());
+            }
+            Classify::Direct { table, min: min as i64, size: (max - min + 1) as i64 }
+        } else {
+            data.resize(data.len().next_multiple_of(8), 0);
+            let cuts = addr(data);
+            let interior = &bounds[1..bounds.len() - 1];
+            for &cut in interior {
+                data.extend_from_slice(&i64::try_from(cut).unwrap_or(i64::MAX).to_le_bytes());
+            }
+            Classify::Search { cuts, count: interior.len() }
+        }
+    }
+}
+
 /// A number field some node tests.
 #[derive(Debug, Clone, Copy)]
 struct Number {
@@ -114,28 +142,9 @@ impl Image {
     fn new(dag: &Dag, atoms: &Atoms, plan: &MemoryPlan) -> Result<Image> {
         let base = plan.tables_offset;
         let mut data: Vec<u8> = Vec::new();
-        let addr = |len: usize| u32::try_from(base + len).unwrap_or(u32::MAX);
         let slot = |field: usize| plan.layout.slot(field) as u32;
 
-        // Test nodes breadth first, so the rows near the root (the hottest) are together.
-        let mut tests = Vec::new();
-        let mut leaves = Vec::new();
-        let mut seen = vec![false; dag.graph.node_count()];
-        let mut queue = VecDeque::from([dag.root]);
-        seen[dag.root.index()] = true;
-        while let Some(node) = queue.pop_front() {
-            match dag.graph[node] {
-                Node::Leaf(_) => leaves.push(node),
-                Node::Test { field } => {
-                    tests.push((node, field));
-                    for child in dag.graph.neighbors(node) {
-                        if !std::mem::replace(&mut seen[child.index()], true) {
-                            queue.push_back(child);
-                        }
-                    }
-                }
-            }
-        }
+        let (tests, leaves) = breadth_first(dag);
 
         // Number fields first: their classification tables.
         let mut numbers = Vec::new();
@@ -148,26 +157,7 @@ impl Image {
             if !tests.iter().any(|&(_, f)| f == field) {
                 continue;
             }
-            let (min, max) = (bounds[0], bounds[bounds.len() - 1] - 1);
-            let classify = if max - min < DIRECT_LIMIT {
-                let table = addr(data.len());
-                let mut atom = 1u16;
-                for v in min..=max {
-                    while bounds[usize::from(atom)] <= v {
-                        atom += 1;
-                    }
-                    data.extend_from_slice(&atom.to_le_bytes());
-                }
-                Classify::Direct { table, min: min as i64, size: (max - min + 1) as i64 }
-            } else {
-                data.resize(data.len().next_multiple_of(8), 0);
-                let cuts = addr(data.len());
-                let interior = &bounds[1..bounds.len() - 1];
-                for &cut in interior {
-                    data.extend_from_slice(&i64::try_from(cut).unwrap_or(i64::MAX).to_le_bytes());
-                }
-                Classify::Search { cuts, count: interior.len() }
-            };
+            let classify = Classify::new(bounds, &mut data, base);
             // About as many high parts as low ones.
             let len = kind.len();
             split[field] = (len > SPLIT_ABOVE).then(|| (usize::BITS - (len - 1).leading_zeros()).div_ceil(2));
@@ -272,6 +262,30 @@ impl Image {
             numbers,
         })
     }
+}
+
+/// The DAG's test nodes (with their field) and leaves, breadth first from the root, so the
+/// rows near the root (the hottest) are together.
+fn breadth_first(dag: &Dag) -> (Vec<(NodeIndex, usize)>, Vec<NodeIndex>) {
+    let mut tests = Vec::new();
+    let mut leaves = Vec::new();
+    let mut seen = vec![false; dag.graph.node_count()];
+    let mut queue = VecDeque::from([dag.root]);
+    seen[dag.root.index()] = true;
+    while let Some(node) = queue.pop_front() {
+        match dag.graph[node] {
+            Node::Leaf(_) => leaves.push(node),
+            Node::Test { field } => {
+                tests.push((node, field));
+                for child in dag.graph.neighbors(node) {
+                    if !std::mem::replace(&mut seen[child.index()], true) {
+                        queue.push_back(child);
+                    }
+                }
+            }
+        }
+    }
+    (tests, leaves)
 }
 
 /// Steps of the longest walk from `node` to a leaf (a split field's test takes two).

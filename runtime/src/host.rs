@@ -171,24 +171,27 @@ impl Session {
     /// `max_batch`), appending one answer per record to `out`.
     pub fn decide_records(&mut self, records: &[u8], out: &mut Vec<Option<usize>>) -> Result<()> {
         let manifest = &self.program.manifest;
-        let (size, max, output) = (manifest.record_size, manifest.max_batch, manifest.output_offset);
+        let (size, max) = (manifest.record_size, manifest.max_batch);
         if size == 0 {
             return Err(Error::Call("empty records".to_owned()));
         }
         for chunk in records.chunks(size * max) {
             let count = chunk.len() / size;
-            let memory = self.memory.data_mut(&mut self.store);
-            memory[..count * size].copy_from_slice(&chunk[..count * size]);
-            let args = (0, i32::try_from(count).unwrap_or(i32::MAX), i32::try_from(output).unwrap_or(i32::MAX));
-            self.decide_batch.call(&mut self.store, args).map_err(|e| Error::Call(format!("{e:#}")))?;
-            let memory = self.memory.data(&self.store);
-            for i in 0..count {
-                let at = output + 4 * i;
-                let raw = i32::from_le_bytes([memory[at], memory[at + 1], memory[at + 2], memory[at + 3]]);
+            self.memory.data_mut(&mut self.store)[..count * size].copy_from_slice(&chunk[..count * size]);
+            for raw in self.run_batch(count)? {
                 out.push(self.answer(raw)?);
             }
         }
         Ok(())
+    }
+
+    /// Calls `decide_batch` on the first `count` records in memory; their raw answers.
+    fn run_batch(&mut self, count: usize) -> Result<Vec<i32>> {
+        let output = self.program.manifest.output_offset;
+        let args = (0, i32::try_from(count).unwrap_or(i32::MAX), i32::try_from(output).unwrap_or(i32::MAX));
+        self.decide_batch.call(&mut self.store, args).map_err(|e| Error::Call(format!("{e:#}")))?;
+        let answers = self.memory.data(&self.store).get(output..output + 4 * count).unwrap_or_default();
+        Ok(answers.chunks_exact(4).map(|raw| i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])).collect())
     }
 
     /// Encodes and decides leads (objects) straight into the module's memory, a batch of up to
@@ -229,13 +232,8 @@ impl Session {
         if pending.is_empty() {
             return Ok(());
         }
-        let output = self.program.manifest.output_offset;
-        let args = (0, i32::try_from(pending.len()).unwrap_or(i32::MAX), i32::try_from(output).unwrap_or(i32::MAX));
-        self.decide_batch.call(&mut self.store, args).map_err(|e| Error::Call(format!("{e:#}")))?;
-        let memory = self.memory.data(&self.store);
-        let answers = memory.get(output..output + 4 * pending.len()).unwrap_or_default();
-        for (&i, raw) in pending.iter().zip(answers.chunks_exact(4)) {
-            out[i] = self.answer(i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
+        for (&i, raw) in pending.iter().zip(self.run_batch(pending.len())?) {
+            out[i] = self.answer(raw);
         }
         pending.clear();
         Ok(())
