@@ -244,19 +244,37 @@ async fn exhausted_retries_go_to_the_dlq_and_open_the_circuit_which_blocks_calls
     assert_eq!(s.mock.calls(ROUTE), calls, "calls while the circuit was open");
 
     // Retry time reached: two workers, exactly one probe; it succeeds and closes the circuit.
+    // The second worker tries, with a lead of its own, while the first one's probe is in
+    // flight (it takes 1.5 s): had it tried after the probe closed the circuit, sending would
+    // be right.
     sqlx::query("UPDATE circuit_breakers SET retry_at = now()").execute(&s.pool).await.expect("due");
     s.context.breakers.reload(&s.pool).await.expect("reload");
+    s.mock.set(ROUTE, Behaviour::Slow { delay_ms: 1_500 });
     let other = s.consumer();
-    let (a, b) = tokio::join!(consumer.run_once(), other.run_once());
+    let second = async {
+        for _ in 0..500 {
+            let state: String =
+                sqlx::query_scalar("SELECT state FROM circuit_breakers").fetch_one(&s.pool).await.expect("breaker");
+            if state == "half_open" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let late = s.lead("d4@example.com").await;
+        s.context.breakers.reload(&s.pool).await.expect("reload");
+        (other.run_once().await, late)
+    };
+    let (a, (b, late)) = tokio::join!(consumer.run_once(), second);
     a.expect("batch");
     b.expect("batch");
     assert_eq!(s.mock.calls(ROUTE), calls + 1, "exactly one probe");
+    s.mock.set(ROUTE, Behaviour::Accept);
     let state: String =
         sqlx::query_scalar("SELECT state FROM circuit_breakers").fetch_one(&s.pool).await.expect("breaker");
     assert_eq!(state, "closed");
     tokio::time::sleep(Duration::from_millis(600)).await; // the deferred leads become visible again
     s.drain(&consumer).await;
-    for id in waiting {
+    for id in waiting.into_iter().chain([late]) {
         assert_eq!(s.state(id).await.0, "accepted");
     }
 }
