@@ -148,7 +148,8 @@ impl Image {
 
         // Number fields first: their classification tables.
         let mut numbers = Vec::new();
-        let mut split: Vec<Option<u32>> = vec![None; atoms.fields.len()];
+        // Per split field: its low-part bits and the slot its low part goes in.
+        let mut split: Vec<Option<(u32, u32)>> = vec![None; atoms.fields.len()];
         let mut number = 0;
         for (field, kind) in atoms.fields.iter().enumerate() {
             let FieldAtoms::Numeric { bounds } = kind else { continue };
@@ -160,14 +161,14 @@ impl Image {
             let classify = Classify::new(bounds, &mut data, base);
             // About as many high parts as low ones.
             let len = kind.len();
-            split[field] = (len > SPLIT_ABOVE).then(|| (usize::BITS - (len - 1).leading_zeros()).div_ceil(2));
-            numbers.push(Number { slot: slot(field), value, classify, lo_bits: split[field] });
+            let lo_bits = (len > SPLIT_ABOVE).then(|| (usize::BITS - (len - 1).leading_zeros()).div_ceil(2));
+            split[field] = lo_bits.map(|lo| (lo, value));
+            numbers.push(Number { slot: slot(field), value, classify, lo_bits });
         }
         data.resize(data.len().next_multiple_of(64), 0);
-        let lo_slot = |field: usize| numbers.iter().find(|n| n.slot == slot(field)).map_or(0, |n| n.value);
         // Classes a node's row is indexed by.
         let width = |field: usize| match split[field] {
-            Some(lo) => atoms.fields[field].len().div_ceil(1 << lo),
+            Some((lo, _)) => atoms.fields[field].len().div_ceil(1 << lo),
             None => atoms.fields[field].len(),
         };
 
@@ -176,8 +177,7 @@ impl Image {
         let leaf_width = leaf_field.map_or(1, width);
         let leaf_slot = leaf_field.map_or(0, slot);
 
-        // Each test node's child per atom (every atom has one; should one not, any will do),
-        // and, for split fields, which high parts need a row of their low parts.
+        // Each test node's child per atom (every atom has one; should one not, any will do).
         let targets: Vec<Vec<NodeIndex>> = tests
             .iter()
             .map(|&(node, field)| {
@@ -189,10 +189,21 @@ impl Image {
                     .collect()
             })
             .collect();
-        let mixed = |targets: &[NodeIndex], lo: u32, hi: usize| {
-            let part = &targets[(hi << lo).min(targets.len())..((hi + 1) << lo).min(targets.len())];
-            part.iter().any(|t| *t != part[0])
-        };
+        // For split fields, the high parts whose atoms lead to more than one child: they need a
+        // row of their low parts.
+        let lo_rows: Vec<Vec<usize>> = tests
+            .iter()
+            .zip(&targets)
+            .map(|(&(_, field), targets)| match split[field] {
+                None => Vec::new(),
+                Some((lo, _)) => (0..width(field))
+                    .filter(|&hi| {
+                        let part = &targets[(hi << lo).min(targets.len())..((hi + 1) << lo).min(targets.len())];
+                        part.iter().any(|t| *t != part[0])
+                    })
+                    .collect(),
+            })
+            .collect();
 
         // Rows, from `rows_offset`, in words: a row is one entry per class, a leaf's row then
         // its answer. An entry is the next node's slot (in words, shifted by `shift`) and the
@@ -202,14 +213,11 @@ impl Image {
         let shift = 32 - (usize::BITS - slot_words.leading_zeros());
         let mut rows: HashMap<NodeIndex, u32> = HashMap::new();
         let mut at = 0usize;
-        for (&(node, field), targets) in tests.iter().zip(&targets) {
+        for (&(node, field), mixed) in tests.iter().zip(&lo_rows) {
             rows.insert(node, at as u32);
-            at += width(field);
-            if let Some(lo) = split[field] {
-                at += (0..width(field)).filter(|&hi| mixed(targets, lo, hi)).count() << lo;
-            }
+            at += width(field) + split[field].map_or(0, |(lo, _)| mixed.len() << lo);
         }
-        for &leaf in &leaves {
+        for &(leaf, _) in &leaves {
             rows.insert(leaf, at as u32);
             at += leaf_width + 1;
         }
@@ -223,21 +231,21 @@ impl Image {
         };
 
         let word = |data: &mut Vec<u8>, w: u32| data.extend_from_slice(&w.to_le_bytes());
-        for (&(node, field), targets) in tests.iter().zip(&targets) {
+        for ((&(node, field), targets), mixed) in tests.iter().zip(&targets).zip(&lo_rows) {
             match split[field] {
                 None => targets.iter().for_each(|t| word(&mut data, state(t))),
-                Some(lo) => {
+                Some((lo, lo_slot)) => {
                     // High parts, then the low-part rows of the mixed ones, in order.
                     let mut next = rows[&node] + width(field) as u32;
                     for hi in 0..width(field) {
-                        if mixed(targets, lo, hi) {
-                            word(&mut data, entry(lo_slot(field), next));
+                        if mixed.contains(&hi) {
+                            word(&mut data, entry(lo_slot, next));
                             next += 1 << lo;
                         } else {
                             word(&mut data, state(&targets[(hi << lo).min(targets.len() - 1)]));
                         }
                     }
-                    for hi in (0..width(field)).filter(|&hi| mixed(targets, lo, hi)) {
+                    for &hi in mixed {
                         for low in 0..1usize << lo {
                             word(&mut data, state(&targets[((hi << lo) + low).min(targets.len() - 1)]));
                         }
@@ -245,11 +253,10 @@ impl Image {
                 }
             }
         }
-        for leaf in &leaves {
+        for (leaf, decision) in &leaves {
             for _ in 0..leaf_width {
                 word(&mut data, state(leaf));
             }
-            let Node::Leaf(decision) = dag.graph[*leaf] else { continue };
             word(&mut data, decision.map_or(0, |p| p as u32 + 1));
         }
         Ok(Image {
@@ -264,9 +271,12 @@ impl Image {
     }
 }
 
-/// The DAG's test nodes (with their field) and leaves, breadth first from the root, so the
-/// rows near the root (the hottest) are together.
-fn breadth_first(dag: &Dag) -> (Vec<(NodeIndex, usize)>, Vec<NodeIndex>) {
+/// Test nodes with their field, and leaves with their decision.
+type Nodes = (Vec<(NodeIndex, usize)>, Vec<(NodeIndex, Option<usize>)>);
+
+/// The DAG's test nodes and leaves, breadth first from the root, so the rows near the root
+/// (the hottest) are together.
+fn breadth_first(dag: &Dag) -> Nodes {
     let mut tests = Vec::new();
     let mut leaves = Vec::new();
     let mut seen = vec![false; dag.graph.node_count()];
@@ -274,7 +284,7 @@ fn breadth_first(dag: &Dag) -> (Vec<(NodeIndex, usize)>, Vec<NodeIndex>) {
     seen[dag.root.index()] = true;
     while let Some(node) = queue.pop_front() {
         match dag.graph[node] {
-            Node::Leaf(_) => leaves.push(node),
+            Node::Leaf(decision) => leaves.push((node, decision)),
             Node::Test { field } => {
                 tests.push((node, field));
                 for child in dag.graph.neighbors(node) {
@@ -289,7 +299,7 @@ fn breadth_first(dag: &Dag) -> (Vec<(NodeIndex, usize)>, Vec<NodeIndex>) {
 }
 
 /// Steps of the longest walk from `node` to a leaf (a split field's test takes two).
-fn steps(dag: &Dag, node: NodeIndex, split: &[Option<u32>], memo: &mut HashMap<NodeIndex, usize>) -> usize {
+fn steps(dag: &Dag, node: NodeIndex, split: &[Option<(u32, u32)>], memo: &mut HashMap<NodeIndex, usize>) -> usize {
     if let Some(&known) = memo.get(&node) {
         return known;
     }

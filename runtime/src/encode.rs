@@ -147,9 +147,8 @@ struct Table {
     slots: Vec<Entry>,
     /// `64 - log2(slots)`.
     shift: u32,
-    /// Displacement per bucket.
+    /// Displacement per bucket (a power of two of them).
     displace: Vec<u32>,
-    buckets: usize,
     long: HashMap<Box<[u8]>, u32>,
     /// Every key is in `long` (see [`Table::new`]).
     all_long: bool,
@@ -215,15 +214,7 @@ impl Table {
 
     /// No short key (all in `long`).
     fn empty() -> Self {
-        Self {
-            len: 0,
-            slots: vec![Entry::EMPTY],
-            shift: 63,
-            displace: vec![0],
-            buckets: 1,
-            long: HashMap::new(),
-            all_long: true,
-        }
+        Self { len: 0, slots: vec![Entry::EMPTY], shift: 63, displace: vec![0], long: HashMap::new(), all_long: true }
     }
 
     /// Places `keys` in `2^bits` slots, the buckets with most keys first, each with the first
@@ -235,7 +226,6 @@ impl Table {
             slots: vec![Entry::EMPTY; 1 << bits],
             shift: 64 - bits,
             displace: vec![0; buckets],
-            buckets,
             long: HashMap::new(),
             all_long: false,
         };
@@ -267,7 +257,7 @@ impl Table {
 
     #[inline(always)]
     fn bucket(&self, hash: u64) -> usize {
-        (hash >> 32) as usize & (self.buckets - 1)
+        (hash >> 32) as usize & (self.displace.len() - 1)
     }
 
     #[inline(always)]
