@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use pipeline::outcome::{self, Summary};
+use pipeline::queue::Pgmq;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
@@ -142,6 +143,7 @@ fn read_samples(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
 /// Runs the demo: the samples once, then the stream with its live summary until `shutdown`.
 pub(crate) async fn run(
     pool: &PgPool,
+    pgmq: &Pgmq,
     addr: SocketAddr,
     demo: &Demo,
     shutdown: CancellationToken,
@@ -157,7 +159,7 @@ pub(crate) async fn run(
     let poster = Poster::new(pool, addr, &samples).await?;
     samples_once(pool, &poster, &samples, &shutdown).await?;
     if demo.rate > 0.0 && !shutdown.is_cancelled() {
-        stream(pool, &poster, &samples, demo, shutdown).await?;
+        stream(pool, pgmq, &poster, &samples, demo, shutdown).await?;
     }
     Ok(())
 }
@@ -225,6 +227,7 @@ async fn samples_once(
 /// seen before, spelled differently) and prints the live summary until `shutdown`.
 async fn stream(
     pool: &PgPool,
+    pgmq: &Pgmq,
     poster: &Poster,
     samples: &[Value],
     demo: &Demo,
@@ -261,7 +264,7 @@ async fn stream(
                 }
             }
             _ = show.tick() => {
-                let view = match live(pool, started).await {
+                let view = match live(pool, pgmq, started).await {
                     Ok((summary, latest)) => render(&summary, &latest, demo, started, (posted, refused)),
                     Err(error) => format!("(summary unavailable: {error:#})\n"),
                 };
@@ -280,8 +283,8 @@ async fn stream(
 /// One of the latest final outcomes: when, person, partner, rule, state, HTTP status.
 type Latest = (DateTime<Utc>, i64, String, Option<String>, String, Option<i32>);
 
-async fn live(pool: &PgPool, since: DateTime<Utc>) -> anyhow::Result<(Summary, Vec<Latest>)> {
-    let summary = outcome::summary(pool, Some(since)).await?;
+async fn live(pool: &PgPool, pgmq: &Pgmq, since: DateTime<Utc>) -> anyhow::Result<(Summary, Vec<Latest>)> {
+    let summary = outcome::summary(pool, pgmq, Some(since)).await?;
     let latest = sqlx::query_as(
         "SELECT updated_at, person_id, partner, rule_name, state, response_status FROM leads
          WHERE state <> 'pending' AND updated_at >= $1 ORDER BY updated_at DESC LIMIT 8",

@@ -158,8 +158,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { db, telemetry } => {
             let _telemetry = pipeline::telemetry::init(&telemetry.config(), "offer-router")?;
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
-            let install = pipeline::db::migrate(&pool).await.context("migrating the database")?;
-            tracing::info!(pgmq = ?install, "database is up to date");
+            let pgmq = pipeline::db::migrate(&pool).await.context("migrating the database")?;
+            tracing::info!(%pgmq, "database is up to date");
             Ok(())
         }
         Command::Rules { db, action: RulesAction::Load { file, dry_run } } => {
@@ -194,7 +194,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MockPartners { addr } => partners::mock(addr).await,
         Command::Queues { db, json } => {
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
-            let metrics = pipeline::queue::metrics_all(&pool).await.context("reading queue metrics")?;
+            let pgmq = pipeline::queue::Pgmq::detect(&pool).await.context("reading the database's pgmq")?;
+            let metrics = pgmq.metrics_all(&pool).await.context("reading queue metrics")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&metrics)?);
             } else {

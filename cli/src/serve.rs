@@ -21,10 +21,16 @@ use workers::identify::Identify;
 /// Runs the daemon until a shutdown signal arrives.
 pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<()> {
     let pool = pipeline::db::connect(&config.db).await.context("connecting to Postgres")?;
-    if config.migrate_on_start {
-        let install = pipeline::db::migrate(&pool).await.context("migrating the database")?;
-        tracing::info!(pgmq = ?install, "database is up to date");
-    }
+    // What the database's PGMQ offers, read once: the queue metrics are chosen from it.
+    let pgmq = if config.migrate_on_start {
+        let pgmq = pipeline::db::migrate(&pool).await.context("migrating the database")?;
+        tracing::info!(%pgmq, "database is up to date");
+        pgmq
+    } else {
+        let pgmq = pipeline::queue::Pgmq::detect(&pool).await.context("reading the database's pgmq")?;
+        tracing::info!(%pgmq, "not migrating (NO_MIGRATE)");
+        pgmq
+    };
 
     if let Some(file) = &seeds.rules
         && pipeline::rules::version(&pool).await? == 0
@@ -133,9 +139,9 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
     }
 
     if let Some(demo) = seeds.demo.clone() {
-        let (pool, stop) = (pool.clone(), shutdown.clone());
+        let (pool, pgmq, stop) = (pool.clone(), pgmq.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Err(error) = crate::demo::run(&pool, addr, &demo, stop.clone()).await {
+            if let Err(error) = crate::demo::run(&pool, &pgmq, addr, &demo, stop.clone()).await {
                 tracing::error!(error = format!("{error:#}"), "the demo failed");
             }
             // The demo ending is not the service ending.
@@ -145,8 +151,13 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
     }
 
     {
-        let run =
-            workers::queue_metrics::run(pool.clone(), Arc::clone(&registry), config.queue_metrics, shutdown.clone());
+        let run = workers::queue_metrics::run(
+            pool.clone(),
+            pgmq,
+            Arc::clone(&registry),
+            config.queue_metrics,
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             run.await;
             Ok(())

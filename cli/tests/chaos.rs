@@ -31,6 +31,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pipeline::outcome::{self, Final, FinalState};
 use pipeline::partners::{Breaker, PartnerConfig, PartnersFile};
+use pipeline::queue::Pgmq;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, PgPool};
@@ -651,17 +652,18 @@ fn dedupe_key(partner: &PartnerConfig, body: &str) -> String {
 /// but the DLQs, no delivery `pending`), then returns the final states.
 async fn settle(pool: &PgPool, ids: &[Uuid]) -> Vec<Final> {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let pgmq = Pgmq::detect(pool).await.expect("the database's pgmq");
     loop {
         if let Ok(finals) = outcome::finals(pool, ids).await {
             let reached: HashSet<Uuid> = finals.iter().map(|f| f.submission_id).collect();
             let pending: Option<i64> =
                 sqlx::query_scalar("SELECT count(*) FROM leads WHERE state = 'pending'").fetch_one(pool).await.ok();
-            let idle = outcome::summary(pool, None).await.is_ok_and(|s| s.in_flight() == 0);
+            let idle = outcome::summary(pool, &pgmq, None).await.is_ok_and(|s| s.in_flight() == 0);
             if reached.len() == ids.len() && pending == Some(0) && idle {
                 return finals;
             }
             if Instant::now() > deadline {
-                let summary = outcome::summary(pool, None).await.expect("summary");
+                let summary = outcome::summary(pool, &pgmq, None).await.expect("summary");
                 let queues: Vec<_> = summary
                     .queues
                     .iter()
@@ -1262,6 +1264,14 @@ impl Cluster {
         settings.push_str(&conf);
         std::fs::write(format!("{data}/postgresql.conf"), settings).expect("write postgresql.conf");
         cluster.start();
+        // The service's role as on Supabase: no superuser, owns its database.
+        let port = cluster.port.to_string();
+        for statement in
+            ["CREATE ROLE offer_router LOGIN NOSUPERUSER CREATEDB", "CREATE DATABASE offer_router OWNER offer_router"]
+        {
+            cluster
+                .run("psql", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres", "-qc", statement]);
+        }
         cluster
     }
 
@@ -1269,8 +1279,9 @@ impl Cluster {
         self.dir.join("data").display().to_string()
     }
 
+    /// The service's database, as its role (no superuser).
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://offer_router@127.0.0.1:{}/offer_router", self.port)
     }
 
     fn command(&self, program: &str) -> Command {
@@ -1311,8 +1322,13 @@ impl Drop for Cluster {
     }
 }
 
-/// The newest `/usr/lib/postgresql/<version>/bin` (Debian), else `pg_config --bindir`.
+/// `OFFER_ROUTER_PG_BIN` if set (`./dev test` points it at the Postgres that ships the pgmq
+/// extension, for the run on it), else the newest `/usr/lib/postgresql/<version>/bin` (Debian),
+/// else `pg_config --bindir`.
 fn postgres_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("OFFER_ROUTER_PG_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()

@@ -1,11 +1,13 @@
 //! `loadgen --e2e` against a real `offer-router serve` (example rules and partners, the mock
 //! partners in-process) on a fresh database: every accepted lead reaches a final state and is
 //! counted once, with its latency and the queues' peaks; with no time to settle, the leads still
-//! on their way are reported lost and loadgen exits 1.
+//! on their way are reported lost and loadgen exits 1. Meanwhile `offer-router queues` and
+//! `/metrics` show every queue, and the queue metrics never fail (on every PGMQ `./dev test`
+//! runs this on: the crate's embedded SQL and Supabase's 1.4.4 extension).
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,7 +15,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 mod common;
 
-use common::{Daemon, free_local_addr, site_key};
+use common::{Daemon, free_local_addr, serve_examples, site_key, wait_for_queue_gauges};
 
 const SITES: [&str; 5] = ["degreefinder", "nursingdegrees", "onlinemba", "loanmatch", "quickcash"];
 
@@ -36,21 +38,17 @@ fn loadgen(addr: &str, database_url: &str, keys: &[String], extra: &[&str]) -> (
 async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool) {
     let database_url = pool.connect_options().to_url_lossy().to_string();
     let (addr, mock) = (free_local_addr(), free_local_addr());
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let log_path = std::env::temp_dir().join(format!(
+        "offer-router-loadgen-{}-{}.log",
+        std::process::id(),
+        addr.replace(':', "_")
+    ));
+    let log = std::fs::File::create(&log_path).expect("daemon log");
     let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_offer-router"))
-            .arg("serve")
-            .env("DATABASE_URL", &database_url)
-            .env("HTTP_ADDR", &addr)
-            .env("SEED_RULES", format!("{examples}/rules.yaml"))
-            .env("SEED_PARTNERS", format!("{examples}/partners.yaml"))
-            .env("MOCK_PARTNERS_ADDR", &mock)
-            .env("PARTNER_BASE_URL", format!("http://{mock}"))
-            .env("PARTNER_TOKEN", "test-token")
+        serve_examples(&database_url, &addr, &mock)
+            .env("QUEUE_METRICS_SECS", "1")
             .env("RUST_LOG", "warn")
-            .env_remove("SENTRY_DSN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start offer-router"),
     );
@@ -101,6 +99,26 @@ async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool)
     assert!(lost > 0 && e2e["finished"].as_u64() == Some(200 - lost), "{e2e:#}");
     assert!(!e2e["lost_examples"].as_array().expect("ids").is_empty(), "{e2e:#}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("reached no final state"), "{output:?}");
+
+    // Every queue PGMQ has, in `offer-router queues` and in `/metrics`.
+    let queues: Vec<String> =
+        sqlx::query_scalar("SELECT queue_name FROM pgmq.meta ORDER BY 1").fetch_all(&pool).await.expect("queues");
+    assert!(queues.len() > 5, "the fixed queues and the partners': {queues:?}");
+    let listed = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+        .args(["queues", "--json"])
+        .env("DATABASE_URL", &database_url)
+        .output()
+        .expect("run offer-router queues");
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let names: Vec<&str> = listed.iter().filter_map(|q| q["queue_name"].as_str()).collect();
+    assert_eq!(names, queues, "offer-router queues lists every queue");
+    assert!(listed.iter().all(|q| q["queue_visible_length"].as_i64() <= q["queue_length"].as_i64()), "{listed:?}");
+    wait_for_queue_gauges(&addr, "length", &queues).await;
+    drop(daemon);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(!log.contains("cannot read queue metrics"), "every queue-metrics sample worked:\n{log}");
 }
 
 #[test]

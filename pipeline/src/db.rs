@@ -5,16 +5,20 @@ use sha2::Digest;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-use crate::Result;
 use crate::config::DbConfig;
+use crate::queue::Pgmq;
+use crate::{Error, Result};
 
 /// The workspace's SQL migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Opens a pool. Statement logging is turned down to `debug` so a busy worker does not flood
-/// the logs at `info`.
+/// the logs at `info`. Refuses Supabase's transaction pooler (see [`is_transaction_pooler`]).
 pub async fn connect(config: &DbConfig) -> Result<PgPool> {
     let options: PgConnectOptions = config.url.parse()?;
+    if is_transaction_pooler(options.get_host(), options.get_port()) {
+        return Err(Error::TransactionPooler(format!("{}:{}", options.get_host(), options.get_port())));
+    }
     let options = options
         .application_name("offer-router")
         .log_statements(tracing::log::LevelFilter::Debug)
@@ -27,27 +31,30 @@ pub async fn connect(config: &DbConfig) -> Result<PgPool> {
     Ok(pool)
 }
 
-/// How PGMQ got into the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PgmqInstall {
-    /// `CREATE EXTENSION pgmq` (the server ships the extension, e.g. Supabase).
-    Extension,
-    /// The SQL embedded in the `pgmq` crate (plain Debian Postgres).
-    EmbeddedSql,
+/// Whether `host:port` is one of Supabase's transaction poolers (Supavisor's transaction mode,
+/// `*.pooler.supabase.com:6543`, or the dedicated PgBouncer, `db.<ref>.supabase.co:6543`). A
+/// transaction pooler hands each transaction a different server connection, so what lives in
+/// a session breaks there: the router's `LISTEN` (hot reload), the migrations' session advisory
+/// lock, and named prepared statements (sqlx prepares every query).
+pub fn is_transaction_pooler(host: &str, port: u16) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    port == 6543 && (host.ends_with(".pooler.supabase.com") || host.ends_with(".supabase.co"))
 }
 
-/// Installs (or upgrades) PGMQ, then applies every pending migration. Safe to run
-/// concurrently from several processes and to run again: both steps take advisory locks and
-/// skip what is already applied.
-pub async fn migrate(pool: &PgPool) -> Result<PgmqInstall> {
-    let install = install_pgmq(pool).await?;
+/// Installs (or upgrades) PGMQ, then applies every pending migration, and returns what the
+/// database's PGMQ then is ([`Pgmq::detect`]). Safe to run concurrently from several processes
+/// and to run again: both steps take locks and skip what is already applied.
+pub async fn migrate(pool: &PgPool) -> Result<Pgmq> {
+    install_pgmq(pool).await?;
     MIGRATOR.run(pool).await?;
-    Ok(install)
+    Pgmq::detect(pool).await
 }
 
 /// Installs PGMQ: the extension where the server has it and it is not already installed as
-/// SQL, otherwise the SQL embedded in the `pgmq` crate.
-async fn install_pgmq(pool: &PgPool) -> Result<PgmqInstall> {
+/// SQL, otherwise the SQL embedded in the `pgmq` crate. An installed extension is left at its
+/// version (upgrading it is the operator's `ALTER EXTENSION pgmq UPDATE`; on Supabase, the
+/// platform's).
+async fn install_pgmq(pool: &PgPool) -> Result<()> {
     let (extension_installed, extension_available, sql_installed): (bool, bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgmq'),
                 EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq'),
@@ -55,12 +62,15 @@ async fn install_pgmq(pool: &PgPool) -> Result<PgmqInstall> {
     )
     .fetch_one(pool)
     .await?;
-    if extension_installed || (extension_available && !sql_installed) {
-        sqlx::query("CREATE EXTENSION IF NOT EXISTS pgmq").execute(pool).await?;
-        return Ok(PgmqInstall::Extension);
+    if extension_installed {
+        return Ok(());
+    }
+    if extension_available && !sql_installed {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pgmq").execute(pool).await.map_err(Error::CreateExtension)?;
+        return Ok(());
     }
     pgmq::install::install_sql_from_embedded(pool).await?;
-    Ok(PgmqInstall::EmbeddedSql)
+    Ok(())
 }
 
 /// A stable 64-bit advisory-lock key for `value` in `namespace` (the first 8 bytes of a SHA-256):
@@ -98,4 +108,22 @@ pub async fn scratch_database(url: &str, suffix: &str) -> Result<PgPool> {
     let pool = connect(&DbConfig { max_connections: 8, ..DbConfig::new(url) }).await?;
     migrate(&pool).await?;
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supabase_transaction_poolers_are_recognised() {
+        assert!(is_transaction_pooler("aws-0-eu-central-1.pooler.supabase.com", 6543));
+        assert!(is_transaction_pooler("db.abcdefghijklmnop.supabase.co", 6543));
+        assert!(is_transaction_pooler("AWS-0-US-EAST-1.POOLER.SUPABASE.COM.", 6543));
+        // The session pooler and the direct connection are what the README recommends.
+        assert!(!is_transaction_pooler("aws-0-eu-central-1.pooler.supabase.com", 5432));
+        assert!(!is_transaction_pooler("db.abcdefghijklmnop.supabase.co", 5432));
+        // Port 6543 elsewhere is someone else's choice.
+        assert!(!is_transaction_pooler("127.0.0.1", 6543));
+        assert!(!is_transaction_pooler("notsupabase.com", 6543));
+    }
 }

@@ -85,11 +85,11 @@ pub async fn exists<'e>(executor: impl PgExecutor<'e>, queue: &QueueName) -> Res
 /// Every dead-letter queue (a PGMQ queue whose name ends in `_dlq`) with its length, sorted by
 /// name.
 pub async fn dead_letter_queues<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(QueueName, i64)>> {
-    let queues = queue::metrics_all(executor)
+    let queues = queue::lengths(executor)
         .await?
         .into_iter()
-        .filter(|m| m.queue_name.ends_with(SUFFIX))
-        .filter_map(|m| QueueName::new(m.queue_name).ok().map(|name| (name, m.queue_length)))
+        .filter(|(name, _)| name.ends_with(SUFFIX))
+        .filter_map(|(name, length)| QueueName::new(name).ok().map(|name| (name, length)))
         .collect();
     Ok(queues)
 }

@@ -12,6 +12,22 @@ pub enum Error {
     /// Installing the PGMQ SQL failed.
     #[error("installing pgmq failed: {0}")]
     InstallPgmq(#[from] pgmq::PgmqError),
+    /// The database URL names Supabase's transaction pooler.
+    #[error(
+        "{0} is Supabase's transaction pooler, which breaks LISTEN/NOTIFY (rule hot reload), the \
+         migrations' advisory lock and prepared statements: use the session pooler (port 5432 on the same \
+         host) or the direct connection (README, \"Deploy on Supabase\")"
+    )]
+    TransactionPooler(String),
+    /// `CREATE EXTENSION pgmq` was refused (typically: the role may not create it).
+    #[error(
+        "CREATE EXTENSION pgmq failed: connect as a role that may create it (the database's owner; on \
+         Supabase the `postgres` role) or create it once as such a role: {0}"
+    )]
+    CreateExtension(#[source] sqlx::Error),
+    /// The database's PGMQ is missing, too old, or lacks a function the services call.
+    #[error("pgmq: {0}")]
+    Pgmq(String),
     /// A queue name PGMQ would not accept.
     #[error("invalid queue name `{0}`: use 1 to 47 characters of a-z, 0-9 and _")]
     InvalidQueueName(String),

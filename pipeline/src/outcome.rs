@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::dlq;
-use crate::queue::{self, QueueMetrics};
+use crate::queue::{Pgmq, QueueMetrics};
 
 /// A final state of a submission (for one partner, where it reached one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -227,8 +227,8 @@ impl Summary {
 
 /// The pipeline's [`Summary`]: outcomes of the leads created since `since` (all of them when
 /// `None`; counting a long history on every refresh is slow), queues and circuits now.
-pub async fn summary(pool: &PgPool, since: Option<DateTime<Utc>>) -> Result<Summary> {
-    let queues = queue::metrics_all(pool).await?;
+pub async fn summary(pool: &PgPool, pgmq: &Pgmq, since: Option<DateTime<Utc>>) -> Result<Summary> {
+    let queues = pgmq.metrics_all(pool).await?;
     let mut partners: Vec<PartnerOutcomes> = sqlx::query(
         "SELECT p.name, p.enabled, coalesce(c.state, 'closed'), c.retry_at
          FROM partners p LEFT JOIN circuit_breakers c ON c.partner = p.name ORDER BY p.name",

@@ -1,5 +1,11 @@
 //! Queue names and the few PGMQ operations the services need outside the consumer loop:
-//! creating a queue with its dead-letter queue, sending, and reading metrics.
+//! creating a queue with its dead-letter queue, sending, and reading metrics; and [`Pgmq`],
+//! what the database's PGMQ is and offers, detected once at start-up.
+//!
+//! The project runs on every PGMQ from 1.4.4 (the extension Supabase ships) up to the SQL the
+//! `pgmq` crate embeds: the operations here use only what 1.4.4 has, and where a newer PGMQ
+//! reports more (the visible length in `metrics_all`), [`Pgmq`] says so and the older version
+//! gets it derived. ARCHITECTURE.md lists each PGMQ function and column the code relies on.
 
 use std::fmt;
 
@@ -7,6 +13,12 @@ use serde::Serialize;
 use sqlx::PgExecutor;
 
 use crate::{Error, Result};
+
+/// The oldest PGMQ the project runs on: what Supabase-managed Postgres ships.
+pub const OLDEST_SUPPORTED_PGMQ: Version = Version(1, 4, 4);
+
+/// The PGMQ functions the services call, by name; all of them exist from [`OLDEST_SUPPORTED_PGMQ`] on.
+pub const REQUIRED_FUNCTIONS: [&str; 5] = ["create", "send", "send_batch", "read", "metrics_all"];
 
 /// A queue name PGMQ accepts: 1 to 47 characters of `a-z`, `0-9` and `_`. Validating once
 /// here is what makes it safe to use the name as part of a table identifier.
@@ -118,7 +130,7 @@ pub struct QueueMetrics {
     pub queue_name: String,
     /// Messages in the queue, visible or not.
     pub queue_length: i64,
-    /// Messages readable now.
+    /// Messages readable now (reported by PGMQ from 1.5 on, derived before: see [`Pgmq`]).
     pub queue_visible_length: i64,
     /// Age of the oldest message in seconds, if any.
     pub oldest_msg_age_sec: Option<i32>,
@@ -128,14 +140,141 @@ pub struct QueueMetrics {
     pub total_messages: i64,
 }
 
-/// Metrics of every queue, sorted by name.
-pub async fn metrics_all<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<QueueMetrics>> {
-    let rows = sqlx::query_as(
-        "SELECT queue_name, queue_length, queue_visible_length, oldest_msg_age_sec, newest_msg_age_sec, total_messages
-         FROM pgmq.metrics_all() ORDER BY queue_name",
-    )
-    .fetch_all(executor)
-    .await?;
+/// A PGMQ version, `major.minor.patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl Version {
+    /// Parses `1.4.4` (a missing patch or minor counts as 0); `None` if it is not a version.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.trim().split('.').map(str::parse::<u32>);
+        let major = parts.next()?.ok()?;
+        let minor = parts.next().transpose().ok()?.unwrap_or(0);
+        let patch = parts.next().transpose().ok()?.unwrap_or(0);
+        parts.next().is_none().then_some(Self(major, minor, patch))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+impl Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// How PGMQ got into the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PgmqInstall {
+    /// `CREATE EXTENSION pgmq` (the server ships the extension, e.g. Supabase).
+    Extension,
+    /// The SQL embedded in the `pgmq` crate (plain Debian Postgres).
+    EmbeddedSql,
+}
+
+/// What the database's PGMQ is and offers. [`Pgmq::detect`] reads it once at start-up; the
+/// queries whose form depends on the version are chosen from it, so an older PGMQ is never
+/// asked for what it lacks (and no sample fails on it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pgmq {
+    /// Extension or embedded SQL.
+    pub install: PgmqInstall,
+    /// The installed version.
+    pub version: Version,
+    /// Whether `pgmq.metrics_all()` reports `queue_visible_length` (PGMQ 1.5 and later). Where
+    /// it does not, [`Pgmq::metrics_all`] derives it with `pgmq_visible_length(queue)`, a
+    /// migration's function with PGMQ 1.5's definition.
+    pub reports_visible_length: bool,
+}
+
+impl fmt::Display for Pgmq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let install = match self.install {
+            PgmqInstall::Extension => "extension",
+            PgmqInstall::EmbeddedSql => "embedded SQL",
+        };
+        let visible = if self.reports_visible_length { "reported" } else { "derived" };
+        write!(f, "{} ({install}; visible length {visible})", self.version)
+    }
+}
+
+impl Pgmq {
+    /// Reads what the database's PGMQ is: the extension's version, or the newest version the
+    /// embedded SQL's bookkeeping (`pgmq.__pgmq_migrations`) recorded; whether every function
+    /// of [`REQUIRED_FUNCTIONS`] exists; and the optional columns. Fails with a clear error if
+    /// PGMQ is not installed (run the migrations), is older than [`OLDEST_SUPPORTED_PGMQ`], or
+    /// lacks a function the services call.
+    pub async fn detect(pool: &sqlx::PgPool) -> Result<Self> {
+        let (extension, embedded, present, reports_visible_length): (Option<String>, bool, Vec<String>, bool) =
+            sqlx::query_as(
+                "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'pgmq'),
+                        to_regclass('pgmq.__pgmq_migrations') IS NOT NULL,
+                        ARRAY(SELECT DISTINCT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                              WHERE n.nspname = 'pgmq' AND p.proname = ANY($1)),
+                        EXISTS (SELECT 1 FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid
+                                WHERE t.oid = to_regtype('pgmq.metrics_result')
+                                  AND a.attname = 'queue_visible_length' AND NOT a.attisdropped)",
+            )
+            .bind(REQUIRED_FUNCTIONS)
+            .fetch_one(pool)
+            .await?;
+        let (install, version) = match extension {
+            Some(text) => {
+                let version = Version::parse(&text)
+                    .ok_or_else(|| Error::Pgmq(format!("cannot read the extension's version `{text}`")))?;
+                (PgmqInstall::Extension, version)
+            }
+            None if embedded => {
+                let recorded: Vec<String> =
+                    sqlx::query_scalar("SELECT version FROM pgmq.__pgmq_migrations").fetch_all(pool).await?;
+                let newest = recorded.iter().filter_map(|v| Version::parse(v)).max();
+                let version = newest.ok_or_else(|| Error::Pgmq("the embedded PGMQ SQL recorded no version".into()))?;
+                (PgmqInstall::EmbeddedSql, version)
+            }
+            None => {
+                return Err(Error::Pgmq("PGMQ is not installed in this database: run `offer-router migrate`".into()));
+            }
+        };
+        if version < OLDEST_SUPPORTED_PGMQ {
+            return Err(Error::Pgmq(format!(
+                "PGMQ {version} is older than {OLDEST_SUPPORTED_PGMQ}, the oldest supported: upgrade it \
+                 (ALTER EXTENSION pgmq UPDATE)"
+            )));
+        }
+        let missing: Vec<&str> = REQUIRED_FUNCTIONS.into_iter().filter(|f| !present.iter().any(|p| p == f)).collect();
+        if !missing.is_empty() {
+            return Err(Error::Pgmq(format!("PGMQ {version} lacks the functions {}", missing.join(", "))));
+        }
+        Ok(Self { install, version, reports_visible_length })
+    }
+
+    /// Metrics of every queue, sorted by name; the visible length as PGMQ reports it, or
+    /// derived where this PGMQ does not report it.
+    pub async fn metrics_all<'e>(&self, executor: impl PgExecutor<'e>) -> Result<Vec<QueueMetrics>> {
+        let sql = if self.reports_visible_length {
+            "SELECT queue_name, queue_length, queue_visible_length, oldest_msg_age_sec, newest_msg_age_sec,
+                    total_messages
+             FROM pgmq.metrics_all() ORDER BY queue_name"
+        } else {
+            "SELECT queue_name, queue_length, pgmq_visible_length(queue_name) AS queue_visible_length,
+                    oldest_msg_age_sec, newest_msg_age_sec, total_messages
+             FROM pgmq.metrics_all() ORDER BY queue_name"
+        };
+        Ok(sqlx::query_as(sql).fetch_all(executor).await?)
+    }
+}
+
+/// Every queue's length, sorted by name: the columns of `pgmq.metrics_all()` that every
+/// supported PGMQ has, for callers that need no more (so need no [`Pgmq`]).
+pub async fn lengths<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query_as("SELECT queue_name, queue_length FROM pgmq.metrics_all() ORDER BY queue_name")
+        .fetch_all(executor)
+        .await?;
     Ok(rows)
 }
 
@@ -151,5 +290,16 @@ mod tests {
         }
         let longest_partner = QueueName::new(format!("partner_{}", "p".repeat(35))).expect("valid");
         assert_eq!(longest_partner.dead_letter_queue().map(|q| q.as_str().len()).ok(), Some(47));
+    }
+
+    #[test]
+    fn versions_parse_and_order_as_numbers() {
+        assert_eq!(Version::parse("1.4.4"), Some(Version(1, 4, 4)));
+        assert_eq!(Version::parse(" 1.10 "), Some(Version(1, 10, 0)));
+        for bad in ["", "x", "1.4.4.1", "1..4", "1.4.x"] {
+            assert_eq!(Version::parse(bad), None, "{bad:?}");
+        }
+        assert!(Version(1, 10, 0) > Version(1, 9, 9) && Version(1, 4, 4) >= OLDEST_SUPPORTED_PGMQ);
+        assert_eq!(Version(1, 11, 1).to_string(), "1.11.1");
     }
 }

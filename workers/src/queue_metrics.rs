@@ -1,17 +1,18 @@
 //! The queue-metrics worker (DESIGN.md, "Queue metrics"): every few seconds reads
-//! `pgmq.metrics_all()`, sends each queue's length, visible length, oldest message age and
+//! `pgmq.metrics_all()` (the form the detected PGMQ supports, see `pipeline::queue::Pgmq`), sends each queue's length, visible length, oldest message age and
 //! total messages to Sentry as gauges, and keeps them for the Prometheus endpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pipeline::metrics::Registry;
+use pipeline::queue::Pgmq;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// Reads the queue figures once: into `registry` and to Sentry.
-pub async fn sample(pool: &PgPool, registry: &Registry) -> pipeline::Result<()> {
-    let queues = pipeline::queue::metrics_all(pool).await?;
+pub async fn sample(pool: &PgPool, pgmq: &Pgmq, registry: &Registry) -> pipeline::Result<()> {
+    let queues = pgmq.metrics_all(pool).await?;
     for q in &queues {
         let gauge = |name: &'static str, value: f64| {
             sentry::metrics::gauge(name, value).attribute("queue", q.queue_name.clone()).capture();
@@ -26,9 +27,9 @@ pub async fn sample(pool: &PgPool, registry: &Registry) -> pipeline::Result<()> 
 }
 
 /// Samples every `every` until `shutdown`.
-pub async fn run(pool: PgPool, registry: Arc<Registry>, every: Duration, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, pgmq: Pgmq, registry: Arc<Registry>, every: Duration, shutdown: CancellationToken) {
     loop {
-        if let Err(error) = sample(&pool, &registry).await {
+        if let Err(error) = sample(&pool, &pgmq, &registry).await {
             tracing::warn!(%error, "cannot read queue metrics");
         }
         tokio::select! {

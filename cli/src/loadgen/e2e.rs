@@ -12,7 +12,7 @@
 //! time: the pipeline is roughly first in, first out, so each poll costs a bounded index lookup
 //! however far behind the pipeline is.
 //!
-//! While the posts run, a sampler reads `pgmq.metrics_all()` every second and keeps each
+//! While the posts run, a sampler reads the queues' lengths (`pgmq.metrics_all()`) every second and keeps each
 //! queue's longest length: the queue that backs up is the step that cannot keep up.
 
 use std::collections::{BTreeMap, HashMap};
@@ -281,11 +281,11 @@ async fn sample(pool: PgPool, peaks: Arc<Mutex<BTreeMap<String, i64>>>) {
     loop {
         every.tick().await;
         // A failed sample only leaves a gap in the peaks.
-        let Ok(queues) = pipeline::queue::metrics_all(&pool).await else { continue };
+        let Ok(queues) = pipeline::queue::lengths(&pool).await else { continue };
         let mut peaks = peaks.lock().unwrap_or_else(PoisonError::into_inner);
-        for q in queues.into_iter().filter(|q| q.queue_length > 0) {
-            let peak = peaks.entry(q.queue_name).or_default();
-            *peak = (*peak).max(q.queue_length);
+        for (queue, length) in queues.into_iter().filter(|(_, length)| *length > 0) {
+            let peak = peaks.entry(queue).or_default();
+            *peak = (*peak).max(length);
         }
     }
 }

@@ -1,11 +1,12 @@
 //! What the tests that run `offer-router` as a process share: the daemon as a child that dies
-//! with the test, a free local address, waiting for `/readyz`, and a site key made by the
+//! with the test (and the command that runs it on the examples), a free local address,
+//! waiting for `/readyz` and for the queue gauges of `/metrics`, and a site key made by the
 //! operator command. Each test crate uses part of it.
 
 #![allow(dead_code, reason = "each test crate that includes this module uses part of it")]
 
 use std::net::TcpListener;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Kills the daemon when the test ends, however it ends.
@@ -70,4 +71,46 @@ pub(crate) fn site_key(database_url: &str, site: &str) -> String {
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let created: serde_json::Value = serde_json::from_slice(&created.stdout).expect("JSON");
     created["api_key"].as_str().expect("a key").to_owned()
+}
+
+/// `offer-router serve` as `./dev up` runs it: the example rules and partners, the mock
+/// partners in-process on `mock`, on `database_url`, HTTP on `addr`, no Sentry, no colours in
+/// the log. The caller adds its own environment and where stderr goes, then spawns it.
+pub(crate) fn serve_examples(database_url: &str, addr: &str, mock: &str) -> Command {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_offer-router"));
+    command
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("HTTP_ADDR", addr)
+        .env("SEED_RULES", format!("{examples}/rules.yaml"))
+        .env("SEED_PARTNERS", format!("{examples}/partners.yaml"))
+        .env("MOCK_PARTNERS_ADDR", mock)
+        .env("PARTNER_BASE_URL", format!("http://{mock}"))
+        .env("PARTNER_TOKEN", "test-token")
+        .env("NO_COLOR", "1")
+        .env_remove("SENTRY_DSN")
+        .stdout(Stdio::null());
+    command
+}
+
+/// Waits until `GET http://{addr}/metrics` has the gauge `offer_router_queue_{gauge}` for every
+/// queue of `queues` (the daemon samples them every `QUEUE_METRICS_SECS`); fails after 20 s
+/// naming the missing ones.
+pub(crate) async fn wait_for_queue_gauges(addr: &str, gauge: &str, queues: &[String]) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics =
+            client.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let missing: Vec<&String> = queues
+            .iter()
+            .filter(|q| !metrics.contains(&format!("offer_router_queue_{gauge}{{queue=\"{q}\"}}")))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queues missing from /metrics: {missing:?}\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

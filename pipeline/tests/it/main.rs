@@ -1,5 +1,6 @@
 //! Integration tests of `pipeline` against a real Postgres (a fresh database per test, see
-//! `#[sqlx::test]`): the schema and its constraints, and the consumer loop.
+//! `#[sqlx::test]`): the schema and its constraints, the consumer loop, and what the installed
+//! PGMQ offers (`OFFER_ROUTER_TEST_PGMQ` names the PGMQ the run expects, see `pgmq.rs`).
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
@@ -7,4 +8,5 @@ mod consumer;
 mod dlq;
 mod outcome;
 mod partners;
+mod pgmq;
 mod schema;

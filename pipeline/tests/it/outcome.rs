@@ -26,7 +26,7 @@ fn letter(message: serde_json::Value, queue: &str, error: &str) -> DeadLetter {
 
 #[sqlx::test(migrations = false)]
 async fn every_final_state_is_found_once_and_summarized(pool: PgPool) {
-    pipeline::db::migrate(&pool).await.expect("migrate");
+    let pgmq = pipeline::db::migrate(&pool).await.expect("migrate");
     let person: i64 = sqlx::query_scalar("INSERT INTO persons (email, full_name) VALUES ('a@x.com', 'a') RETURNING id")
         .fetch_one(&pool)
         .await
@@ -109,7 +109,7 @@ async fn every_final_state_is_found_once_and_summarized(pool: PgPool) {
     .execute(&pool)
     .await
     .expect("breaker");
-    let summary = outcome::summary(&pool, None).await.expect("summary");
+    let summary = outcome::summary(&pool, &pgmq, None).await.expect("summary");
     let partners: Vec<_> = summary.partners.iter().map(|p| (p.partner.as_str(), p.circuit.as_str())).collect();
     assert_eq!(partners, [("school_a", "closed"), ("school_b", "open")]);
     let counts: Vec<_> = summary.partners[0].leads.iter().map(|(s, n)| (s.as_str(), *n)).collect();
@@ -118,7 +118,7 @@ async fn every_final_state_is_found_once_and_summarized(pool: PgPool) {
     assert_eq!(summary.unmatched, 1);
     assert_eq!((summary.in_flight(), summary.dead_lettered()), (1, 4));
     // Only what was created since a moment counts.
-    let later = outcome::summary(&pool, Some(Utc::now() + Duration::seconds(5))).await.expect("summary");
+    let later = outcome::summary(&pool, &pgmq, Some(Utc::now() + Duration::seconds(5))).await.expect("summary");
     assert!(later.partners[0].leads.is_empty());
     assert_eq!(later.unmatched, 0);
 }
