@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use pipeline::outcome::{self, Summary};
 use pipeline::queue::Pgmq;
+use pipeline::state::{CircuitState, DeliveryState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
@@ -47,8 +48,9 @@ pub(crate) struct Demo {
     pub(crate) mock_partners: Option<SocketAddr>,
 }
 
-/// Where one demo lead went: submission, person, partner, rule, state, HTTP status.
-type Outcome = (Uuid, Option<i64>, Option<String>, Option<String>, Option<String>, Option<i32>);
+/// Where one demo lead went: submission, person, partner, rule, delivery state, whether no rule
+/// matched it, HTTP status.
+type Outcome = (Uuid, Option<i64>, Option<String>, Option<String>, Option<DeliveryState>, bool, Option<i32>);
 
 /// Posts demo leads through the real API, with a key per site.
 struct Poster {
@@ -188,7 +190,7 @@ async fn samples_once(
     let rows = loop {
         let rows: Vec<Outcome> = sqlx::query_as(
             "SELECT s.id, coalesce(l.person_id, u.person_id), l.partner, l.rule_name,
-                    coalesce(l.state, CASE WHEN u.submission_id IS NOT NULL THEN 'unmatched' END), l.response_status
+                    l.state, u.submission_id IS NOT NULL, l.response_status
              FROM unnest($1::uuid[]) AS s(id)
              LEFT JOIN leads l ON l.submission_id = s.id
              LEFT JOIN unmatched_leads u ON u.submission_id = s.id",
@@ -196,7 +198,7 @@ async fn samples_once(
         .bind(&ids)
         .fetch_all(pool)
         .await?;
-        let settled = rows.iter().all(|r| r.4.as_deref().is_some_and(|s| s != "pending"));
+        let settled = rows.iter().all(|r| r.5 || r.4.is_some_and(|s| s != DeliveryState::Pending));
         if settled || Instant::now() > deadline || shutdown.is_cancelled() {
             break rows;
         }
@@ -206,7 +208,7 @@ async fn samples_once(
         "\n{:<10} {:<15} {:>7} {:<27} {:<28} {:<10} {:>6}\n",
         "lead", "site", "person", "partner", "rule", "state", "http"
     );
-    for (id, person, partner, rule, state, status) in &rows {
+    for (id, person, partner, rule, state, unmatched, status) in &rows {
         let site = posted.iter().find(|(p, _)| p == id).map_or("", |(_, s)| s.as_str());
         let text = id.to_string();
         let short = text[text.len() - 8..].to_owned();
@@ -215,7 +217,7 @@ async fn samples_once(
             person.map_or("-".to_owned(), |p| p.to_string()),
             partner.as_deref().unwrap_or("-"),
             rule.as_deref().unwrap_or("(default route)"),
-            state.as_deref().unwrap_or("in flight"),
+            state.map_or(if *unmatched { "unmatched" } else { "in flight" }, DeliveryState::as_str),
             status.map_or("-".to_owned(), |s| s.to_string()),
         ));
     }
@@ -281,15 +283,16 @@ async fn stream(
 }
 
 /// One of the latest final outcomes: when, person, partner, rule, state, HTTP status.
-type Latest = (DateTime<Utc>, i64, String, Option<String>, String, Option<i32>);
+type Latest = (DateTime<Utc>, i64, String, Option<String>, DeliveryState, Option<i32>);
 
 async fn live(pool: &PgPool, pgmq: &Pgmq, since: DateTime<Utc>) -> anyhow::Result<(Summary, Vec<Latest>)> {
     let summary = outcome::summary(pool, pgmq, Some(since)).await?;
     let latest = sqlx::query_as(
         "SELECT updated_at, person_id, partner, rule_name, state, response_status FROM leads
-         WHERE state <> 'pending' AND updated_at >= $1 ORDER BY updated_at DESC LIMIT 8",
+         WHERE state <> $2 AND updated_at >= $1 ORDER BY updated_at DESC LIMIT 8",
     )
     .bind(since)
+    .bind(DeliveryState::Pending)
     .fetch_all(pool)
     .await?;
     Ok((summary, latest))
@@ -331,19 +334,18 @@ fn render(
             );
         }
     }
-    let states = ["pending", "accepted", "rejected", "duplicate", "failed"];
     let _ = write!(out, "\n{:<28} {:<9}", "partner", "circuit");
-    for state in states {
+    for state in DeliveryState::ALL {
         let _ = write!(out, " {state:>9}");
     }
     out.push('\n');
     for partner in &summary.partners {
-        if partner.leads.is_empty() && partner.circuit == "closed" {
+        if partner.leads.is_empty() && partner.circuit == CircuitState::Closed {
             continue;
         }
         let circuit = if partner.enabled { partner.circuit.as_str() } else { "disabled" };
         let _ = write!(out, "{:<28} {circuit:<9}", partner.partner);
-        for state in states {
+        for state in DeliveryState::ALL {
             let _ = write!(out, " {:>9}", partner.leads.get(state).copied().unwrap_or(0));
         }
         out.push('\n');
@@ -409,13 +411,13 @@ mod tests {
         }
     }
 
-    fn partner(name: &str, circuit: &str, leads: &[(&str, i64)]) -> PartnerOutcomes {
+    fn partner(name: &str, circuit: CircuitState, leads: &[(DeliveryState, i64)]) -> PartnerOutcomes {
         PartnerOutcomes {
             partner: name.to_owned(),
             enabled: true,
-            circuit: circuit.to_owned(),
+            circuit,
             retry_at: None,
-            leads: leads.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect::<BTreeMap<_, _>>(),
+            leads: leads.iter().copied().collect::<BTreeMap<_, _>>(),
         }
     }
 
@@ -430,13 +432,13 @@ mod tests {
                 queue("routing_dlq", 0),
             ],
             partners: vec![
-                partner("busy", "open", &[("accepted", 5), ("failed", 2)]),
-                partner("idle", "closed", &[]),
-                partner("quiet_but_open", "half_open", &[]),
+                partner("busy", CircuitState::Open, &[(DeliveryState::Accepted, 5), (DeliveryState::Failed, 2)]),
+                partner("idle", CircuitState::Closed, &[]),
+                partner("quiet_but_open", CircuitState::HalfOpen, &[]),
             ],
             unmatched: 3,
         };
-        let latest = [(Utc::now(), 42, "busy".to_owned(), Some("r1".to_owned()), "accepted".to_owned(), Some(200))];
+        let latest = [(Utc::now(), 42, "busy".to_owned(), Some("r1".to_owned()), DeliveryState::Accepted, Some(200))];
         let demo = Demo {
             leads: PathBuf::new(),
             rate: 20.0,

@@ -1,16 +1,16 @@
 //! `offer-router serve`: connects, migrates, starts the HTTP server and the workers, and
 //! shuts everything down gracefully on SIGTERM or Ctrl-C.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use pipeline::config::{ConsumerConfig, ServiceConfig};
-
-use crate::config::Seeds;
 use pipeline::consumer::{Consumer, Handler};
-use pipeline::queue::{self, QueueName};
+use pipeline::queue::{self, Pgmq, QueueName};
 use router::{ActiveTree, Router};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -18,36 +18,17 @@ use workers::compile::Compile;
 use workers::deliver::{Breakers, DeliverContext};
 use workers::identify::Identify;
 
-/// Runs the daemon until a shutdown signal arrives.
+use crate::config::Seeds;
+
+/// The daemon's long-running tasks: each ends only at shutdown (or on a failure).
+type Tasks = JoinSet<anyhow::Result<()>>;
+
+/// Runs the daemon until a shutdown signal arrives: the database made ready and seeded, the
+/// HTTP server, the workers and the side tasks started, then a graceful stop.
 pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<()> {
     let pool = pipeline::db::connect(&config.db).await.context("connecting to Postgres")?;
-    // What the database's PGMQ offers, read once: the queue metrics are chosen from it.
-    let pgmq = if config.migrate_on_start {
-        let pgmq = pipeline::db::migrate(&pool).await.context("migrating the database")?;
-        tracing::info!(%pgmq, "database is up to date");
-        pgmq
-    } else {
-        let pgmq = pipeline::queue::Pgmq::detect(&pool).await.context("reading the database's pgmq")?;
-        tracing::info!(%pgmq, "not migrating (NO_MIGRATE)");
-        pgmq
-    };
-
-    if let Some(file) = &seeds.rules
-        && pipeline::rules::version(&pool).await? == 0
-    {
-        let loaded = crate::rules::load_file(&pool, file, false).await?;
-        tracing::info!(file = %file.display(), rules = loaded.rules, version = loaded.version, "seeded the rule set");
-    }
-    workers::compile::recompile_if_stale(&pool)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
-        .context("checking the active tree's ABI")?;
-    if let Some(file) = &seeds.partners {
-        let configured: i64 = sqlx::query_scalar("SELECT count(*) FROM partners").fetch_one(&pool).await?;
-        if configured == 0 {
-            crate::partners::apply(&pool, file).await?;
-        }
-    }
+    let pgmq = prepare_database(&pool, config.migrate_on_start).await?;
+    seed(&pool, seeds).await?;
     let _mock = match seeds.mock_partners {
         Some(addr) => {
             let mock = workers::mock_partner::MockPartner::start(addr)
@@ -61,83 +42,10 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-
-    let listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP server to {}", config.http_addr))?;
-    let addr = listener.local_addr().context("reading the HTTP server's address")?;
-    tracing::info!("HTTP server listening on http://{addr} (health: /healthz, readiness: /readyz)");
-
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut tasks = Tasks::new();
     let registry = Arc::new(pipeline::metrics::Registry::default());
-    let mut api =
-        api::Api::start(pool.clone(), config.api.clone(), shutdown.clone()).await.context("starting the HTTP API")?;
-    api.router = api.router.merge(api::metrics_router(Arc::clone(&registry)));
-    let http_shutdown = shutdown.clone();
-    tasks.spawn(async move { api.serve(listener, http_shutdown).await.context("HTTP server failed") });
-
-    // The pipeline workers, each a consumer loop that stops at the shutdown token; the router's
-    // tree watcher beside them. Deliver and queue metrics join here as they are built.
-    let consumer_config = |worker: &str, queue: &str, max_retries: u32| -> anyhow::Result<ConsumerConfig> {
-        let mut c = ConsumerConfig::new(worker, QueueName::new(queue)?)?;
-        c.max_retries = max_retries;
-        c.defaults = config.consumer.clone();
-        Ok(c)
-    };
-    for _ in 0..config.identify_workers {
-        let handler = Identify::new(config.api.submit.phone_region)?;
-        let consumer = Consumer::new(
-            pool.clone(),
-            consumer_config("identify", queue::fixed::SUBMISSIONS, config.identify_max_retries)?,
-            handler,
-        );
-        spawn_consumer(&mut tasks, &registry, consumer, shutdown.clone());
-    }
-    for _ in 0..config.compile_workers {
-        let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile);
-        spawn_consumer(&mut tasks, &registry, consumer, shutdown.clone());
-    }
-    if config.router_workers > 0 {
-        let tree = Arc::new(ActiveTree::new().map_err(|e| anyhow::anyhow!("{e}"))?);
-        let watch = Arc::clone(&tree).watch(pool.clone(), config.tree_poll, shutdown.clone());
-        tasks.spawn(async move {
-            watch.await;
-            Ok(())
-        });
-        for _ in 0..config.router_workers {
-            let handler = Router::new(Arc::clone(&tree));
-            let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
-            router_config.defaults.batch_size = config.router_batch_size;
-            let consumer = Consumer::new(pool.clone(), router_config, handler);
-            spawn_consumer(&mut tasks, &registry, consumer, shutdown.clone());
-        }
-    }
-
-    if config.deliver.workers > 0 {
-        let context = DeliverContext {
-            pool: pool.clone(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .context("building the HTTP client")?,
-            env: Arc::new(config.deliver.env.clone()),
-            breakers: Arc::new(Breakers::new(config.deliver.breaker_cache)),
-            owner: format!("{}-{}", hostname(), std::process::id()),
-        };
-        let run = workers::deliver::run(
-            context,
-            Arc::clone(&registry),
-            config.consumer.clone(),
-            config.deliver.workers,
-            config.deliver.partners_refresh,
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            run.await;
-            Ok(())
-        });
-    }
-
+    let addr = spawn_http(&mut tasks, &pool, &config, &registry, &shutdown).await?;
+    spawn_workers(&mut tasks, &pool, &config, &registry, &shutdown)?;
     if let Some(demo) = seeds.demo.clone() {
         let (pool, pgmq, stop) = (pool.clone(), pgmq.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -149,20 +57,10 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
             Ok(())
         });
     }
-
-    {
-        let run = workers::queue_metrics::run(
-            pool.clone(),
-            pgmq,
-            Arc::clone(&registry),
-            config.queue_metrics,
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            run.await;
-            Ok(())
-        });
-    }
+    spawn_until_shutdown(
+        &mut tasks,
+        workers::queue_metrics::run(pool.clone(), pgmq, Arc::clone(&registry), config.queue_metrics, shutdown.clone()),
+    );
 
     // Run until a signal, or until a task ends on its own (which is an error for a daemon).
     // `biased`: on a signal the tasks end too (they watch the same token); that is a normal stop.
@@ -182,9 +80,135 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
     Ok(())
 }
 
+/// Migrates (or, with `NO_MIGRATE`, only reads the schema's PGMQ) and returns what the
+/// database's PGMQ offers, read once: the queue metrics are chosen from it.
+async fn prepare_database(pool: &PgPool, migrate: bool) -> anyhow::Result<Pgmq> {
+    if migrate {
+        let pgmq = pipeline::db::migrate(pool).await.context("migrating the database")?;
+        tracing::info!(%pgmq, "database is up to date");
+        Ok(pgmq)
+    } else {
+        let pgmq = Pgmq::detect(pool).await.context("reading the database's pgmq")?;
+        tracing::info!(%pgmq, "not migrating (NO_MIGRATE)");
+        Ok(pgmq)
+    }
+}
+
+/// Seeds what an empty database lacks: the rules file into a rule set that has no version yet,
+/// the partners file into an empty `partners`; and requests a recompile of an active tree built
+/// for another decision-module ABI.
+async fn seed(pool: &PgPool, seeds: &Seeds) -> anyhow::Result<()> {
+    if let Some(file) = &seeds.rules
+        && pipeline::rules::version(pool).await? == 0
+    {
+        let loaded = crate::rules::load_file(pool, file, false).await?;
+        tracing::info!(file = %file.display(), rules = loaded.rules, version = loaded.version, "seeded the rule set");
+    }
+    workers::compile::recompile_if_stale(pool).await.context("checking the active tree's ABI")?;
+    if let Some(file) = &seeds.partners
+        && pipeline::partners::count(pool).await? == 0
+    {
+        crate::partners::apply(pool, file).await?;
+    }
+    Ok(())
+}
+
+/// Binds the HTTP server and serves the API and `/metrics` until `shutdown`; returns its address.
+async fn spawn_http(
+    tasks: &mut Tasks,
+    pool: &PgPool,
+    config: &ServiceConfig,
+    registry: &Arc<pipeline::metrics::Registry>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP server to {}", config.http_addr))?;
+    let addr = listener.local_addr().context("reading the HTTP server's address")?;
+    tracing::info!("HTTP server listening on http://{addr} (health: /healthz, readiness: /readyz)");
+    let mut api =
+        api::Api::start(pool.clone(), config.api.clone(), shutdown.clone()).await.context("starting the HTTP API")?;
+    api.router = api.router.merge(api::metrics_router(Arc::clone(registry)));
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move { api.serve(listener, http_shutdown).await.context("HTTP server failed") });
+    Ok(addr)
+}
+
+/// The pipeline workers, each a consumer loop that stops at the shutdown token: identify,
+/// compile, the router (with its tree watcher) and deliver (one consumer per partner).
+fn spawn_workers(
+    tasks: &mut Tasks,
+    pool: &PgPool,
+    config: &ServiceConfig,
+    registry: &Arc<pipeline::metrics::Registry>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer_config = |worker: &str, queue: &str, max_retries: u32| -> anyhow::Result<ConsumerConfig> {
+        let mut c = ConsumerConfig::new(worker, QueueName::new(queue)?)?;
+        c.max_retries = max_retries;
+        c.defaults = config.consumer.clone();
+        Ok(c)
+    };
+    for _ in 0..config.identify_workers {
+        let handler = Identify::new(config.api.submit.phone_region)?;
+        let consumer = Consumer::new(
+            pool.clone(),
+            consumer_config("identify", queue::fixed::SUBMISSIONS, config.identify_max_retries)?,
+            handler,
+        );
+        spawn_consumer(tasks, registry, consumer, shutdown.clone());
+    }
+    for _ in 0..config.compile_workers {
+        let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile);
+        spawn_consumer(tasks, registry, consumer, shutdown.clone());
+    }
+    if config.router_workers > 0 {
+        let tree = Arc::new(ActiveTree::new().context("starting the decision-module engine")?);
+        spawn_until_shutdown(tasks, Arc::clone(&tree).watch(pool.clone(), config.tree_poll, shutdown.clone()));
+        for _ in 0..config.router_workers {
+            let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
+            router_config.defaults.batch_size = config.router_batch_size;
+            let consumer = Consumer::new(pool.clone(), router_config, Router::new(Arc::clone(&tree)));
+            spawn_consumer(tasks, registry, consumer, shutdown.clone());
+        }
+    }
+    if config.deliver.workers > 0 {
+        let context = DeliverContext {
+            pool: pool.clone(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .context("building the HTTP client")?,
+            env: Arc::new(config.deliver.env.clone()),
+            breakers: Arc::new(Breakers::new(config.deliver.breaker_cache)),
+            owner: format!("{}-{}", hostname(), std::process::id()),
+        };
+        spawn_until_shutdown(
+            tasks,
+            workers::deliver::run(
+                context,
+                Arc::clone(registry),
+                config.consumer.clone(),
+                config.deliver.workers,
+                config.deliver.partners_refresh,
+                shutdown.clone(),
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Runs `task`, which returns at shutdown.
+fn spawn_until_shutdown(tasks: &mut Tasks, task: impl Future<Output = ()> + Send + 'static) {
+    tasks.spawn(async move {
+        task.await;
+        Ok(())
+    });
+}
+
 /// Runs `consumer` until `shutdown`.
 fn spawn_consumer<H: Handler>(
-    tasks: &mut JoinSet<anyhow::Result<()>>,
+    tasks: &mut Tasks,
     registry: &pipeline::metrics::Registry,
     consumer: Consumer<H>,
     shutdown: CancellationToken,
@@ -199,7 +223,7 @@ fn spawn_consumer<H: Handler>(
 
 /// Waits for every task to finish, up to `grace`; aborts the rest (their messages reappear
 /// after the visibility timeout, so nothing is lost).
-async fn drain(tasks: &mut JoinSet<anyhow::Result<()>>, grace: Duration) {
+async fn drain(tasks: &mut Tasks, grace: Duration) {
     let all_done = async {
         while let Some(ended) = tasks.join_next().await {
             match ended {

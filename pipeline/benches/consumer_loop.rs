@@ -20,8 +20,13 @@ struct NoOp;
 
 impl Handler for NoOp {
     type Message = Value;
+    type Error = std::convert::Infallible;
 
-    async fn handle(&self, _tx: &mut PgConnection, batch: &[Envelope<Value>]) -> Result<Vec<Outcome>, BoxError> {
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        batch: &[Envelope<Value>],
+    ) -> Result<Vec<Outcome>, std::convert::Infallible> {
         Ok(batch.iter().map(|_| Outcome::Done(Vec::new())).collect())
     }
 }

@@ -96,6 +96,10 @@ pub trait Handler: Send + Sync + 'static {
     /// What the input queue carries.
     type Message: DeserializeOwned + Send + Sync + 'static;
 
+    /// Why a whole batch failed: the crate's own error type (kept as the source of
+    /// [`Error::Handler`], so its chain survives to the log and Sentry).
+    type Error: Into<BoxError> + Send;
+
     /// Whether the handler can take messages now. While it cannot (the router before any
     /// decision tree is active), the consumer does not read, so messages wait without using
     /// up attempts.
@@ -108,7 +112,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         tx: &mut PgConnection,
         batch: &[Envelope<Self::Message>],
-    ) -> impl Future<Output = Result<Vec<Outcome>, BoxError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Outcome>, Self::Error>> + Send;
 }
 
 /// The envelope a dead-lettered message is stored in.
@@ -412,7 +416,7 @@ impl<H: Handler> Consumer<H> {
                 .handler
                 .handle(&mut tx, &envelopes)
                 .await
-                .map_err(|source| Error::Handler { worker: self.config.worker.clone(), source })?;
+                .map_err(|source| Error::Handler { worker: self.config.worker.clone(), source: source.into() })?;
             if outcomes.len() != envelopes.len() {
                 return Err(Error::HandlerContract {
                     worker: self.config.worker.clone(),

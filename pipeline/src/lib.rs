@@ -19,6 +19,7 @@ pub mod partners;
 pub mod queue;
 pub mod retry;
 pub mod rules;
+pub mod state;
 pub mod telemetry;
 
 pub use error::{BoxError, Error, Result};

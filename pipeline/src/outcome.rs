@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::Result;
 use crate::dlq;
 use crate::queue::{Pgmq, QueueMetrics};
+use crate::state::{CircuitState, DeliveryState};
 
 /// A final state of a submission (for one partner, where it reached one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -49,7 +50,7 @@ impl FinalState {
     pub const ALL: [Self; 6] =
         [Self::Accepted, Self::Rejected, Self::Duplicate, Self::Failed, Self::Unmatched, Self::DeadLettered];
 
-    /// The state's name, as stored in `leads.state` where it is one.
+    /// The state's name (a [`DeliveryState`]'s where it is one).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -61,13 +62,14 @@ impl FinalState {
         }
     }
 
-    fn from_lead_state(state: &str) -> Option<Self> {
+    /// The final state a delivery row in `state` records; `None` while it is pending.
+    pub fn of_delivery(state: DeliveryState) -> Option<Self> {
         match state {
-            "accepted" => Some(Self::Accepted),
-            "rejected" => Some(Self::Rejected),
-            "duplicate" => Some(Self::Duplicate),
-            "failed" => Some(Self::Failed),
-            _ => None,
+            DeliveryState::Pending => None,
+            DeliveryState::Accepted => Some(Self::Accepted),
+            DeliveryState::Rejected => Some(Self::Rejected),
+            DeliveryState::Duplicate => Some(Self::Duplicate),
+            DeliveryState::Failed => Some(Self::Failed),
         }
     }
 }
@@ -102,21 +104,23 @@ pub async fn finals(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Final>> {
     let mut out = Vec::new();
     let rows = sqlx::query(
         "SELECT l.submission_id, l.partner, l.state, l.updated_at, l.error
-         FROM leads l WHERE l.submission_id = ANY($1) AND l.state <> 'pending'
+         FROM leads l WHERE l.submission_id = ANY($1) AND l.state <> $2
          UNION ALL
-         SELECT u.submission_id, NULL, 'unmatched', u.created_at, NULL
+         SELECT u.submission_id, NULL, NULL, u.created_at, NULL
          FROM unmatched_leads u WHERE u.submission_id = ANY($1)",
     )
     .bind(ids)
+    .bind(DeliveryState::Pending)
     .fetch_all(pool)
     .await?;
     // (submission, partner) → its delivery row's place in `out`.
     let mut with_row = HashMap::new();
     for row in rows {
-        let state: String = row.try_get(2)?;
+        let state: Option<DeliveryState> = row.try_get(2)?;
         let submission_id: Uuid = row.try_get(0)?;
         let partner: Option<String> = row.try_get(1)?;
-        let state = FinalState::from_lead_state(&state).unwrap_or(FinalState::Unmatched);
+        // No delivery state: the `unmatched_leads` side of the union.
+        let state = state.and_then(FinalState::of_delivery).unwrap_or(FinalState::Unmatched);
         if let Some(partner) = &partner {
             with_row.insert((submission_id, partner.clone()), out.len());
         }
@@ -194,12 +198,12 @@ pub struct PartnerOutcomes {
     pub partner: String,
     /// Whether deliver reads its queue.
     pub enabled: bool,
-    /// Its circuit: `closed`, `open` or `half_open`.
-    pub circuit: String,
+    /// Its circuit.
+    pub circuit: CircuitState,
     /// When an open circuit lets a probe through.
     pub retry_at: Option<DateTime<Utc>>,
-    /// Delivery rows per state (`pending`, `accepted`, `rejected`, `duplicate`, `failed`).
-    pub leads: BTreeMap<String, i64>,
+    /// Delivery rows per state.
+    pub leads: BTreeMap<DeliveryState, i64>,
 }
 
 /// The operator's view of the pipeline at one moment.
@@ -230,7 +234,7 @@ impl Summary {
 pub async fn summary(pool: &PgPool, pgmq: &Pgmq, since: Option<DateTime<Utc>>) -> Result<Summary> {
     let queues = pgmq.metrics_all(pool).await?;
     let mut partners: Vec<PartnerOutcomes> = sqlx::query(
-        "SELECT p.name, p.enabled, coalesce(c.state, 'closed'), c.retry_at
+        "SELECT p.name, p.enabled, c.state, c.retry_at
          FROM partners p LEFT JOIN circuit_breakers c ON c.partner = p.name ORDER BY p.name",
     )
     .fetch_all(pool)
@@ -240,13 +244,14 @@ pub async fn summary(pool: &PgPool, pgmq: &Pgmq, since: Option<DateTime<Utc>>) -
         Ok(PartnerOutcomes {
             partner: row.try_get(0)?,
             enabled: row.try_get(1)?,
-            circuit: row.try_get(2)?,
+            // A partner without a breaker row yet has never failed: closed.
+            circuit: row.try_get::<Option<CircuitState>, _>(2)?.unwrap_or(CircuitState::Closed),
             retry_at: row.try_get(3)?,
             leads: BTreeMap::new(),
         })
     })
     .collect::<Result<_>>()?;
-    let counts: Vec<(String, String, i64)> = sqlx::query_as(
+    let counts: Vec<(String, DeliveryState, i64)> = sqlx::query_as(
         "SELECT partner, state, count(*) FROM leads WHERE $1::timestamptz IS NULL OR created_at >= $1
          GROUP BY partner, state",
     )

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgExecutor};
 
 use crate::queue::{self, QueueName};
 use crate::{Error, Result};
@@ -33,8 +33,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Its name, as in the partners file (`accepted`, `retryable`, ...); a final verdict's name
-    /// is also the state it gives the lead's `leads` row.
+    /// Its name, as in the partners file (`accepted`, `retryable`, ...). The state it gives the
+    /// lead's row is deliver's decision (`workers::deliver`), a `DeliveryState`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -334,6 +334,12 @@ pub async fn apply(conn: &mut PgConnection, partner: &PartnerConfig) -> Result<(
         queue::create_with_dead_letter_queue(conn, &queue).await?;
     }
     Ok(())
+}
+
+/// How many partners are stored (enabled or not): the daemon seeds the partners file only
+/// into an empty table.
+pub async fn count<'e>(executor: impl PgExecutor<'e>) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM partners").fetch_one(executor).await?)
 }
 
 /// Every stored partner (enabled or not), by name.

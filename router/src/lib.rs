@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use pipeline::BoxError;
 use pipeline::consumer::{Envelope, Handler, Outcome, Output};
 use pipeline::message::{PartnerLead, RoutingLead};
 use pipeline::queue::QueueName;
@@ -27,6 +26,10 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+mod error;
+
+pub use error::{Error, Result};
 
 /// The channel the compile worker notifies on when it activates a tree.
 pub const CHANNEL: &str = "decision_trees";
@@ -46,14 +49,8 @@ pub struct Tree {
 
 impl Tree {
     /// Loads a module and its manifest (compiles the Wasm: call it off the async threads).
-    pub fn load(
-        engine: &Engine,
-        version: i64,
-        rules_version: i64,
-        wasm: &[u8],
-        manifest: &str,
-    ) -> Result<Self, BoxError> {
-        let program = Program::load_json(engine, wasm, manifest)?;
+    pub fn load(engine: &Engine, version: i64, rules_version: i64, wasm: &[u8], manifest: &str) -> Result<Self> {
+        let program = Program::load_json(engine, wasm, manifest).map_err(|source| Error::Load { version, source })?;
         let rules = program
             .manifest()
             .rules
@@ -81,7 +78,7 @@ pub struct ActiveTree {
 
 impl ActiveTree {
     /// No tree yet; one engine for every module this process loads.
-    pub fn new() -> Result<Self, BoxError> {
+    pub fn new() -> Result<Self> {
         Ok(Self { engine: runtime::host::engine()?, current: ArcSwapOption::empty() })
     }
 
@@ -91,7 +88,7 @@ impl ActiveTree {
     }
 
     /// Loads the active tree if it is not the current one. Returns the version in use after.
-    pub async fn refresh(&self, pool: &PgPool) -> Result<Option<i64>, BoxError> {
+    pub async fn refresh(&self, pool: &PgPool) -> Result<Option<i64>> {
         let active: Option<i64> =
             sqlx::query_scalar("SELECT version FROM decision_trees WHERE active").fetch_optional(pool).await?;
         let current = self.current().map(|t| t.version);
@@ -178,11 +175,7 @@ impl Router {
 
     /// Encodes and decides each lead of `batch` on `tree` (see `Session::decide_leads`),
     /// re-instantiating the module after a swap.
-    fn decide(
-        &self,
-        tree: &Tree,
-        batch: &[Envelope<RoutingLead>],
-    ) -> Result<Vec<runtime::Result<Option<usize>>>, BoxError> {
+    fn decide(&self, tree: &Tree, batch: &[Envelope<RoutingLead>]) -> Result<Vec<runtime::Result<Option<usize>>>> {
         // A poisoned lock means a panic mid-decision; the session is rebuilt below anyway.
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         if !session.as_ref().is_some_and(|s| Arc::ptr_eq(s.program(), &tree.program)) {
@@ -198,25 +191,21 @@ impl Router {
 
 impl Handler for Router {
     type Message = RoutingLead;
+    type Error = Error;
 
     fn ready(&self) -> bool {
         self.tree.current().is_some()
     }
 
-    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<RoutingLead>]) -> Result<Vec<Outcome>, BoxError> {
-        let tree = self.tree.current().ok_or("no active decision tree")?;
+    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<RoutingLead>]) -> Result<Vec<Outcome>> {
+        let tree = self.tree.current().ok_or(Error::NoActiveTree)?;
         let span = tracing::info_span!("router.batch", leads = batch.len(), tree = tree.version);
         self.route(tx, &tree, batch).instrument(span).await
     }
 }
 
 impl Router {
-    async fn route(
-        &self,
-        tx: &mut PgConnection,
-        tree: &Tree,
-        batch: &[Envelope<RoutingLead>],
-    ) -> Result<Vec<Outcome>, BoxError> {
+    async fn route(&self, tx: &mut PgConnection, tree: &Tree, batch: &[Envelope<RoutingLead>]) -> Result<Vec<Outcome>> {
         let started = Instant::now();
         let answers = self.decide(tree, batch)?;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
@@ -297,7 +286,7 @@ impl Router {
 }
 
 /// Records leads no rule matched (and no default route took), in the batch's transaction.
-async fn record_unmatched(tx: &mut PgConnection, tree: i64, leads: &[&RoutingLead]) -> Result<(), BoxError> {
+async fn record_unmatched(tx: &mut PgConnection, tree: i64, leads: &[&RoutingLead]) -> Result<()> {
     if leads.is_empty() {
         return Ok(());
     }

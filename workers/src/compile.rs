@@ -11,7 +11,6 @@
 use std::time::Instant;
 
 use compiler::report::Report;
-use pipeline::BoxError;
 use pipeline::consumer::{Envelope, Handler, Outcome};
 use pipeline::queue::{self, QueueName};
 use pipeline::rules::{self, CompileRequest, RuleSetDoc};
@@ -19,6 +18,8 @@ use runtime::abi::ABI_VERSION;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
+
+use crate::{Error, Result};
 
 /// The channel routers listen on; the payload is the new active tree's version.
 pub const CHANNEL: &str = "decision_trees";
@@ -40,7 +41,7 @@ pub struct CompileOutcome {
 }
 
 /// Checks and compiles `doc` (CPU-bound: call it off the async threads).
-pub fn compile_document(doc: &RuleSetDoc, rules_version: i64) -> Result<CompileOutcome, BoxError> {
+pub fn compile_document(doc: &RuleSetDoc, rules_version: i64) -> Result<CompileOutcome> {
     let text = doc.to_text();
     let name = format!("rules v{rules_version}");
     let started = Instant::now();
@@ -96,12 +97,9 @@ pub fn compile_document(doc: &RuleSetDoc, rules_version: i64) -> Result<CompileO
 
 impl Handler for Compile {
     type Message = CompileRequest;
+    type Error = Error;
 
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope<CompileRequest>],
-    ) -> Result<Vec<Outcome>, BoxError> {
+    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<CompileRequest>]) -> Result<Vec<Outcome>> {
         let span = tracing::info_span!("compile.batch", requests = batch.len());
         compile_newest(tx).instrument(span).await?;
         Ok(batch.iter().map(|_| Outcome::Done(Vec::new())).collect())
@@ -111,7 +109,7 @@ impl Handler for Compile {
 /// After an upgrade to a decision-module ABI the active tree was not compiled for, routers
 /// cannot load it: requests a compile, which then recompiles the newest rules version for this
 /// ABI. Returns whether it requested one. The service calls it at start.
-pub async fn recompile_if_stale(pool: &PgPool) -> Result<bool, BoxError> {
+pub async fn recompile_if_stale(pool: &PgPool) -> Result<bool> {
     let stale: Option<i64> = sqlx::query_scalar(
         "SELECT rules_version FROM decision_trees
          WHERE active AND (manifest->>'abi_version')::bigint IS DISTINCT FROM $1",
@@ -126,7 +124,7 @@ pub async fn recompile_if_stale(pool: &PgPool) -> Result<bool, BoxError> {
 }
 
 /// Compiles and stores the newest rules version unless it was compiled already.
-async fn compile_newest(tx: &mut PgConnection) -> Result<(), BoxError> {
+async fn compile_newest(tx: &mut PgConnection) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(COMPILE_LOCK).execute(&mut *tx).await?;
     let (version, doc) = rules::load(tx).await?;
     // A refused version is done; a module is done only if this host's routers can load it.
@@ -154,12 +152,7 @@ async fn compile_newest(tx: &mut PgConnection) -> Result<(), BoxError> {
 }
 
 /// Stores a compile; activates it (partner queues, flip, NOTIFY) when it has a module.
-async fn store(
-    tx: &mut PgConnection,
-    rules_version: i64,
-    doc: &RuleSetDoc,
-    outcome: CompileOutcome,
-) -> Result<(), BoxError> {
+async fn store(tx: &mut PgConnection, rules_version: i64, doc: &RuleSetDoc, outcome: CompileOutcome) -> Result<()> {
     let CompileOutcome { module, report } = outcome;
     let Some((wasm, manifest)) = module else {
         let tree: i64 =

@@ -29,27 +29,32 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use pipeline::BoxError;
 use pipeline::consumer::{Envelope, Handler, Outcome};
 use pipeline::message::PartnerLead;
 use pipeline::partners::{PartnerConfig, Verdict};
 use pipeline::retry::{ExponentialBackoff, RetryPolicy};
+use pipeline::state::{CircuitState, DeliveryState};
 use pipeline::telemetry::LeadSpans;
 use rand::SeedableRng;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
+use crate::{Error, Result};
+
 /// Longest response excerpt stored on a `leads` row.
 const EXCERPT: usize = 500;
 /// HTTP calls of one batch in flight at once.
 const CONCURRENCY: usize = 32;
+/// The shortest wait of a lead held back by the breaker (an open circuit, another replica's
+/// probe, or this replica's probe in flight).
+const PROBE_WAIT: Duration = Duration::from_millis(500);
 
 /// The breaker row as the worker last read it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct BreakerState {
-    /// `closed`, `open` or `half_open`.
-    pub state: String,
+    /// The circuit.
+    pub state: CircuitState,
     /// When an open circuit may be probed.
     pub retry_at: Option<DateTime<Utc>>,
     /// Compare-and-swap generation.
@@ -75,7 +80,7 @@ impl Breakers {
     }
 
     /// Re-reads the table if the cache is older than `ttl`.
-    pub async fn refresh(&self, pool: &PgPool) -> Result<(), BoxError> {
+    pub async fn refresh(&self, pool: &PgPool) -> Result<()> {
         if self.lock().0.is_some_and(|at| at.elapsed() < self.ttl) {
             return Ok(());
         }
@@ -83,7 +88,7 @@ impl Breakers {
     }
 
     /// Re-reads the table now.
-    pub async fn reload(&self, pool: &PgPool) -> Result<(), BoxError> {
+    pub async fn reload(&self, pool: &PgPool) -> Result<()> {
         #[derive(sqlx::FromRow)]
         struct Row {
             partner: String,
@@ -108,7 +113,7 @@ impl Breakers {
     pub fn readable(&self, partner: &str) -> bool {
         match self.get(partner) {
             None => true,
-            Some(b) if b.state == "closed" => true,
+            Some(b) if b.state == CircuitState::Closed => true,
             Some(b) => {
                 b.retry_at.is_none_or(|at| at <= Utc::now())
                     && b.probe_lease_until.is_none_or(|until| until <= Utc::now())
@@ -137,6 +142,7 @@ pub struct DeliverContext {
 pub struct Deliver {
     partner: PartnerConfig,
     context: DeliverContext,
+    method: reqwest::Method,
     templates: minijinja::Environment<'static>,
     rng: Mutex<rand::rngs::StdRng>,
 }
@@ -153,19 +159,27 @@ struct Answer {
 }
 
 impl Deliver {
-    /// A handler for `partner`; its templates are compiled now (an invalid template is an error).
-    pub fn new(partner: PartnerConfig, context: DeliverContext) -> Result<Self, BoxError> {
-        let mut templates = minijinja::Environment::new();
-        templates.add_template_owned("url".to_owned(), partner.request.url.clone())?;
+    /// A handler for `partner`; its method is parsed and its templates compiled now (an invalid
+    /// one is an error).
+    pub fn new(partner: PartnerConfig, context: DeliverContext) -> Result<Self> {
+        let method = reqwest::Method::from_bytes(partner.request.method.as_bytes())
+            .map_err(|_| Error::Method { partner: partner.name.clone(), method: partner.request.method.clone() })?;
+        let mut sources = vec![("url".to_owned(), partner.request.url.clone())];
         for (name, value) in &partner.request.headers {
-            templates.add_template_owned(format!("header:{name}"), value.clone())?;
+            sources.push((format!("header:{name}"), value.clone()));
         }
         let mut body = Vec::new();
         collect_templates(&partner.request.body, String::new(), &mut body);
-        for (path, text) in body {
-            templates.add_template_owned(format!("body:{path}"), text)?;
+        sources.extend(body.into_iter().map(|(path, text)| (format!("body:{path}"), text)));
+        let mut templates = minijinja::Environment::new();
+        for (template, source) in sources {
+            templates.add_template_owned(template.clone(), source).map_err(|source| Error::Template {
+                partner: partner.name.clone(),
+                template,
+                source,
+            })?;
         }
-        Ok(Self { partner, context, templates, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
+        Ok(Self { partner, context, method, templates, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
     }
 
     /// The partner this handler serves.
@@ -173,24 +187,24 @@ impl Deliver {
         &self.partner
     }
 
-    fn render(&self, name: &str, ctx: &Value) -> Result<String, BoxError> {
-        Ok(self.templates.get_template(name)?.render(ctx)?)
+    fn render(&self, name: &str, ctx: &Value) -> Result<String, minijinja::Error> {
+        self.templates.get_template(name)?.render(ctx)
     }
 
-    fn render_body(&self, node: &Value, path: String, ctx: &Value) -> Result<Value, BoxError> {
+    fn render_body(&self, node: &Value, path: String, ctx: &Value) -> Result<Value, minijinja::Error> {
         Ok(match node {
             Value::String(_) => Value::String(self.render(&format!("body:{path}"), ctx)?),
             Value::Object(map) => Value::Object(
                 map.iter()
                     .map(|(k, v)| Ok((k.clone(), self.render_body(v, format!("{path}/{k}"), ctx)?)))
-                    .collect::<Result<_, BoxError>>()?,
+                    .collect::<Result<_, minijinja::Error>>()?,
             ),
             Value::Array(items) => Value::Array(
                 items
                     .iter()
                     .enumerate()
                     .map(|(i, v)| self.render_body(v, format!("{path}/{i}"), ctx))
-                    .collect::<Result<_, BoxError>>()?,
+                    .collect::<Result<_, minijinja::Error>>()?,
             ),
             other => other.clone(),
         })
@@ -200,13 +214,12 @@ impl Deliver {
     async fn call(&self, lead: &PartnerLead, person: Value) -> Answer {
         let started = Instant::now();
         let ctx = json!({ "lead": lead, "person": person, "env": &*self.context.env });
-        let request = (|| -> Result<reqwest::RequestBuilder, BoxError> {
+        let request = (|| -> Result<reqwest::RequestBuilder, minijinja::Error> {
             let url = self.render("url", &ctx)?;
-            let method = reqwest::Method::from_bytes(self.partner.request.method.as_bytes())?;
             let mut builder = self
                 .context
                 .client
-                .request(method, url)
+                .request(self.method.clone(), url)
                 .timeout(Duration::from_millis(u64::from(self.partner.timeout_ms)))
                 .header("Idempotency-Key", format!("{}:{}", lead.lead.submission_id, self.partner.name));
             for name in self.partner.request.headers.keys() {
@@ -295,9 +308,10 @@ fn dedupe_key(fields: &[String], lead: &PartnerLead, person: &Value) -> String {
 }
 
 /// What a call changes on its `leads` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct RowUpdate {
     id: i64,
-    state: &'static str,
+    state: DeliveryState,
     attempts: i32,
     status: Option<i32>,
     excerpt: String,
@@ -305,87 +319,267 @@ struct RowUpdate {
 }
 
 /// What to do with one message before any call.
+#[derive(Debug, Clone, PartialEq)]
 enum Plan {
     Settled(Outcome),
     Send { row: i64, attempts: i32 },
 }
 
+/// A batch's dedupe decided and its rows claimed (committed): each message's plan, and the
+/// identities its templates and keys use.
+struct Claimed {
+    plans: Vec<Plan>,
+    persons: HashMap<i64, Value>,
+}
+
+impl Claimed {
+    /// The identity of `lead`: its alias record if it has one, else its person.
+    fn person(&self, lead: &PartnerLead) -> Value {
+        self.persons.get(&lead.lead.alias_id.unwrap_or(lead.lead.person_id)).cloned().unwrap_or(Value::Null)
+    }
+}
+
+/// What the partner's breaker lets through this batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Closed: every lead to send.
+    All,
+    /// This replica holds the half-open probe lease: one lead.
+    Probe,
+    /// Open, or another replica probes: nothing now; the leads wait this long.
+    Wait(Duration),
+}
+
+/// What [`settle`] needs of a partner's configuration: its retries, backoff and how long a
+/// circuit opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RetryRules {
+    max_retries: u32,
+    backoff: ExponentialBackoff,
+    open: Duration,
+}
+
+impl RetryRules {
+    fn of(partner: &PartnerConfig) -> Self {
+        Self {
+            max_retries: partner.max_retries,
+            backoff: ExponentialBackoff {
+                base: Duration::from_millis(u64::from(partner.backoff_base_ms)),
+                cap: Duration::from_millis(u64::from(partner.backoff_cap_ms)),
+            },
+            open: Duration::from_secs(partner.breaker.open_secs),
+        }
+    }
+
+    /// How long the circuit stays open after a lead ran out of retries on `answer`: as long as
+    /// the partner asked (`Retry-After`), at least a minute after a 429, else the configured time.
+    fn open_time(&self, answer: &Answer) -> Duration {
+        match (answer.status, answer.retry_after) {
+            (_, Some(after)) => after,
+            (Some(429), None) => self.open.max(Duration::from_secs(60)),
+            _ => self.open,
+        }
+    }
+}
+
+/// What a batch's answers come to.
+#[derive(Debug, PartialEq)]
+struct Settlement {
+    /// One per message, in order.
+    outcomes: Vec<Outcome>,
+    /// One per call, in call order.
+    updates: Vec<RowUpdate>,
+    /// Calls that reached a partner's decision (accepted, rejected, duplicate).
+    successes: u32,
+    /// Calls that failed and may be retried.
+    failures: u32,
+    /// Set when a lead ran out of retries: how long the circuit must open.
+    open_for: Option<Duration>,
+}
+
+/// Settles a batch: each called lead's row update and outcome from its answer (a partner's
+/// decision is done; a permanent error goes to the DLQ; a retryable one backs off, or goes to the
+/// DLQ and opens the circuit once the retries are spent), the leads not called keep their plan,
+/// and those held back behind a probe wait for it. Pure: the jitter comes from `rng`.
+fn settle(
+    rules: &RetryRules,
+    plans: &[Plan],
+    sends: &[usize],
+    answers: &[Answer],
+    rng: &mut dyn rand::RngCore,
+) -> Settlement {
+    let mut outcomes: Vec<Option<Outcome>> = plans
+        .iter()
+        .map(|plan| match plan {
+            Plan::Settled(outcome) => Some(outcome.clone()),
+            Plan::Send { .. } => None,
+        })
+        .collect();
+    let mut settlement =
+        Settlement { outcomes: Vec::new(), updates: Vec::new(), successes: 0, failures: 0, open_for: None };
+    for (&i, answer) in sends.iter().zip(answers) {
+        let Plan::Send { row, attempts } = plans[i] else { continue };
+        let attempts = attempts + 1;
+        let error = answer.error.clone().unwrap_or_default();
+        let decided = |state| (state, Outcome::Done(Vec::new()));
+        let (state, outcome) = match answer.verdict {
+            Verdict::Accepted => decided(DeliveryState::Accepted),
+            Verdict::Rejected => decided(DeliveryState::Rejected),
+            Verdict::Duplicate => decided(DeliveryState::Duplicate),
+            Verdict::Permanent => (DeliveryState::Failed, Outcome::DeadLetter(error)),
+            Verdict::Retryable if attempts > rules.max_retries as i32 => {
+                settlement.open_for = Some(settlement.open_for.unwrap_or_default().max(rules.open_time(answer)));
+                (DeliveryState::Failed, Outcome::DeadLetter(format!("gave up after {attempts} attempts: {error}")))
+            }
+            Verdict::Retryable => {
+                let backoff = rules.backoff.delay(attempts as u32, rng);
+                (DeliveryState::Pending, Outcome::RetryIn(answer.retry_after.unwrap_or(backoff), error))
+            }
+        };
+        match answer.verdict {
+            Verdict::Accepted | Verdict::Rejected | Verdict::Duplicate => settlement.successes += 1,
+            Verdict::Retryable => settlement.failures += 1,
+            Verdict::Permanent => {}
+        }
+        settlement.updates.push(RowUpdate {
+            id: row,
+            state,
+            attempts,
+            status: answer.status.map(i32::from),
+            excerpt: excerpt(&answer.body, EXCERPT),
+            error: answer.error.clone(),
+        });
+        outcomes[i] = Some(outcome);
+    }
+    // Leads beyond a probe wait for the probe's verdict.
+    settlement.outcomes = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::RetryIn(PROBE_WAIT, "waiting for the circuit probe".into())))
+        .collect();
+    settlement
+}
+
+/// The messages to call: every planned send, at most `allowed` of them.
+fn to_send(plans: &[Plan], allowed: usize) -> Vec<usize> {
+    plans
+        .iter()
+        .enumerate()
+        .filter(|(_, plan)| matches!(plan, Plan::Send { .. }))
+        .map(|(i, _)| i)
+        .take(allowed)
+        .collect()
+}
+
+/// Dedupe lookup: keys another lead of this partner claimed within the window. The states
+/// that claim a key (`DeliveryState::claims_key`) are written out, not bound, so the planner
+/// can prove the partial index `leads_dedupe_idx` (`state <> 'duplicate'`) applies.
+const CLAIMED_KEYS: &str = "SELECT DISTINCT dedupe_key FROM leads WHERE partner = $1 AND dedupe_key = ANY($2)
+       AND state IN ('pending', 'accepted', 'rejected') AND request_date > now() - make_interval(days => $3)
+       AND NOT (submission_id = ANY($4))";
+
 impl Handler for Deliver {
     type Message = PartnerLead;
+    type Error = Error;
 
     fn ready(&self) -> bool {
         self.context.breakers.readable(&self.partner.name)
     }
 
-    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>, BoxError> {
+    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>> {
         let span = tracing::info_span!("deliver.batch", partner = %self.partner.name, leads = batch.len());
         self.deliver(tx, batch).instrument(span).await
     }
 }
 
 impl Deliver {
-    async fn deliver(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>, BoxError> {
+    /// One batch: claim (dedupe and rows, committed) → gate (the breaker) → send (the calls)
+    /// → settle (pure) → record (the rows, in the batch's transaction, and the breaker).
+    async fn deliver(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>> {
         let started = Instant::now();
-        let partner = &self.partner.name;
-        let spans = LeadSpans::current();
-        let persons = identities(tx, batch).await?;
-        let person = |lead: &PartnerLead| {
-            persons.get(&lead.lead.alias_id.unwrap_or(lead.lead.person_id)).cloned().unwrap_or(Value::Null)
-        };
-        let keys: Vec<String> =
-            batch.iter().map(|m| dedupe_key(&self.partner.dedupe_fields, &m.body, &person(&m.body))).collect();
-        // Dedupe and rows, committed before any call. A claim (a `pending` row) must outlive a
-        // batch cut between its calls and its commit (a crash, the database going away): rolled
-        // back with the batch, it would let another lead with the same key be sent before this
-        // message reappears, and the partner would receive the key twice. The message stays in
-        // the batch: if the batch does not commit, it reappears, finds its `pending` row and is
-        // sent again with the same Idempotency-Key.
-        let mut claim = self.context.pool.begin().await?;
-        let locks = keys.iter().map(|k| pipeline::db::advisory_key(partner, k)).collect();
-        pipeline::db::lock_in_order(&mut claim, locks).await?;
-        let plans = self.prepare(&mut claim, batch, &keys).await?;
-        claim.commit().await?;
-
-        // The breaker: closed sends all; a due probe sends one (if this replica wins the lease).
-        self.context.breakers.refresh(&self.context.pool).await?;
-        let breaker = self.context.breakers.get(partner);
-        let mut allowed = usize::MAX;
-        if let Some(b) = breaker.as_ref().filter(|b| b.state != "closed") {
-            let wait = b.retry_at.map(|at| (at - Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
-            if wait > Duration::ZERO || !self.take_probe(b).await? {
-                let wait = wait.max(Duration::from_millis(500));
-                return Ok(plans
+        let claimed = self.claim(batch).await?;
+        let allowed = match self.gate().await? {
+            Gate::All => usize::MAX,
+            Gate::Probe => 1,
+            Gate::Wait(wait) => {
+                let reason = format!("circuit of {} is open", self.partner.name);
+                return Ok(claimed
+                    .plans
                     .into_iter()
-                    .map(|p| match p {
+                    .map(|plan| match plan {
                         Plan::Settled(outcome) => outcome,
-                        Plan::Send { .. } => Outcome::RetryIn(wait, format!("circuit of {partner} is open")),
+                        Plan::Send { .. } => Outcome::RetryIn(wait, reason.clone()),
                     })
                     .collect());
             }
-            allowed = 1;
+        };
+        let sends = to_send(&claimed.plans, allowed);
+        let answers = self.send(batch, &claimed, &sends).await;
+        let settlement = {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            settle(&RetryRules::of(&self.partner), &claimed.plans, &sends, &answers, &mut *rng)
+        };
+        for ((&i, answer), update) in sends.iter().zip(&answers).zip(&settlement.updates) {
+            emit_call(&self.partner.name, &batch[i], answer, update.attempts, update.state == DeliveryState::Failed);
         }
+        record(tx, &settlement.updates).await?;
+        self.update_breaker(settlement.successes, settlement.failures, settlement.open_for).await?;
+        sentry::metrics::distribution("deliver.batch.duration", started.elapsed().as_secs_f64() * 1e3)
+            .unit(sentry::protocol::Unit::Millisecond)
+            .attribute("partner", self.partner.name.clone())
+            .capture();
+        Ok(settlement.outcomes)
+    }
 
-        // Calls, concurrently (at most `allowed` of them).
-        let mut sends = Vec::new();
-        for (i, plan) in plans.iter().enumerate() {
-            if matches!(plan, Plan::Send { .. }) && sends.len() < allowed {
-                sends.push(i);
-            }
+    /// Dedupe and rows, committed before any call. A claim (a `pending` row) must outlive a
+    /// batch cut between its calls and its commit (a crash, the database going away): rolled
+    /// back with the batch, it would let another lead with the same key be sent before this
+    /// message reappears, and the partner would receive the key twice. The message stays in
+    /// the batch: if the batch does not commit, it reappears, finds its `pending` row and is
+    /// sent again with the same Idempotency-Key.
+    async fn claim(&self, batch: &[Envelope<PartnerLead>]) -> Result<Claimed> {
+        let mut claim = self.context.pool.begin().await?;
+        let persons = identities(&mut claim, batch).await?;
+        let mut claimed = Claimed { plans: Vec::new(), persons };
+        let keys: Vec<String> =
+            batch.iter().map(|m| dedupe_key(&self.partner.dedupe_fields, &m.body, &claimed.person(&m.body))).collect();
+        let locks = keys.iter().map(|k| pipeline::db::advisory_key(&self.partner.name, k)).collect();
+        pipeline::db::lock_in_order(&mut claim, locks).await?;
+        claimed.plans = self.prepare(&mut claim, batch, &keys).await?;
+        claim.commit().await?;
+        Ok(claimed)
+    }
+
+    /// The breaker (read through its cache): closed sends all; a due probe sends one, if this
+    /// replica wins the lease.
+    async fn gate(&self) -> Result<Gate> {
+        self.context.breakers.refresh(&self.context.pool).await?;
+        let Some(breaker) = self.context.breakers.get(&self.partner.name).filter(|b| b.state != CircuitState::Closed)
+        else {
+            return Ok(Gate::All);
+        };
+        let wait = breaker.retry_at.map(|at| (at - Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
+        if wait > Duration::ZERO || !self.take_probe(&breaker).await? {
+            return Ok(Gate::Wait(wait.max(PROBE_WAIT)));
         }
-        let mut answers: Vec<Answer> = Vec::with_capacity(sends.len());
+        Ok(Gate::Probe)
+    }
+
+    /// The calls of `sends`, at most [`CONCURRENCY`] at once; one answer each, in order.
+    async fn send(&self, batch: &[Envelope<PartnerLead>], claimed: &Claimed, sends: &[usize]) -> Vec<Answer> {
+        let spans = LeadSpans::current();
+        let mut answers = Vec::with_capacity(sends.len());
         for chunk in sends.chunks(CONCURRENCY) {
-            let mut calls = Vec::with_capacity(chunk.len());
-            for &i in chunk {
+            let calls = chunk.iter().map(|&i| {
                 let lead = &batch[i].body;
                 // The lead's span (sampled batches only) times its call.
                 let span = spans.start("deliver.lead", lead.lead.submission_id);
                 span.record("msg_id", batch[i].msg_id);
-                span.record("partner", partner.as_str());
-                if let Plan::Send { attempts, .. } = plans[i] {
+                span.record("partner", self.partner.name.as_str());
+                if let Plan::Send { attempts, .. } = claimed.plans[i] {
                     span.record("attempt", attempts + 1);
                 }
-                let call = self.call(lead, person(lead));
-                calls.push(async move {
+                let call = self.call(lead, claimed.person(lead));
+                async move {
                     let answer = call.await;
                     span.record("status", answer.status);
                     span.record("verdict", answer.verdict.as_str());
@@ -393,94 +587,11 @@ impl Deliver {
                         span.failed();
                     }
                     answer
-                });
-            }
+                }
+            });
             answers.extend(futures_util::future::join_all(calls).await);
         }
-
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
-        for plan in &plans {
-            outcomes.push(match plan {
-                Plan::Settled(outcome) => Some(outcome.clone()),
-                Plan::Send { .. } => None,
-            });
-        }
-        let mut open_for: Option<Duration> = None;
-        let mut updates: Vec<RowUpdate> = Vec::with_capacity(sends.len());
-        let (mut successes, mut failures) = (0u32, 0u32);
-        for (&i, answer) in sends.iter().zip(&answers) {
-            let Plan::Send { row, attempts } = plans[i] else { continue };
-            let attempts = attempts + 1;
-            let (state, outcome) = match answer.verdict {
-                Verdict::Accepted | Verdict::Rejected | Verdict::Duplicate => {
-                    successes += 1;
-                    (answer.verdict.as_str(), Outcome::Done(Vec::new()))
-                }
-                Verdict::Permanent => ("failed", Outcome::DeadLetter(answer.error.clone().unwrap_or_default())),
-                Verdict::Retryable => {
-                    failures += 1;
-                    let error = answer.error.clone().unwrap_or_default();
-                    if attempts > self.partner.max_retries as i32 {
-                        open_for = Some(open_for.unwrap_or_default().max(self.open_time(answer)));
-                        ("failed", Outcome::DeadLetter(format!("gave up after {attempts} attempts: {error}")))
-                    } else {
-                        let backoff = {
-                            let policy = ExponentialBackoff {
-                                base: Duration::from_millis(u64::from(self.partner.backoff_base_ms)),
-                                cap: Duration::from_millis(u64::from(self.partner.backoff_cap_ms)),
-                            };
-                            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-                            policy.delay(attempts as u32, &mut *rng)
-                        };
-                        ("pending", Outcome::RetryIn(answer.retry_after.unwrap_or(backoff), error))
-                    }
-                }
-            };
-            updates.push(RowUpdate {
-                id: row,
-                state,
-                attempts,
-                status: answer.status.map(i32::from),
-                excerpt: excerpt(&answer.body, EXCERPT),
-                error: answer.error.clone(),
-            });
-            emit_call(partner, &batch[i], answer, attempts, state == "failed");
-            outcomes[i] = Some(outcome);
-        }
-        if !updates.is_empty() {
-            // `clock_timestamp()`, not `now()` (the batch's start, before the calls): the row
-            // records when the answers came, which the end-to-end latency is measured to.
-            sqlx::query(
-                "UPDATE leads SET state = u.state, attempts = u.attempts, response_status = u.status,
-                        response_excerpt = u.excerpt, error = u.error, updated_at = clock_timestamp()
-                 FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[])
-                      AS u(id, state, attempts, status, excerpt, error)
-                 WHERE leads.id = u.id",
-            )
-            .bind(updates.iter().map(|u| u.id).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.state).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.status).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.excerpt.as_str()).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.error.as_deref()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Leads beyond a probe wait for the probe's verdict.
-        let outcomes = outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Outcome::RetryIn(Duration::from_millis(500), "waiting for the circuit probe".into())
-                })
-            })
-            .collect();
-        self.update_breaker(successes, failures, open_for).await?;
-        sentry::metrics::distribution("deliver.batch.duration", started.elapsed().as_secs_f64() * 1e3)
-            .unit(sentry::protocol::Unit::Millisecond)
-            .attribute("partner", partner.clone())
-            .capture();
-        Ok(outcomes)
+        answers
     }
 
     /// Dedupe and the `leads` rows of a batch, in three statements: rows found again (a
@@ -490,74 +601,69 @@ impl Deliver {
         tx: &mut PgConnection,
         batch: &[Envelope<PartnerLead>],
         keys: &[String],
-    ) -> Result<Vec<Plan>, BoxError> {
+    ) -> Result<Vec<Plan>> {
         let partner = &self.partner.name;
         let ids: Vec<uuid::Uuid> = batch.iter().map(|m| m.body.lead.submission_id).collect();
-        let existing: HashMap<uuid::Uuid, (i64, String, i32)> = sqlx::query_as::<_, (uuid::Uuid, i64, String, i32)>(
-            "SELECT submission_id, id, state, attempts FROM leads WHERE partner = $1 AND submission_id = ANY($2)",
-        )
-        .bind(partner)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(id, row, state, attempts)| (id, (row, state, attempts)))
-        .collect();
-        let mut seen: std::collections::HashSet<String> = sqlx::query_scalar(
-            "SELECT DISTINCT dedupe_key FROM leads WHERE partner = $1 AND dedupe_key = ANY($2)
-               AND state IN ('pending', 'accepted', 'rejected') AND request_date > now() - make_interval(days => $3)
-               AND NOT (submission_id = ANY($4))",
-        )
-        .bind(partner)
-        .bind(keys)
-        .bind(self.partner.dedupe_window_days as i32)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let existing: HashMap<uuid::Uuid, (i64, DeliveryState, i32)> =
+            sqlx::query_as::<_, (uuid::Uuid, i64, DeliveryState, i32)>(
+                "SELECT submission_id, id, state, attempts FROM leads WHERE partner = $1 AND submission_id = ANY($2)",
+            )
+            .bind(partner)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id, row, state, attempts)| (id, (row, state, attempts)))
+            .collect();
+        let mut seen: std::collections::HashSet<String> = sqlx::query_scalar(CLAIMED_KEYS)
+            .bind(partner)
+            .bind(keys)
+            .bind(self.partner.dedupe_window_days as i32)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
 
         // A lead of the batch whose own row claims its key (a redelivery) holds the key against
         // the batch's new leads wherever it stands in the batch: the lookup above leaves the
         // batch's rows out, and `pgmq.read` does not return a batch in queue order.
         for (message, key) in batch.iter().zip(keys) {
-            let claimed = existing.get(&message.body.lead.submission_id);
-            if claimed.is_some_and(|(_, state, _)| matches!(state.as_str(), "pending" | "accepted" | "rejected")) {
+            if existing.get(&message.body.lead.submission_id).is_some_and(|(_, state, _)| state.claims_key()) {
                 seen.insert(key.clone());
             }
         }
 
         // Decide in message order: a key sent by an earlier lead of the batch is a duplicate too.
         let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
-        let mut new_rows: Vec<(usize, &'static str)> = Vec::new();
+        let mut new_rows: Vec<(usize, DeliveryState)> = Vec::new();
         // Failed rows whose letter was replayed from the DLQ: (row, new state).
-        let mut replayed: Vec<(i64, &'static str)> = Vec::new();
+        let mut replayed: Vec<(i64, DeliveryState)> = Vec::new();
+        let done = || Some(Plan::Settled(Outcome::Done(Vec::new())));
         for (i, (message, key)) in batch.iter().zip(keys).enumerate() {
             match existing.get(&message.body.lead.submission_id) {
-                Some((row, state, attempts)) if state == "pending" => {
-                    plans.push(Some(Plan::Send { row: *row, attempts: *attempts }));
-                }
+                Some(&(row, DeliveryState::Pending, attempts)) => plans.push(Some(Plan::Send { row, attempts })),
                 // A `failed` lead's message comes back only when an operator replays its
                 // letter: it starts again with fresh attempts, unless its key went to another
                 // lead meanwhile.
-                Some((row, state, _)) if state == "failed" => {
+                Some(&(row, DeliveryState::Failed, _)) => {
                     if seen.contains(key) {
-                        replayed.push((*row, "duplicate"));
-                        plans.push(Some(Plan::Settled(Outcome::Done(Vec::new()))));
+                        replayed.push((row, DeliveryState::Duplicate));
+                        plans.push(done());
                     } else {
                         seen.insert(key.clone());
-                        replayed.push((*row, "pending"));
-                        plans.push(Some(Plan::Send { row: *row, attempts: 0 }));
+                        replayed.push((row, DeliveryState::Pending));
+                        plans.push(Some(Plan::Send { row, attempts: 0 }));
                     }
                 }
-                Some(_) => plans.push(Some(Plan::Settled(Outcome::Done(Vec::new())))),
+                Some(_) => plans.push(done()),
                 None if seen.contains(key) => {
-                    new_rows.push((i, "duplicate"));
-                    plans.push(Some(Plan::Settled(Outcome::Done(Vec::new()))));
+                    new_rows.push((i, DeliveryState::Duplicate));
+                    plans.push(done());
                 }
                 None => {
                     seen.insert(key.clone());
-                    new_rows.push((i, "pending"));
+                    new_rows.push((i, DeliveryState::Pending));
                     plans.push(None);
                 }
             }
@@ -592,7 +698,7 @@ impl Deliver {
             .fetch_all(&mut *tx)
             .await?;
             let row_of: HashMap<uuid::Uuid, i64> = rows.into_iter().collect();
-            let duplicates = new_rows.iter().filter(|(_, state)| *state == "duplicate").count();
+            let duplicates = new_rows.iter().filter(|(_, state)| *state == DeliveryState::Duplicate).count();
             if duplicates > 0 {
                 sentry::metrics::counter("deliver.duplicates", duplicates as f64)
                     .attribute("partner", partner.clone())
@@ -600,8 +706,8 @@ impl Deliver {
             }
             for (i, plan) in plans.iter_mut().enumerate() {
                 if plan.is_none() {
-                    let row =
-                        row_of.get(&batch[i].body.lead.submission_id).copied().ok_or("a new leads row is missing")?;
+                    let id = batch[i].body.lead.submission_id;
+                    let row = row_of.get(&id).copied().ok_or(Error::MissingLeadRow(id))?;
                     *plan = Some(Plan::Send { row, attempts: 0 });
                 }
             }
@@ -609,29 +715,21 @@ impl Deliver {
         Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Settled(Outcome::Retry("not prepared".into())))).collect())
     }
 
-    /// How long the circuit stays open after a lead ran out of retries on `answer`.
-    fn open_time(&self, answer: &Answer) -> Duration {
-        let default = Duration::from_secs(self.partner.breaker.open_secs);
-        match (answer.status, answer.retry_after) {
-            (_, Some(after)) => after,
-            (Some(429), None) => default.max(Duration::from_secs(60)),
-            _ => default,
-        }
-    }
-
     /// Takes the half-open probe lease (compare-and-swap on `generation`, committed at once).
-    async fn take_probe(&self, seen: &BreakerState) -> Result<bool, BoxError> {
+    async fn take_probe(&self, seen: &BreakerState) -> Result<bool> {
         let lease = Duration::from_millis(u64::from(self.partner.timeout_ms)) + Duration::from_secs(5);
         let taken = sqlx::query(
-            "UPDATE circuit_breakers SET state = 'half_open', probe_owner = $3,
+            "UPDATE circuit_breakers SET state = $5, probe_owner = $3,
                     probe_lease_until = now() + $4 * interval '1 millisecond', generation = generation + 1, updated_at = now()
-             WHERE partner = $1 AND generation = $2 AND state <> 'closed' AND retry_at <= now()
+             WHERE partner = $1 AND generation = $2 AND state <> $6 AND retry_at <= now()
                AND (probe_lease_until IS NULL OR probe_lease_until <= now())",
         )
         .bind(&self.partner.name)
         .bind(seen.generation)
         .bind(&self.context.owner)
         .bind(lease.as_millis() as i64)
+        .bind(CircuitState::HalfOpen)
+        .bind(CircuitState::Closed)
         .execute(&self.context.pool)
         .await?
         .rows_affected()
@@ -639,25 +737,25 @@ impl Deliver {
         self.context.breakers.reload(&self.context.pool).await?;
         if taken {
             tracing::info!(partner = %self.partner.name, "circuit half-open: sending one probe");
-            transition(&self.partner.name, "half_open");
+            transition(&self.partner.name, CircuitState::HalfOpen);
         }
         Ok(taken)
     }
 
     /// Records a batch's calls on the breaker: a success closes it; failures count towards
     /// opening it; `open_for` (a lead ran out of retries) opens it for that long.
-    async fn update_breaker(&self, successes: u32, failures: u32, open_for: Option<Duration>) -> Result<(), BoxError> {
+    async fn update_breaker(&self, successes: u32, failures: u32, open_for: Option<Duration>) -> Result<()> {
         if successes == 0 && failures == 0 {
             return Ok(());
         }
         let b = &self.partner.breaker;
-        let row: (String, i32, i32, i32) = sqlx::query_as(
+        let row: (CircuitState, i32, i32, i32) = sqlx::query_as(
             "UPDATE circuit_breakers SET
                  consecutive_failures = CASE WHEN $2 > 0 THEN 0 ELSE consecutive_failures + $3 END,
                  window_successes = CASE WHEN window_started_at < now() - $4 * interval '1 second' THEN 0 ELSE window_successes END + $2,
                  window_failures = CASE WHEN window_started_at < now() - $4 * interval '1 second' THEN 0 ELSE window_failures END + $3,
                  window_started_at = CASE WHEN window_started_at < now() - $4 * interval '1 second' THEN now() ELSE window_started_at END,
-                 state = CASE WHEN $2 > 0 AND $3 = 0 AND NOT $5 THEN 'closed' ELSE state END,
+                 state = CASE WHEN $2 > 0 AND $3 = 0 AND NOT $5 THEN $6 ELSE state END,
                  opened_at = CASE WHEN $2 > 0 AND $3 = 0 AND NOT $5 THEN NULL ELSE opened_at END,
                  retry_at = CASE WHEN $2 > 0 AND $3 = 0 AND NOT $5 THEN NULL ELSE retry_at END,
                  probe_owner = NULL, probe_lease_until = NULL,
@@ -670,33 +768,36 @@ impl Deliver {
         .bind(failures as i32)
         .bind(b.window_secs as f64)
         .bind(open_for.is_some())
+        .bind(CircuitState::Closed)
         .fetch_one(&self.context.pool)
         .await?;
         let (state, consecutive, window_ok, window_failed) = row;
         let calls = (window_ok + window_failed).max(1);
         let rate_tripped = calls as u32 >= b.min_calls && window_failed as f64 / calls as f64 >= b.failure_rate;
         let open = open_for.or_else(|| {
-            (failures > 0 && (consecutive as u32 >= b.consecutive_failures || rate_tripped || state == "half_open"))
+            (failures > 0
+                && (consecutive as u32 >= b.consecutive_failures || rate_tripped || state == CircuitState::HalfOpen))
                 .then(|| Duration::from_secs(b.open_secs))
         });
         if let Some(duration) = open {
             sqlx::query(
-                "UPDATE circuit_breakers SET state = 'open', opened_at = now(),
+                "UPDATE circuit_breakers SET state = $3, opened_at = now(),
                         retry_at = now() + $2 * interval '1 millisecond', probe_owner = NULL, probe_lease_until = NULL,
                         generation = generation + 1, updated_at = now()
                  WHERE partner = $1",
             )
             .bind(&self.partner.name)
             .bind(duration.as_millis() as i64)
+            .bind(CircuitState::Open)
             .execute(&self.context.pool)
             .await?;
             tracing::warn!(partner = %self.partner.name, retry_in_s = duration.as_secs(), "circuit opened");
-            transition(&self.partner.name, "open");
-        } else if state == "closed" && successes > 0 {
+            transition(&self.partner.name, CircuitState::Open);
+        } else if state == CircuitState::Closed && successes > 0 {
             // closed (again): announce only a real transition
-            if self.context.breakers.get(&self.partner.name).is_some_and(|b| b.state != "closed") {
+            if self.context.breakers.get(&self.partner.name).is_some_and(|b| b.state != CircuitState::Closed) {
                 tracing::info!(partner = %self.partner.name, "circuit closed");
-                transition(&self.partner.name, "closed");
+                transition(&self.partner.name, CircuitState::Closed);
             } else {
                 // Still closed: nothing other workers need to see sooner than their cache allows.
                 return Ok(());
@@ -706,10 +807,10 @@ impl Deliver {
     }
 }
 
-fn transition(partner: &str, to: &'static str) {
+fn transition(partner: &str, to: CircuitState) {
     sentry::metrics::counter("deliver.circuit.transitions", 1.0)
         .attribute("partner", partner.to_owned())
-        .attribute("to", to)
+        .attribute("to", to.as_str())
         .capture();
 }
 
@@ -754,8 +855,33 @@ fn emit_call(partner: &str, message: &Envelope<PartnerLead>, answer: &Answer, at
     }
 }
 
+/// Records the calls' answers on their `leads` rows, in the batch's transaction.
+async fn record(tx: &mut PgConnection, updates: &[RowUpdate]) -> Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    // `clock_timestamp()`, not `now()` (the batch's start, before the calls): the row records
+    // when the answers came, which the end-to-end latency is measured to.
+    sqlx::query(
+        "UPDATE leads SET state = u.state, attempts = u.attempts, response_status = u.status,
+                response_excerpt = u.excerpt, error = u.error, updated_at = clock_timestamp()
+         FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[])
+              AS u(id, state, attempts, status, excerpt, error)
+         WHERE leads.id = u.id",
+    )
+    .bind(updates.iter().map(|u| u.id).collect::<Vec<_>>())
+    .bind(updates.iter().map(|u| u.state).collect::<Vec<_>>())
+    .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
+    .bind(updates.iter().map(|u| u.status).collect::<Vec<_>>())
+    .bind(updates.iter().map(|u| u.excerpt.as_str()).collect::<Vec<_>>())
+    .bind(updates.iter().map(|u| u.error.as_deref()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// The identity of each lead (its alias record if it has one, else the main record).
-async fn identities(tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<HashMap<i64, Value>, BoxError> {
+async fn identities(tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<HashMap<i64, Value>> {
     let ids: Vec<i64> = batch.iter().map(|m| m.body.lead.alias_id.unwrap_or(m.body.lead.person_id)).collect();
     #[derive(sqlx::FromRow)]
     struct Person {
@@ -789,8 +915,8 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let partners = match context.pool.acquire().await {
-            Ok(mut conn) => pipeline::partners::load_all(&mut conn).await.map_err(BoxError::from),
-            Err(error) => Err(error.into()),
+            Ok(mut conn) => pipeline::partners::load_all(&mut conn).await.map_err(Error::from),
+            Err(error) => Err(Error::from(error)),
         };
         let _ = context.breakers.reload(&context.pool).await;
         match partners {
@@ -836,7 +962,7 @@ fn start(
     replicas: usize,
     shutdown: &tokio_util::sync::CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<tokio_util::sync::CancellationToken, BoxError> {
+) -> Result<tokio_util::sync::CancellationToken> {
     let token = shutdown.child_token();
     for _ in 0..replicas.max(1) {
         let mut config = pipeline::config::ConsumerConfig::new("deliver", partner.queue()?)?;
@@ -855,4 +981,118 @@ fn start(
     }
     tracing::info!(partner = %partner.name, replicas, "deliver consumer started");
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn rules() -> RetryRules {
+        RetryRules {
+            max_retries: 2,
+            backoff: ExponentialBackoff { base: Duration::from_millis(100), cap: Duration::from_secs(10) },
+            open: Duration::from_secs(30),
+        }
+    }
+
+    fn answer(verdict: Verdict, status: Option<u16>, retry_after: Option<Duration>) -> Answer {
+        let error = matches!(verdict, Verdict::Retryable | Verdict::Permanent).then(|| format!("HTTP {status:?}"));
+        Answer { status, body: "{}".to_owned(), retry_after, verdict, error, elapsed: Duration::ZERO }
+    }
+
+    fn send(row: i64, attempts: i32) -> Plan {
+        Plan::Send { row, attempts }
+    }
+
+    fn settle_all(plans: &[Plan], answers: &[Answer]) -> Settlement {
+        let sends = to_send(plans, answers.len());
+        settle(&rules(), plans, &sends, answers, &mut rand::rngs::StdRng::seed_from_u64(7))
+    }
+
+    #[test]
+    fn a_partners_decision_is_final_and_counts_as_a_success() {
+        let plans = [send(1, 0), send(2, 0), send(3, 0)];
+        let answers = [
+            answer(Verdict::Accepted, Some(200), None),
+            answer(Verdict::Rejected, Some(200), None),
+            answer(Verdict::Duplicate, Some(409), None),
+        ];
+        let settled = settle_all(&plans, &answers);
+        let states: Vec<_> = settled.updates.iter().map(|u| (u.id, u.state, u.attempts, u.status)).collect();
+        assert_eq!(
+            states,
+            [
+                (1, DeliveryState::Accepted, 1, Some(200)),
+                (2, DeliveryState::Rejected, 1, Some(200)),
+                (3, DeliveryState::Duplicate, 1, Some(409)),
+            ]
+        );
+        assert_eq!(settled.outcomes, vec![Outcome::Done(Vec::new()); 3]);
+        assert_eq!((settled.successes, settled.failures, settled.open_for), (3, 0, None));
+    }
+
+    #[test]
+    fn a_retryable_failure_backs_off_until_the_retries_are_spent_then_fails_and_opens_the_circuit() {
+        // Attempt 1 of 3 (max_retries 2): back off with jitter, between half and all of the base.
+        let settled = settle_all(&[send(1, 0)], &[answer(Verdict::Retryable, Some(503), None)]);
+        assert_eq!(settled.updates[0].state, DeliveryState::Pending);
+        let Outcome::RetryIn(delay, error) = &settled.outcomes[0] else { panic!("{:?}", settled.outcomes) };
+        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(delay), "{delay:?}");
+        assert_eq!(error, "HTTP Some(503)");
+        assert_eq!((settled.successes, settled.failures, settled.open_for), (0, 1, None));
+
+        // The partner's Retry-After wins over the backoff.
+        let after = Some(Duration::from_secs(7));
+        let settled = settle_all(&[send(1, 1)], &[answer(Verdict::Retryable, Some(503), after)]);
+        assert!(matches!(settled.outcomes[0], Outcome::RetryIn(d, _) if d == Duration::from_secs(7)));
+
+        // Attempt 3 of 3: failed for good, to the DLQ, and the circuit opens for the partner's time.
+        let settled = settle_all(&[send(1, 2)], &[answer(Verdict::Retryable, Some(503), None)]);
+        assert_eq!((settled.updates[0].state, settled.updates[0].attempts), (DeliveryState::Failed, 3));
+        assert_eq!(settled.outcomes, [Outcome::DeadLetter("gave up after 3 attempts: HTTP Some(503)".to_owned())]);
+        assert_eq!((settled.failures, settled.open_for), (1, Some(Duration::from_secs(30))));
+    }
+
+    #[test]
+    fn the_circuit_opens_for_as_long_as_the_answers_ask_and_a_429_for_a_minute_at_least() {
+        let plans = [send(1, 2), send(2, 2)];
+        let answers = [answer(Verdict::Retryable, Some(429), None), answer(Verdict::Retryable, Some(503), None)];
+        assert_eq!(settle_all(&plans, &answers).open_for, Some(Duration::from_secs(60)));
+        let answers = [
+            answer(Verdict::Retryable, Some(503), Some(Duration::from_secs(90))),
+            answer(Verdict::Retryable, None, None),
+        ];
+        assert_eq!(settle_all(&plans, &answers).open_for, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn a_permanent_error_goes_to_the_dlq_at_once_and_does_not_count_against_the_circuit() {
+        let settled = settle_all(&[send(4, 0)], &[answer(Verdict::Permanent, Some(400), None)]);
+        assert_eq!((settled.updates[0].state, settled.updates[0].attempts), (DeliveryState::Failed, 1));
+        assert_eq!(settled.outcomes, [Outcome::DeadLetter("HTTP Some(400)".to_owned())]);
+        assert_eq!((settled.successes, settled.failures, settled.open_for), (0, 0, None));
+    }
+
+    #[test]
+    fn settled_plans_keep_their_outcome_and_leads_behind_a_probe_wait_for_it() {
+        let plans = [Plan::Settled(Outcome::Done(Vec::new())), send(1, 0), send(2, 0), send(3, 0)];
+        let sends = to_send(&plans, 1);
+        assert_eq!(sends, [1]);
+        let answers = [answer(Verdict::Accepted, Some(200), None)];
+        let settled = settle(&rules(), &plans, &sends, &answers, &mut rand::rngs::StdRng::seed_from_u64(7));
+        let waiting = Outcome::RetryIn(PROBE_WAIT, "waiting for the circuit probe".to_owned());
+        assert_eq!(settled.outcomes, [Outcome::Done(Vec::new()), Outcome::Done(Vec::new()), waiting.clone(), waiting]);
+        assert_eq!(settled.updates.len(), 1);
+        assert_eq!(to_send(&plans, usize::MAX), [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_dedupe_lookup_names_exactly_the_states_that_claim_a_key() {
+        for &state in DeliveryState::ALL {
+            let named = CLAIMED_KEYS.contains(&format!("'{state}'"));
+            assert_eq!(named, state.claims_key(), "{state}");
+        }
+    }
 }

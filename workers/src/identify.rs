@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use pipeline::BoxError;
 use pipeline::consumer::{Envelope, Handler, Outcome, Output};
 use pipeline::db::{advisory_key, lock_in_order};
 use pipeline::identity::{Key, Keys, PhoneRegion};
@@ -32,6 +31,8 @@ use pipeline::telemetry::LeadSpans;
 use serde_json::Value;
 use sqlx::PgConnection;
 use tracing::Instrument;
+
+use crate::{Error, Result};
 
 /// The identify handler.
 pub struct Identify {
@@ -160,19 +161,16 @@ struct Tally {
 
 impl Handler for Identify {
     type Message = Submission;
+    type Error = Error;
 
-    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<Submission>]) -> Result<Vec<Outcome>, BoxError> {
+    async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<Submission>]) -> Result<Vec<Outcome>> {
         let span = tracing::info_span!("identify.batch", leads = batch.len());
         self.identify_batch(tx, batch).instrument(span).await
     }
 }
 
 impl Identify {
-    async fn identify_batch(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope<Submission>],
-    ) -> Result<Vec<Outcome>, BoxError> {
+    async fn identify_batch(&self, tx: &mut PgConnection, batch: &[Envelope<Submission>]) -> Result<Vec<Outcome>> {
         let started = Instant::now();
         // Normalize; a submission without two usable keys can never be identified.
         let normalized: Vec<Result<Keys, String>> = batch
@@ -192,7 +190,7 @@ impl Identify {
             .iter()
             .flat_map(|k| Key::ALL.into_iter().filter_map(|key| k.get(key).map(|v| advisory_key(key.name(), v))))
             .collect();
-        lock_in_order(tx, locks).await.map_err(|e| format!("locking identity keys: {e}"))?;
+        lock_in_order(tx, locks).await.map_err(Error::LockIdentityKeys)?;
 
         let mut graph = load(tx, &valid).await?;
         let times = derived_times(tx, batch.iter().map(|m| m.body.submitted_at).collect()).await?;
@@ -286,7 +284,7 @@ fn emit(tally: &Tally, leads: usize, started: Instant) {
 
 /// Every stored record that shares a key value with the batch (which is every record a match or
 /// a reuse can involve: a person is known by a value only through a record holding it).
-async fn load(tx: &mut PgConnection, batch: &[&Keys]) -> Result<Graph, BoxError> {
+async fn load(tx: &mut PgConnection, batch: &[&Keys]) -> Result<Graph> {
     let column = |key: Key| -> Vec<&str> { batch.iter().filter_map(|k| k.get(key)).collect() };
     #[derive(sqlx::FromRow)]
     struct Row {
@@ -312,7 +310,7 @@ async fn load(tx: &mut PgConnection, batch: &[&Keys]) -> Result<Graph, BoxError>
     .persistent(false)
     .fetch_all(&mut *tx)
     .await
-    .map_err(|e| format!("reading persons: {e}"))?;
+    .map_err(Error::ReadPersons)?;
     let mut graph = Graph::default();
     for Row { id, main, email, full_name, phone } in rows {
         graph.add(Record { id, main, keys: Keys { email, full_name, phone } }, false);
@@ -321,7 +319,7 @@ async fn load(tx: &mut PgConnection, batch: &[&Keys]) -> Result<Graph, BoxError>
 }
 
 /// Writes the batch's new records; returns their ids, indexed by `-placeholder - 1`.
-async fn store(tx: &mut PgConnection, graph: &Graph) -> Result<Vec<i64>, BoxError> {
+async fn store(tx: &mut PgConnection, graph: &Graph) -> Result<Vec<i64>> {
     if graph.created.is_empty() {
         return Ok(Vec::new());
     }
@@ -332,7 +330,7 @@ async fn store(tx: &mut PgConnection, graph: &Graph) -> Result<Vec<i64>, BoxErro
     .bind(graph.created.len() as i64)
     .fetch_all(&mut *tx)
     .await
-    .map_err(|e| format!("allocating person ids: {e}"))?;
+    .map_err(Error::AllocatePersonIds)?;
     let real = |id: i64| if id < 0 { ids[(-id - 1) as usize] } else { id };
     let records: Vec<&Record> = graph.created.iter().map(|&i| &graph.records[i]).collect();
     let column = |key: Key| -> Vec<Option<&str>> { records.iter().map(|r| r.keys.get(key)).collect() };
@@ -348,13 +346,13 @@ async fn store(tx: &mut PgConnection, graph: &Graph) -> Result<Vec<i64>, BoxErro
     .bind(alias_of)
     .execute(&mut *tx)
     .await
-    .map_err(|e| format!("recording persons: {e}"))?;
+    .map_err(Error::RecordPersons)?;
     Ok(ids)
 }
 
 /// `submitted_hour` and `submitted_weekday` of each time, in the rule set's time zone (Postgres's
 /// time-zone database, so the router and the rule set agree on daylight saving).
-async fn derived_times(tx: &mut PgConnection, times: Vec<DateTime<Utc>>) -> Result<Vec<(i32, String)>, BoxError> {
+async fn derived_times(tx: &mut PgConnection, times: Vec<DateTime<Utc>>) -> Result<Vec<(i32, String)>> {
     let rows: Vec<(i32, String)> = sqlx::query_as(
         "SELECT extract(hour FROM u.t AT TIME ZONE z.tz)::int, lower(to_char(u.t AT TIME ZONE z.tz, 'Dy'))
          FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(t, n)
@@ -364,7 +362,7 @@ async fn derived_times(tx: &mut PgConnection, times: Vec<DateTime<Utc>>) -> Resu
     .bind(times)
     .fetch_all(&mut *tx)
     .await
-    .map_err(|e| format!("deriving time fields: {e}"))?;
+    .map_err(Error::DeriveTimes)?;
     Ok(rows)
 }
 

@@ -4,6 +4,9 @@
 
 pub mod compile;
 pub mod deliver;
+mod error;
 pub mod identify;
 pub mod mock_partner;
 pub mod queue_metrics;
+
+pub use error::{Error, Result};

@@ -6,7 +6,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use pipeline::BoxError;
 use pipeline::config::{ApiConfig, ConsumerConfig};
 use pipeline::consumer::{Consumer, Envelope, Handler, Outcome};
 use pipeline::queue::{self, QueueName};
@@ -22,8 +21,13 @@ struct Refuse;
 
 impl Handler for Refuse {
     type Message = Value;
+    type Error = std::convert::Infallible;
 
-    async fn handle(&self, _tx: &mut PgConnection, batch: &[Envelope<Value>]) -> Result<Vec<Outcome>, BoxError> {
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        batch: &[Envelope<Value>],
+    ) -> Result<Vec<Outcome>, std::convert::Infallible> {
         Ok(batch.iter().map(|_| Outcome::DeadLetter("cannot identify".to_owned())).collect())
     }
 }

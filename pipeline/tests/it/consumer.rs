@@ -48,6 +48,7 @@ impl TestHandler {
 
 impl Handler for TestHandler {
     type Message = Job;
+    type Error = BoxError;
 
     async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<Job>]) -> Result<Vec<Outcome>, BoxError> {
         self.calls.fetch_add(1, Ordering::SeqCst);

@@ -2,7 +2,6 @@
 //! shown, replayed one by one or all at once (back in the source queue as new messages, gone
 //! from the DLQ, in one transaction), and letters that cannot be replayed stay with a reason.
 
-use pipeline::BoxError;
 use pipeline::config::ConsumerConfig;
 use pipeline::consumer::{BatchReport, Consumer, Envelope, Handler, Outcome};
 use pipeline::dlq::{self, Selection};
@@ -15,8 +14,13 @@ struct Refuse;
 
 impl Handler for Refuse {
     type Message = Value;
+    type Error = std::convert::Infallible;
 
-    async fn handle(&self, _tx: &mut PgConnection, batch: &[Envelope<Value>]) -> Result<Vec<Outcome>, BoxError> {
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        batch: &[Envelope<Value>],
+    ) -> Result<Vec<Outcome>, std::convert::Infallible> {
         Ok(batch.iter().map(|e| Outcome::DeadLetter(format!("refused {}", e.body["n"]))).collect())
     }
 }

@@ -140,3 +140,38 @@ async fn constraints_reject_bad_rows(pool: PgPool) {
     .await
     .expect("valid rows are accepted");
 }
+
+/// The quoted names of a `CHECK (column IN ('a', 'b', ...))` constraint, in order.
+async fn check_list(pool: &PgPool, constraint: &str) -> Vec<String> {
+    let definition: String =
+        sqlx::query_scalar("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1")
+            .bind(constraint)
+            .fetch_one(pool)
+            .await
+            .expect("the constraint exists");
+    definition.split('\'').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_state_types_name_exactly_what_the_check_constraints_allow(pool: PgPool) {
+    use pipeline::state::{CircuitState, DeliveryState};
+
+    db::migrate(&pool).await.expect("migrate");
+    let delivery: Vec<_> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(check_list(&pool, "leads_state_known").await, delivery);
+    let circuit: Vec<_> = CircuitState::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(check_list(&pool, "circuit_breakers_state_known").await, circuit);
+
+    // And each state reads back as itself, one by one and as an array.
+    for &state in DeliveryState::ALL {
+        let read: DeliveryState =
+            sqlx::query_scalar("SELECT $1::text").bind(state).fetch_one(&pool).await.expect("reads");
+        assert_eq!(read, state);
+    }
+    let read: Vec<CircuitState> =
+        sqlx::query_scalar("SELECT $1::text[]").bind(CircuitState::ALL).fetch_one(&pool).await.expect("reads");
+    assert_eq!(read, CircuitState::ALL);
+    let unknown =
+        sqlx::query_scalar::<_, DeliveryState>("SELECT 'lost'").fetch_one(&pool).await.map_err(|e| e.to_string());
+    assert!(unknown.is_err_and(|e| e.contains("unknown DeliveryState `lost`")));
+}

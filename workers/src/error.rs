@@ -1,0 +1,63 @@
+//! The error type of the `workers` crate: one variant per stage that can fail a whole batch
+//! (or keep a worker from starting). A single lead's problem is its outcome (a dead letter or
+//! a retry), not an `Err`.
+
+/// Why a worker could not handle a batch, or start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The shared plumbing failed (a queue, the rules table, a partner's configuration).
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::Error),
+    /// Identify: taking the advisory locks of the batch's identity keys failed.
+    #[error("locking identity keys: {0}")]
+    LockIdentityKeys(#[source] pipeline::Error),
+    /// Identify: reading the persons the batch's keys name failed.
+    #[error("reading persons: {0}")]
+    ReadPersons(#[source] sqlx::Error),
+    /// Identify: allocating ids for new person records failed.
+    #[error("allocating person ids: {0}")]
+    AllocatePersonIds(#[source] sqlx::Error),
+    /// Identify: writing new person records failed.
+    #[error("recording persons: {0}")]
+    RecordPersons(#[source] sqlx::Error),
+    /// Identify: deriving `submitted_hour` and `submitted_weekday` failed.
+    #[error("deriving time fields: {0}")]
+    DeriveTimes(#[source] sqlx::Error),
+    /// Deliver: a partner's request template does not compile.
+    #[error("partner `{partner}`: invalid template `{template}`: {source}")]
+    Template {
+        /// The partner.
+        partner: String,
+        /// Which template (`url`, `header:<name>`, `body:<path>`).
+        template: String,
+        /// Why.
+        source: minijinja::Error,
+    },
+    /// Deliver: a partner's HTTP method is not a method.
+    #[error("partner `{partner}`: invalid HTTP method `{method}`")]
+    Method {
+        /// The partner.
+        partner: String,
+        /// The method as configured.
+        method: String,
+    },
+    /// Deliver: a lead's claimed `leads` row was not returned by its insert.
+    #[error("the new leads row of submission `{0}` is missing")]
+    MissingLeadRow(uuid::Uuid),
+    /// Compile: the rules could not be checked or compiled at all (not findings: those refuse
+    /// the version and are stored with it).
+    #[error("compiler error: {0}")]
+    Compiler(#[from] compiler::Error),
+    /// Compile: the manifest could not be encoded.
+    #[error("cannot encode the manifest: {0}")]
+    Manifest(#[from] serde_json::Error),
+    /// A blocking task (the compile) panicked or was cancelled.
+    #[error("a blocking task did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
