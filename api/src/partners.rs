@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use pipeline::partners::{self, PartnerConfig};
+use pipeline::state::CircuitState;
 use serde_json::json;
 
 use crate::AppState;
@@ -26,16 +27,15 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
 }
 
-async fn all(state: &AppState) -> Result<(Vec<PartnerConfig>, Vec<(String, String)>), ApiError> {
+async fn all(state: &AppState) -> Result<(Vec<PartnerConfig>, Vec<(String, CircuitState)>), ApiError> {
     let mut conn = state.pool.acquire().await.map_err(internal)?;
     let configs = partners::load_all(&mut conn).await.map_err(internal)?;
-    let circuits: Vec<(String, String)> =
-        sqlx::query_as("SELECT partner, state FROM circuit_breakers").fetch_all(&mut *conn).await.map_err(internal)?;
+    let circuits = partners::circuits(&mut *conn).await.map_err(internal)?;
     Ok((configs, circuits))
 }
 
-fn with_circuit(config: &PartnerConfig, circuits: &[(String, String)]) -> serde_json::Value {
-    let circuit = circuits.iter().find(|(p, _)| *p == config.name).map(|(_, s)| s.as_str());
+fn with_circuit(config: &PartnerConfig, circuits: &[(String, CircuitState)]) -> serde_json::Value {
+    let circuit = circuits.iter().find(|(p, _)| *p == config.name).map(|(_, s)| s);
     json!({ "partner": config, "circuit": circuit })
 }
 

@@ -24,8 +24,7 @@ pub(crate) async fn apply(pool: &PgPool, file: &Path) -> anyhow::Result<()> {
 /// Prints every partner with its circuit state.
 pub(crate) async fn list(pool: &PgPool, json: bool) -> anyhow::Result<()> {
     let partners = pipeline::partners::load_all(&mut *pool.acquire().await?).await?;
-    let states: Vec<(String, String)> =
-        sqlx::query_as("SELECT partner, state FROM circuit_breakers").fetch_all(pool).await?;
+    let states = pipeline::partners::circuits(pool).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&partners)?);
         return Ok(());

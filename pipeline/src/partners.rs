@@ -14,6 +14,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::queue::{self, QueueName};
+use crate::state::CircuitState;
 use crate::{Error, Result};
 
 /// What a partner's answer means.
@@ -340,6 +341,11 @@ pub async fn apply(conn: &mut PgConnection, partner: &PartnerConfig) -> Result<(
 /// into an empty table.
 pub async fn count<'e>(executor: impl PgExecutor<'e>) -> Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM partners").fetch_one(executor).await?)
+}
+
+/// Every partner's circuit, by partner (a partner without a breaker row has never failed).
+pub async fn circuits<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(String, CircuitState)>> {
+    Ok(sqlx::query_as("SELECT partner, state FROM circuit_breakers ORDER BY partner").fetch_all(executor).await?)
 }
 
 /// Every stored partner (enabled or not), by name.
