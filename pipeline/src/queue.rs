@@ -187,7 +187,7 @@ pub struct Pgmq {
     /// The installed version.
     pub version: Version,
     /// Whether `pgmq.metrics_all()` reports `queue_visible_length` (PGMQ 1.5 and later). Where
-    /// it does not, [`Pgmq::metrics_all`] derives it with `pgmq_visible_length(queue)`, a
+    /// it does not, [`Pgmq::metrics_all`] derives it with `pgmq_queue_lengths(queue)`, a
     /// migration's function with PGMQ 1.5's definition.
     pub reports_visible_length: bool,
 }
@@ -261,9 +261,11 @@ impl Pgmq {
                     total_messages
              FROM pgmq.metrics_all() ORDER BY queue_name"
         } else {
-            "SELECT queue_name, queue_length, pgmq_visible_length(queue_name) AS queue_visible_length,
-                    oldest_msg_age_sec, newest_msg_age_sec, total_messages
-             FROM pgmq.metrics_all() ORDER BY queue_name"
+            // Both lengths from one count, so the visible one never exceeds the other.
+            "SELECT m.queue_name, l.queue_length, l.queue_visible_length, m.oldest_msg_age_sec,
+                    m.newest_msg_age_sec, m.total_messages
+             FROM pgmq.metrics_all() m CROSS JOIN LATERAL pgmq_queue_lengths(m.queue_name) l
+             ORDER BY m.queue_name"
         };
         Ok(sqlx::query_as(sql).fetch_all(executor).await?)
     }
