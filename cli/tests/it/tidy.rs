@@ -1,13 +1,9 @@
 //! Repository hygiene checked as a test (after rust-analyzer's tidy tests): every Rust file
 //! opens with a `//!` line saying what it is for, and every migration is commented.
 
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
-
 use std::path::{Path, PathBuf};
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cli/ is inside the workspace").to_path_buf()
-}
+use crate::harness::workspace_root;
 
 fn files_with_extension(dir: &Path, extension: &str, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };

@@ -5,24 +5,23 @@
 //! by `LISTEN/NOTIFY` through it (the tree poll is set to an hour, so nothing else could bring
 //! it), with no warning logged. And the transaction pooler, which breaks that, is refused.
 
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgSslMode;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-mod common;
-
-use common::{Daemon, free_local_addr, serve_examples, site_key, wait_for_queue_gauges};
+use crate::harness::{
+    Daemon, EXAMPLES, Scratch, a_lead, active_tree, alone, as_root, client, free_local_addr, offer_router, poll,
+    serve_examples, site_key, submit, wait_for, wait_for_queue_gauges,
+};
 
 /// PgBouncer in session mode in front of the test's Postgres, on a port of its own; stopped
 /// (and its folder removed) when dropped, before `#[sqlx::test]` drops the database.
 struct Pooler {
     child: Child,
-    dir: PathBuf,
+    dir: Scratch,
     url: String,
 }
 
@@ -30,9 +29,8 @@ impl Pooler {
     /// Starts PgBouncer for the database of `pool` and waits until a client gets through it.
     async fn start(pool: &PgPool) -> Self {
         let direct = pool.connect_options();
-        let port = free_local_addr().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).expect("a port");
-        let dir = std::env::temp_dir().join(format!("offer-router-pooler-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("the pooler's folder");
+        let port = free_local_addr().port();
+        let dir = Scratch::new("pooler");
         let user = direct.get_username().to_owned();
         // Supavisor's session mode, as far as the service can tell: one server connection per
         // client for the client's whole session, and a pool size the client must stay under.
@@ -42,33 +40,29 @@ impl Pooler {
              default_pool_size = 40\nmax_client_conn = 200\nignore_startup_parameters = extra_float_digits\n",
             host = direct.get_host(),
             db_port = direct.get_port(),
-            auth = dir.join("users.txt").display(),
+            auth = dir.path().join("users.txt").display(),
         );
-        std::fs::write(dir.join("users.txt"), format!("\"{user}\" \"\"\n")).expect("auth file");
-        std::fs::write(dir.join("pgbouncer.ini"), config).expect("config");
+        dir.write("users.txt", format!("\"{user}\" \"\"\n"));
+        let ini = dir.write("pgbouncer.ini", config);
         let mut command = Command::new(pgbouncer());
         // PgBouncer refuses to run as root; as root it takes the identity of `postgres`.
-        if nix::unistd::geteuid().is_root() {
+        if as_root() {
             command.args(["-u", "postgres"]);
         }
-        let log = std::fs::File::create(dir.join("pgbouncer.log")).expect("log file");
-        let child =
-            command.arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).stderr(log).spawn().expect("start pgbouncer");
+        let log = std::fs::File::create(dir.path().join("pgbouncer.log")).expect("log file");
+        let child = command.arg(ini).stdout(Stdio::null()).stderr(log).spawn().expect("start pgbouncer");
         let database = direct.get_database().expect("the test database's name");
         // PgBouncer here speaks TLS to the server only (if that has it), not to its clients.
         let url =
             (*direct).clone().port(port).database(database).ssl_mode(PgSslMode::Prefer).to_url_lossy().to_string();
         let pooler = Self { child, dir, url };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while PgConnection::connect(&pooler.url).await.is_err() {
-            assert!(Instant::now() < deadline, "pgbouncer does not answer: {}", pooler.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let answers = poll(Duration::from_secs(20), || async { PgConnection::connect(&pooler.url).await.is_ok() });
+        assert!(answers.await.is_some(), "pgbouncer does not answer: {}", pooler.log());
         pooler
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
     }
 }
 
@@ -76,7 +70,6 @@ impl Drop for Pooler {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -86,107 +79,72 @@ fn pgbouncer() -> &'static Path {
     if installed.exists() { installed } else { Path::new("pgbouncer") }
 }
 
-async fn active_tree(pool: &PgPool) -> Option<i64> {
-    sqlx::query_scalar("SELECT version FROM decision_trees WHERE active").fetch_optional(pool).await.expect("tree")
-}
-
-/// Posts a lead for degreefinder and returns its submission id.
-async fn post(client: &reqwest::Client, addr: &str, key: &str, email: &str) -> uuid::Uuid {
-    let response = client
-        .post(format!("http://{addr}/api/submit"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({
-            "email": email, "first_name": "Ann", "last_name": "Lee", "phone": "415 555 2671",
-            "fields": { "state": "CA", "age": 29 }
-        }))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status().as_u16(), 202);
-    let body: serde_json::Value = response.json().await.expect("JSON");
-    body["submission_id"].as_str().and_then(|id| id.parse().ok()).expect("a submission id")
-}
-
 /// Waits for the lead's delivery row to reach a final state; returns the tree that routed it.
 async fn delivered_by(pool: &PgPool, submission: uuid::Uuid) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_for(&format!("lead {submission} to be delivered"), Duration::from_secs(60), || async {
         let row: Option<(String, Option<i64>)> =
             sqlx::query_as("SELECT state, tree_version FROM leads WHERE submission_id = $1 AND state <> 'pending'")
                 .bind(submission)
                 .fetch_optional(pool)
                 .await
                 .expect("lead");
-        if let Some((_, Some(tree))) = row {
-            return tree;
-        }
-        assert!(Instant::now() < deadline, "lead {submission} not delivered within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        row.and_then(|(_, tree)| tree)
+    })
+    .await
 }
 
 #[sqlx::test(migrations = false)]
 async fn through_a_session_pooler_the_daemon_migrates_delivers_and_hot_reloads(pool: PgPool) {
+    let _turn = alone().await;
     let pooler = Pooler::start(&pool).await;
     let (addr, mock) = (free_local_addr(), free_local_addr());
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-    let log_path = pooler.dir.join("offer-router.log");
-    let log = std::fs::File::create(&log_path).expect("daemon log");
-    let mut daemon = Daemon(
-        serve_examples(&pooler.url, &addr, &mock)
+    let log_path = pooler.dir.path().join("offer-router.log");
+    let mut daemon = Daemon::spawn(
+        "offer-router",
+        addr,
+        serve_examples(&pooler.url, addr, mock)
             // Under the pooler's pool size of 40, with room for the rules command below.
             .env("DATABASE_MAX_CONNECTIONS", "30")
             // Only a notification can bring a new tree within the test.
             .env("TREE_POLL_SECS", "3600")
             .env("QUEUE_METRICS_SECS", "1")
-            .env("RUST_LOG", "info")
-            .stderr(log)
-            .spawn()
-            .expect("start offer-router"),
+            .env("RUST_LOG", "info"),
+        Some(log_path.clone()),
     );
     let daemon_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    daemon.ready(&addr).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let first = loop {
-        if let Some(tree) = active_tree(&pool).await {
-            break tree;
-        }
-        assert!(Instant::now() < deadline, "no active tree within 60 s: {}", daemon_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    daemon.ready().await;
+    let first = poll(Duration::from_secs(60), || active_tree(&pool)).await;
+    let first = first.unwrap_or_else(|| panic!("no active tree within 60 s: {}", daemon_log()));
+    let client = client(Duration::from_secs(5));
     let key = site_key(&pooler.url, "degreefinder");
-    let lead = post(&client, &addr, &key, "ann.lee@example.com").await;
+    let lead = submit(&client, addr, &key, &a_lead("ann.lee@example.com")).await;
     assert_eq!(delivered_by(&pool, lead).await, first);
 
     // A rule change, stored through the pooler: compiled, activated, announced.
-    let loaded = Command::new(env!("CARGO_BIN_EXE_offer-router"))
-        .args(["rules", "load", &format!("{examples}/rules.yaml")])
+    let loaded = offer_router()
+        .args(["rules", "load", &format!("{EXAMPLES}/rules.yaml")])
         .env("DATABASE_URL", &pooler.url)
         .env("DATABASE_MAX_CONNECTIONS", "2")
         .output()
         .expect("run offer-router rules load");
     assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let second = loop {
-        let switched = active_tree(&pool).await.filter(|tree| *tree > first).filter(|tree| {
+    let second = poll(Duration::from_secs(60), || async {
+        active_tree(&pool).await.filter(|tree| *tree > first).filter(|tree| {
             daemon_log()
                 .lines()
                 .any(|l| l.contains("router switched decision tree") && l.contains(&format!("tree={tree}")))
-        });
-        if let Some(tree) = switched {
-            break tree;
-        }
-        assert!(Instant::now() < deadline, "the router did not switch to the new tree within 60 s: {}", daemon_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let lead = post(&client, &addr, &key, "bo.kim@example.com").await;
+        })
+    })
+    .await;
+    let second =
+        second.unwrap_or_else(|| panic!("the router did not switch to the new tree within 60 s: {}", daemon_log()));
+    let lead = submit(&client, addr, &key, &a_lead("bo.kim@example.com")).await;
     assert_eq!(delivered_by(&pool, lead).await, second, "routed by the new tree");
 
     // Every queue in `/metrics`, sampled through the pooler.
     let queues: Vec<String> =
         sqlx::query_scalar("SELECT queue_name FROM pgmq.meta").fetch_all(&pool).await.expect("queues");
-    wait_for_queue_gauges(&addr, "visible_length", &queues).await;
+    wait_for_queue_gauges(addr, "visible_length", &queues).await;
 
     let status = daemon.terminate(Instant::now() + Duration::from_secs(20)).await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
@@ -200,7 +158,7 @@ async fn through_a_session_pooler_the_daemon_migrates_delivers_and_hot_reloads(p
 
 #[test]
 fn supabase_transaction_pooler_is_refused_with_the_fix() {
-    let output = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+    let output = offer_router()
         .args(["migrate", "--database-url"])
         .arg("postgres://postgres.abcdefghijklmnop:secret@aws-0-eu-central-1.pooler.supabase.com:6543/postgres")
         .env_remove("DATABASE_URL")

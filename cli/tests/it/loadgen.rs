@@ -5,21 +5,20 @@
 //! `/metrics` show every queue, and the queue metrics never fail (on every PGMQ `./dev test`
 //! runs this on: the crate's embedded SQL and Supabase's 1.4.4 extension).
 
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
-
+use std::net::SocketAddr;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
 
-mod common;
-
-use common::{Daemon, free_local_addr, serve_examples, site_key, wait_for_queue_gauges};
+use crate::harness::{
+    Daemon, Scratch, alone, free_local_addr, offer_router, serve_examples, site_key, url_of, wait_for_active_tree,
+    wait_for_queue_gauges,
+};
 
 const SITES: [&str; 5] = ["degreefinder", "nursingdegrees", "onlinemba", "loanmatch", "quickcash"];
 
-fn loadgen(addr: &str, database_url: &str, keys: &[String], extra: &[&str]) -> (Output, Value) {
+fn loadgen(addr: SocketAddr, database_url: &str, keys: &[String], extra: &[&str]) -> (Output, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["--url", &format!("http://{addr}"), "--e2e", "--database-url", database_url, "--json"])
         .args(["--concurrency", "8", "--warmup", "0", "--people", "100", "--seed", "7"])
@@ -36,35 +35,24 @@ fn loadgen(addr: &str, database_url: &str, keys: &[String], extra: &[&str]) -> (
 
 #[sqlx::test(migrations = false)]
 async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool) {
-    let database_url = pool.connect_options().to_url_lossy().to_string();
+    let _turn = alone().await;
+    let database_url = url_of(&pool);
     let (addr, mock) = (free_local_addr(), free_local_addr());
-    let log_path = std::env::temp_dir().join(format!(
-        "offer-router-loadgen-{}-{}.log",
-        std::process::id(),
-        addr.replace(':', "_")
-    ));
-    let log = std::fs::File::create(&log_path).expect("daemon log");
-    let mut daemon = Daemon(
-        serve_examples(&database_url, &addr, &mock)
-            .env("QUEUE_METRICS_SECS", "1")
-            .env("RUST_LOG", "warn")
-            .stderr(log)
-            .spawn()
-            .expect("start offer-router"),
+    let scratch = Scratch::new("loadgen");
+    let log_path = scratch.path().join("offer-router.log");
+    let mut daemon = Daemon::spawn(
+        "offer-router",
+        addr,
+        serve_examples(&database_url, addr, mock).env("QUEUE_METRICS_SECS", "1").env("RUST_LOG", "warn"),
+        Some(log_path.clone()),
     );
     // Ready, with the seeded rules compiled and active (leads would wait for them otherwise).
-    daemon.ready(&addr).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM decision_trees WHERE active").fetch_one(&pool).await.ok()
-        != Some(1)
-    {
-        assert!(Instant::now() < deadline, "no active decision tree within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    daemon.ready().await;
+    wait_for_active_tree(&pool).await;
     let keys: Vec<String> = SITES.iter().map(|site| format!("{site}={}", site_key(&database_url, site))).collect();
 
     // Every accepted lead reaches a final state, once.
-    let (output, summary) = loadgen(&addr, &database_url, &keys, &["--requests", "300", "--settle-timeout", "60"]);
+    let (output, summary) = loadgen(addr, &database_url, &keys, &["--requests", "300", "--settle-timeout", "60"]);
     assert!(output.status.success(), "loadgen failed: {}\n{summary:#}", String::from_utf8_lossy(&output.stderr));
     let e2e = &summary["end_to_end"];
     assert_eq!(summary["accepted_total"], 300, "{summary:#}");
@@ -92,7 +80,7 @@ async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool)
     assert!(e2e["queue_peaks"].is_object() && e2e["lost_examples"] == Value::Array(Vec::new()), "{e2e:#}");
 
     // Given no time to settle, the leads still in the pipeline are lost: exit 1, and named.
-    let (output, summary) = loadgen(&addr, &database_url, &keys, &["--requests", "200", "--settle-timeout", "0"]);
+    let (output, summary) = loadgen(addr, &database_url, &keys, &["--requests", "200", "--settle-timeout", "0"]);
     assert_eq!(output.status.code(), Some(1), "{summary:#}");
     let e2e = &summary["end_to_end"];
     let lost = e2e["lost"].as_u64().expect("lost");
@@ -104,7 +92,7 @@ async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool)
     let queues: Vec<String> =
         sqlx::query_scalar("SELECT queue_name FROM pgmq.meta ORDER BY 1").fetch_all(&pool).await.expect("queues");
     assert!(queues.len() > 5, "the fixed queues and the partners': {queues:?}");
-    let listed = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+    let listed = offer_router()
         .args(["queues", "--json"])
         .env("DATABASE_URL", &database_url)
         .output()
@@ -114,10 +102,9 @@ async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool)
     let names: Vec<&str> = listed.iter().filter_map(|q| q["queue_name"].as_str()).collect();
     assert_eq!(names, queues, "offer-router queues lists every queue");
     assert!(listed.iter().all(|q| q["queue_visible_length"].as_i64() <= q["queue_length"].as_i64()), "{listed:?}");
-    wait_for_queue_gauges(&addr, "length", &queues).await;
+    wait_for_queue_gauges(addr, "length", &queues).await;
     drop(daemon);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&log_path);
     assert!(!log.contains("cannot read queue metrics"), "every queue-metrics sample worked:\n{log}");
 }
 

@@ -1,16 +1,11 @@
 //! `rulec` as a CI gate: its exit codes and output formats, run as a process.
 
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
-
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
-}
+use crate::harness::{Scratch, workspace_root};
 
 fn rulec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rulec")).args(args).current_dir(root()).output().expect("run rulec")
+    Command::new(env!("CARGO_BIN_EXE_rulec")).args(args).current_dir(workspace_root()).output().expect("run rulec")
 }
 
 fn fixture(name: &str) -> String {
@@ -52,15 +47,12 @@ fn json_and_sarif_are_machine_readable() {
 fn generated_rule_sets_check_without_tool_errors() {
     let generated = rulec(&["generate", "--rules", "300", "--seed", "7"]);
     assert!(generated.status.success());
-    let dir = std::env::temp_dir().join(format!("rulec-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join("generated.yaml");
-    std::fs::write(&file, &generated.stdout).expect("write");
+    let dir = Scratch::new("rulec-generate");
+    let file = dir.write("generated.yaml", &generated.stdout);
     let checked = rulec(&["check", file.to_str().expect("utf-8 path"), "--format", "json"]);
     assert!(matches!(checked.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&checked.stderr));
     let json: serde_json::Value = serde_json::from_slice(&checked.stdout).expect("JSON");
     assert_eq!(json["rules_checked"], 300);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -81,8 +73,8 @@ fn eval_with_the_module_agrees_with_the_interpreter_line_for_line() {
 
 #[test]
 fn compile_writes_module_and_manifest_and_refuses_errors() {
-    let dir = std::env::temp_dir().join(format!("rulec-compile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new("rulec-compile");
+    let dir = scratch.path();
     let out = dir.join("tree.wasm");
     let compiled = rulec(&["compile", "examples/rules.yaml", "-o", out.to_str().expect("utf-8")]);
     assert!(compiled.status.success(), "{}", String::from_utf8_lossy(&compiled.stderr));
@@ -98,16 +90,15 @@ fn compile_writes_module_and_manifest_and_refuses_errors() {
     let refused = rulec(&["compile", &fixture("conflict"), "-o", dir.join("x.wasm").to_str().expect("utf-8")]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(!dir.join("x.wasm").exists());
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn explain_names_the_deciding_rule_and_the_failing_test_of_each_earlier_one() {
-    let dir = std::env::temp_dir().join(format!("rulec-explain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let lead = dir.join("lead.json");
-    std::fs::write(&lead, r#"{"site": "degreefinder", "state": "FL", "age": 41, "program": "medical_assisting", "email_domain": "yahoo.com"}"#)
-        .expect("write lead");
+    let dir = Scratch::new("rulec-explain");
+    let lead = dir.write(
+        "lead.json",
+        r#"{"site": "degreefinder", "state": "FL", "age": 41, "program": "medical_assisting", "email_domain": "yahoo.com"}"#,
+    );
     let explained = rulec(&["explain", "examples/rules.yaml", lead.to_str().expect("utf-8")]);
     assert!(explained.status.success(), "{}", String::from_utf8_lossy(&explained.stderr));
     let text = String::from_utf8(explained.stdout).expect("utf-8");
@@ -117,5 +108,4 @@ fn explain_names_the_deciding_rule_and_the_failing_test_of_each_earlier_one() {
         text.lines().last().is_some_and(|l| l.starts_with("decided by `") || l.starts_with("no rule matched")),
         "{text}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -14,36 +14,32 @@
 //! the partners received: every post answered 202 reaches exactly one final state, no partner
 //! receives one dedupe key for two leads, and a partner receives a lead twice (with the same
 //! `Idempotency-Key`) only when an interruption caught its batch between the call and the commit.
-//! The scenarios take turns, so each has the machine to itself.
-
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
+//! The scenarios take turns with each other and with the other tests that run a daemon
+//! ([`alone`]), so each has the machine to itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use pipeline::outcome::{self, Final, FinalState};
 use pipeline::partners::{Breaker, PartnerConfig, PartnersFile};
 use pipeline::queue::Pgmq;
 use serde_json::Value;
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{ConnectOptions, PgPool};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 use workers::mock_partner::{Behaviour, MockPartner};
 
-/// One scenario at a time: each runs several daemons, a load and Postgres, which is all a small
-/// CI machine has to give.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+use crate::harness::{
+    Cluster, Daemon, EXAMPLES, Scratch, alone, client, free_local_addr, offer_router, site_key, url_of, wait_for,
+    wait_for_active_tree,
+};
 
 /// The advisory lock `workers::compile` takes around a compile (`b"compile"`). Holding it makes
 /// the compile worker wait in the middle of its batch, where the test kills it.
@@ -88,15 +84,15 @@ const DAEMON_ENV: &[(&str, &str)] = &[
 ///   kill cut its batch.
 #[sqlx::test(migrations = false)]
 async fn killed_workers_lose_nothing_and_deliver_nothing_twice(pool: PgPool) {
-    let _turn = TURN.lock().await;
+    let _turn = alone().await;
     let started = Instant::now();
     let logs = Scratch::new("kill");
     let mock = Mock::start().await;
     let partners = partners_file(mock.addr());
     let routes: Vec<String> = partners.partners.iter().map(|p| p.name.clone()).collect();
     mock.usual(&routes);
-    let stack = Stack::new(pool.connect_options().to_url_lossy().as_ref(), &logs);
-    let seeds = stack.seeds(&logs.write("partners.json", &partners));
+    let stack = Stack::new(&url_of(&pool), &logs);
+    let seeds = stack.seeds(&logs.write("partners.json", serde_json::to_vec_pretty(&partners).expect("JSON")));
 
     // Compile, killed while it waits for the lock the test holds.
     let mut lock = pool.acquire().await.expect("a connection");
@@ -135,9 +131,9 @@ async fn killed_workers_lose_nothing_and_deliver_nothing_twice(pool: PgPool) {
     let (mut identify, mut router, mut deliver) =
         (stack.start(Kind::Identify, &[]), stack.start(Kind::Router, &[]), stack.start(Kind::Deliver, &[]));
     for daemon in [&mut identify, &mut router, &mut deliver] {
-        stack.ready(daemon).await;
+        daemon.ready().await;
     }
-    let poster = stack.poster(&api).await;
+    let poster = stack.poster(&api);
     let mut leads = Leads::new("kill");
     let load = poster.start(leads.take(800, Some(10), |i| i), 80.0);
 
@@ -221,7 +217,7 @@ async fn killed_workers_lose_nothing_and_deliver_nothing_twice(pool: PgPool) {
 /// would.
 #[tokio::test]
 async fn postgres_restart_under_load_loses_nothing() {
-    let _turn = TURN.lock().await;
+    let _turn = alone().await;
     let started = Instant::now();
     let logs = Scratch::new("postgres");
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::create).await.expect("create the cluster"));
@@ -231,10 +227,10 @@ async fn postgres_restart_under_load_loses_nothing() {
     let routes: Vec<String> = partners.partners.iter().map(|p| p.name.clone()).collect();
     mock.usual(&routes);
     let stack = Stack::new(&cluster.url(), &logs);
-    let seeds = stack.seeds(&logs.write("partners.json", &partners));
+    let seeds = stack.seeds(&logs.write("partners.json", serde_json::to_vec_pretty(&partners).expect("JSON")));
     let mut daemon = stack.spawn(Kind::All, &seeds).await;
     wait_for_active_tree(&pool).await;
-    let poster = stack.poster(&daemon).await;
+    let poster = stack.poster(&daemon);
     let mut leads = Leads::new("postgres");
     let before = poster.start(leads.take(300, Some(10), |i| i), 80.0);
 
@@ -281,7 +277,7 @@ async fn postgres_restart_under_load_loses_nothing() {
         sqlx::query_scalar("SELECT pg_postmaster_start_time()").fetch_one(&pool).await.expect("start time");
     assert!(restarted > started_at, "Postgres was restarted");
     daemon.assert_alive();
-    stack.ready(&mut daemon).await;
+    daemon.ready().await;
     eprintln!(
         "chaos postgres: {} leads, {:?}; {} posts retried; {} calls repeated; {:.1?}",
         ids.len(),
@@ -298,7 +294,7 @@ async fn postgres_restart_under_load_loses_nothing() {
 /// closes the circuit, the leads held back are delivered, and so are leads posted afterwards.
 #[sqlx::test(migrations = false)]
 async fn a_partner_down_opens_its_circuit_then_recovers(pool: PgPool) {
-    let _turn = TURN.lock().await;
+    let _turn = alone().await;
     let started = Instant::now();
     let logs = Scratch::new("partner");
     let mock = Mock::start().await;
@@ -306,11 +302,11 @@ async fn a_partner_down_opens_its_circuit_then_recovers(pool: PgPool) {
     let routes: Vec<String> = partners.partners.iter().map(|p| p.name.clone()).collect();
     assert!(routes.iter().any(|r| r == DOWN), "{DOWN} is an example partner");
     mock.usual(&routes);
-    let stack = Stack::new(pool.connect_options().to_url_lossy().as_ref(), &logs);
-    let seeds = stack.seeds(&logs.write("partners.json", &partners));
+    let stack = Stack::new(&url_of(&pool), &logs);
+    let seeds = stack.seeds(&logs.write("partners.json", serde_json::to_vec_pretty(&partners).expect("JSON")));
     let mut daemon = stack.spawn(Kind::All, &seeds).await;
     wait_for_active_tree(&pool).await;
-    let poster = stack.poster(&daemon).await;
+    let poster = stack.poster(&daemon);
     let mut leads = Leads::new("partner");
 
     // Up: every sample twice, to learn which samples the rules send to DOWN.
@@ -704,29 +700,6 @@ async fn circuit(pool: &PgPool, partner: &str) -> Option<String> {
         .flatten()
 }
 
-async fn wait_for_active_tree(pool: &PgPool) {
-    wait_for("a decision tree to be active", Duration::from_secs(90), || async move {
-        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM decision_trees WHERE active)")
-            .fetch_one(pool)
-            .await
-            .unwrap_or(false)
-    })
-    .await;
-}
-
-/// Polls `condition` until it holds; fails the test after `within`.
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Kills `daemon`, the only consumer of `queue`, with SIGKILL while it holds a batch. It is
 /// frozen (SIGSTOP) for a moment so that a backlog builds up and its next batch is a large one,
 /// then resumed; as soon as the queue shows messages it read and has not settled, it is frozen
@@ -740,7 +713,7 @@ async fn kill_mid_batch(pool: &PgPool, daemon: &mut Daemon, queue: &str) -> i64 
         move || async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.expect("messages in hand") };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < deadline, "{} never held a batch of {queue}", daemon.kind.name());
+        assert!(Instant::now() < deadline, "{} never held a batch of {queue}", daemon.name());
         daemon.signal(Signal::SIGSTOP);
         tokio::time::sleep(Duration::from_millis(300)).await;
         daemon.signal(Signal::SIGCONT);
@@ -1001,51 +974,16 @@ impl Kind {
     }
 }
 
-/// A running daemon; killed when dropped.
-struct Daemon {
-    kind: Kind,
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn signal(&self, signal: Signal) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("a pid fits an i32"));
-        kill(pid, signal).expect("signal the daemon");
-    }
-
-    fn kill9(&mut self) {
-        self.signal(Signal::SIGKILL);
-        self.child.wait().expect("reap the daemon");
-    }
-
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll the daemon") {
-            panic!("the {} daemon exited with {status}; log: {}", self.kind.name(), self.log.display());
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts daemons on one database, each logging to a file of its own.
 struct Stack {
     database_url: String,
     logs: PathBuf,
     started: AtomicUsize,
-    client: reqwest::Client,
 }
 
 impl Stack {
     fn new(database_url: &str, logs: &Scratch) -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
-        Self { database_url: database_url.to_owned(), logs: logs.path.clone(), started: AtomicUsize::new(0), client }
+        Self { database_url: database_url.to_owned(), logs: logs.path().to_path_buf(), started: AtomicUsize::new(0) }
     }
 
     /// The seeds of the first daemon: the example rules and `partners`.
@@ -1057,8 +995,8 @@ impl Stack {
         let n = self.started.fetch_add(1, Ordering::Relaxed);
         let addr = free_local_addr();
         let log = self.logs.join(format!("{n:02}-{}.log", kind.name()));
-        let file = std::fs::File::create(&log).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_offer-router"))
+        let mut command = offer_router();
+        command
             .arg("serve")
             .env_clear()
             .envs(DAEMON_ENV.iter().copied())
@@ -1067,63 +1005,28 @@ impl Stack {
             .env("DATABASE_URL", &self.database_url)
             .env("HTTP_ADDR", addr.to_string())
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start offer-router");
-        Daemon { kind, child, addr, log }
-    }
-
-    /// Waits until `daemon` answers `/readyz` with 200.
-    async fn ready(&self, daemon: &mut Daemon) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = format!("http://{}/readyz", daemon.addr);
-        loop {
-            if self.client.get(&url).send().await.is_ok_and(|r| r.status().as_u16() == 200) {
-                return;
-            }
-            if let Some(status) = daemon.child.try_wait().expect("poll the daemon") {
-                panic!("the {} daemon exited with {status}; log: {}", daemon.kind.name(), daemon.log.display());
-            }
-            assert!(Instant::now() < deadline, "the {} daemon was not ready within 60 s", daemon.kind.name());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .stdin(Stdio::null());
+        Daemon::spawn(kind.name(), addr, &mut command, Some(log))
     }
 
     async fn spawn(&self, kind: Kind, extra: &[(&'static str, String)]) -> Daemon {
         let mut daemon = self.start(kind, extra);
-        self.ready(&mut daemon).await;
+        daemon.ready().await;
         daemon
     }
 
     /// A poster to `daemon`'s API, with a key for every sample site made by
     /// `offer-router sites create`.
-    async fn poster(&self, daemon: &Daemon) -> Poster {
-        let mut keys = HashMap::new();
-        for site in Leads::new("sites").sites() {
-            let created = Command::new(env!("CARGO_BIN_EXE_offer-router"))
-                .args(["sites", "create", site, "--json"])
-                .env_clear()
-                .env("DATABASE_URL", &self.database_url)
-                .output()
-                .expect("run offer-router sites create");
-            assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-            let created: Value = serde_json::from_slice(&created.stdout).expect("JSON");
-            keys.insert(site.to_owned(), created["api_key"].as_str().expect("a key").to_owned());
-        }
+    fn poster(&self, daemon: &Daemon) -> Poster {
+        let samples = Leads::new("sites");
+        let keys = samples.sites().into_iter().map(|site| (site.to_owned(), site_key(&self.database_url, site)));
         Poster {
-            client: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client"),
-            url: format!("http://{}/api/submit", daemon.addr),
-            keys: Arc::new(keys),
+            client: client(Duration::from_secs(20)),
+            url: format!("http://{}/api/submit", daemon.addr()),
+            keys: Arc::new(keys.collect()),
             retried: Arc::new(AtomicUsize::new(0)),
         }
     }
-}
-
-fn free_local_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("address")
 }
 
 /// The partners of `examples/partners.yaml`, all served by the mock at `mock`, with short
@@ -1189,160 +1092,4 @@ impl Drop for Mock {
             runtime.shutdown_background();
         }
     }
-}
-
-/// A folder for a scenario's files (daemon logs, the partners file); removed afterwards, kept
-/// (and named on stderr) when the test fails or `CHAOS_KEEP_LOGS` is set.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let path = unique_dir(name);
-        std::fs::create_dir_all(&path).expect("create a scratch folder");
-        Self { path }
-    }
-
-    /// Writes `value` as JSON (which is YAML too) to `name` in the folder.
-    fn write(&self, name: &str, value: &impl serde::Serialize) -> PathBuf {
-        let path = self.path.join(name);
-        std::fs::write(&path, serde_json::to_vec_pretty(value).expect("JSON")).expect("write");
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("CHAOS_KEEP_LOGS").is_some() {
-            eprintln!("chaos: the daemons' logs are in {}", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-/// A new folder name under /var/tmp (root: reachable by the `postgres` user, as `./dev` does)
-/// or the temporary folder.
-fn unique_dir(name: &str) -> PathBuf {
-    let base = if as_root() { PathBuf::from("/var/tmp") } else { std::env::temp_dir() };
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
-    base.join(format!("offer-router-chaos-{name}-{}-{nanos}", std::process::id()))
-}
-
-fn as_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A throwaway Postgres cluster: `initdb` into a fresh folder, TCP only on a free port. As root
-/// it runs as the `postgres` system user (Postgres refuses root). Stopped and removed when
-/// dropped, also when the test fails.
-struct Cluster {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    /// Creates and starts the cluster (blocking).
-    fn create() -> Self {
-        let bin = postgres_bin();
-        let dir = unique_dir("pg");
-        std::fs::create_dir_all(&dir).expect("the cluster's folder");
-        if as_root() {
-            let chown = Command::new("chown").arg("postgres:").arg(&dir).status().expect("run chown");
-            assert!(chown.success(), "chown postgres: {}", dir.display());
-        }
-        let cluster = Self { dir, bin, port: free_local_addr().port() };
-        let data = cluster.data();
-        cluster.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-        let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\nmax_connections = 200\n",
-            cluster.port
-        );
-        let mut settings = std::fs::read_to_string(format!("{data}/postgresql.conf")).expect("postgresql.conf");
-        settings.push_str(&conf);
-        std::fs::write(format!("{data}/postgresql.conf"), settings).expect("write postgresql.conf");
-        cluster.start();
-        // The service's role as on Supabase: no superuser, owns its database.
-        let port = cluster.port.to_string();
-        for statement in
-            ["CREATE ROLE offer_router LOGIN NOSUPERUSER CREATEDB", "CREATE DATABASE offer_router OWNER offer_router"]
-        {
-            cluster
-                .run("psql", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres", "-qc", statement]);
-        }
-        cluster
-    }
-
-    fn data(&self) -> String {
-        self.dir.join("data").display().to_string()
-    }
-
-    /// The service's database, as its role (no superuser).
-    fn url(&self) -> String {
-        format!("postgres://offer_router@127.0.0.1:{}/offer_router", self.port)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        let mut command = if as_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        };
-        command.current_dir("/");
-        command
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let output = self.command(program).args(args).output().expect("run a Postgres program");
-        assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-
-    /// Starts the server and waits until it accepts connections (blocking).
-    fn start(&self) {
-        let log = self.dir.join("postgres.log").display().to_string();
-        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"]);
-    }
-
-    /// Stops the server the way an operator restarting it does: `fast` rolls back every open
-    /// transaction and closes every connection (blocking).
-    fn stop(&self) {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"]);
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `OFFER_ROUTER_PG_BIN` if set (`./dev test` points it at the Postgres that ships the pgmq
-/// extension, for the run on it), else the newest `/usr/lib/postgresql/<version>/bin` (Debian),
-/// else `pg_config --bindir`.
-fn postgres_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("OFFER_ROUTER_PG_BIN").filter(|b| !b.is_empty()) {
-        return PathBuf::from(bin);
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_string_lossy().parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    if let Some((_, bin)) = found.pop() {
-        return bin;
-    }
-    let output = Command::new("pg_config").arg("--bindir").output().expect("Postgres server binaries (pg_config)");
-    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }

@@ -3,17 +3,14 @@
 //! `offer-router sites create` through identify and the router (on the seeded example rules)
 //! to a partner queue, and stopping cleanly on SIGTERM.
 
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
-
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sqlx::ConnectOptions;
 use sqlx::PgPool;
 
-mod common;
-
-use common::{Daemon, free_local_addr, site_key};
+use crate::harness::{
+    Daemon, a_lead, alone, client, free_local_addr, offer_router, serve, site_key, submit, url_of, wait_for,
+};
 
 async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Value)> {
     let response = client.get(url).send().await.ok()?;
@@ -23,23 +20,13 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Va
 
 #[sqlx::test(migrations = false)]
 async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgPool) {
-    let database_url = pool.connect_options().to_url_lossy().to_string();
+    let _turn = alone().await;
+    let database_url = url_of(&pool);
     let addr = free_local_addr();
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_offer-router"))
-            .arg("serve")
-            .env("DATABASE_URL", &database_url)
-            .env("HTTP_ADDR", &addr)
-            .env("SEED_RULES", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/rules.yaml"))
-            .env_remove("SENTRY_DSN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start offer-router"),
-    );
+    let mut daemon = Daemon::spawn("offer-router", addr, serve(&database_url, addr).stderr(Stdio::inherit()), None);
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
-    let ready = daemon.ready(&addr).await;
+    let client = client(Duration::from_secs(2));
+    let ready = daemon.ready().await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(get(&client, &format!("http://{addr}/healthz")).await, Some((200, serde_json::json!({"status": "ok"}))));
 
@@ -53,22 +40,10 @@ async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgP
     // A site's key, made by the operator command, is accepted by the daemon's ingest endpoint,
     // and the daemon's identify worker forwards the lead to `routing`.
     let key = site_key(&database_url, "degreefinder");
-    let response = client
-        .post(format!("http://{addr}/api/submit"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({
-            "email": "ann.lee@example.com", "first_name": "Ann", "last_name": "Lee", "phone": "415 555 2671",
-            "fields": { "state": "CA", "age": 29 }
-        }))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status().as_u16(), 202);
-    let accepted: serde_json::Value = response.json().await.expect("JSON");
+    let accepted = submit(&client, addr, &key, &a_lead("ann.lee@example.com")).await;
     // With the seeded example rules compiled and activated, the router forwards it to the
     // partner queue of the route its rule chose, labelled with rule and tree.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let routed = loop {
+    let routed = wait_for("the lead to reach a partner queue", Duration::from_secs(60), || async {
         let queues: Vec<String> =
             sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name LIKE 'partner\\_%'")
                 .fetch_all(&pool)
@@ -83,13 +58,10 @@ async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgP
                 found = Some(message);
             }
         }
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(Instant::now() < deadline, "the lead did not reach a partner queue within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(routed["submission_id"], accepted["submission_id"]);
+        found
+    })
+    .await;
+    assert_eq!(routed["submission_id"], accepted.to_string());
     assert_eq!(routed["fields"]["site"], "degreefinder");
     assert!(routed["tree_version"].as_i64().is_some() && routed["route"].is_string(), "{routed}");
     // The Prometheus endpoint: queue gauges and the workers' counters.
@@ -111,11 +83,7 @@ async fn serve_migrates_ingests_identifies_routes_and_stops_on_sigterm(pool: PgP
 
 #[test]
 fn a_missing_database_url_is_a_clear_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_offer-router"))
-        .arg("migrate")
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("run offer-router");
+    let output = offer_router().arg("migrate").env_remove("DATABASE_URL").output().expect("run offer-router");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--database-url"), "{stderr}");

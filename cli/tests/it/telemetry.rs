@@ -7,9 +7,8 @@
 //! statuses, retries, dead letters) with their attributes; and that what was pending when the
 //! daemon stopped was flushed before it exited.
 
-#![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
-
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,11 +16,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
 
-mod common;
-
-use common::{Daemon, free_local_addr, site_key};
+use crate::harness::{
+    Daemon, Scratch, alone, client, free_local_addr, poll, serve_examples, site_key, submit, url_of, wait_for,
+};
 
 /// One envelope as the ingest received it.
 #[derive(Debug, Clone)]
@@ -192,15 +191,13 @@ fn span_by_id<'t>(transaction: &'t Value, id: &Value) -> &'t Value {
 }
 
 /// Waits (at most until `deadline`) for `ready` to hold of what the ingest received.
-async fn wait_for(ingest: &Ingest, deadline: Instant, what: &str, ready: impl Fn(&Ingest) -> bool) {
-    while !ready(ingest) {
-        if Instant::now() >= deadline {
-            let envelopes = ingest.envelopes();
-            let items: Vec<Vec<&Value>> =
-                envelopes.iter().map(|e| e.items.iter().map(|(h, _)| &h["type"]).collect()).collect();
-            panic!("not within 60 s: {what}; received {} envelopes: {items:?}", envelopes.len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+async fn wait_for_ingest(ingest: &Ingest, deadline: Instant, what: &str, ready: impl Fn(&Ingest) -> bool) {
+    let within = deadline.saturating_duration_since(Instant::now());
+    if poll(within, || async { ready(ingest) }).await.is_none() {
+        let envelopes = ingest.envelopes();
+        let items: Vec<Vec<&Value>> =
+            envelopes.iter().map(|e| e.items.iter().map(|(h, _)| &h["type"]).collect()).collect();
+        panic!("not within 60 s: {what}; received {} envelopes: {items:?}", envelopes.len());
     }
 }
 
@@ -224,15 +221,12 @@ fn partner(name: &str, max_retries: u32) -> String {
     )
 }
 
-async fn post_lead(client: &reqwest::Client, addr: &str, key: &str, lead: Value) -> String {
-    let response = client.post(format!("http://{addr}/api/submit")).bearer_auth(key).json(&lead).send().await;
-    let response = response.expect("post a lead");
-    assert_eq!(response.status().as_u16(), 202, "{lead}");
-    let accepted: Value = response.json().await.expect("JSON");
-    accepted["submission_id"].as_str().expect("a submission id").to_owned()
+/// Posts `lead` (it must be accepted) and returns its submission id.
+async fn post_lead(client: &reqwest::Client, addr: SocketAddr, key: &str, lead: Value) -> String {
+    submit(client, addr, key, &lead).await.to_string()
 }
 
-async fn control(client: &reqwest::Client, mock: &str, route: &str, behaviour: Value) {
+async fn control(client: &reqwest::Client, mock: SocketAddr, route: &str, behaviour: Value) {
     let url = format!("http://{mock}/control/{route}");
     let response = client.put(url).json(&behaviour).send().await.expect("switch a mock partner");
     assert_eq!(response.status().as_u16(), 200, "{behaviour}");
@@ -240,6 +234,7 @@ async fn control(client: &reqwest::Client, mock: &str, route: &str, behaviour: V
 
 #[sqlx::test(migrations = false)]
 async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPool) {
+    let _turn = alone().await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     let ingest = Arc::new(Ingest::default());
@@ -249,21 +244,16 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
     // then its DLQ), one slow enough to be in flight when the daemon is told to stop.
     let (flaky, broken, slow) = ("summit_nursing_college", "eastern_tech_institute", "harbor_business_school");
     let partners = format!("partners:\n{}{}{}", partner(flaky, 3), partner(broken, 1), partner(slow, 3));
-    let partners_file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("telemetry-partners-{}.yaml", std::process::id()));
-    std::fs::write(&partners_file, partners).expect("write the partners file");
+    let scratch = Scratch::new("telemetry");
+    let partners_file = scratch.write("partners.yaml", partners);
 
-    let database_url = pool.connect_options().to_url_lossy().to_string();
+    let database_url = url_of(&pool);
     let (addr, mock) = (free_local_addr(), free_local_addr());
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_offer-router"))
-            .arg("serve")
-            .env("DATABASE_URL", &database_url)
-            .env("HTTP_ADDR", &addr)
-            .env("SEED_RULES", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/rules.yaml"))
+    let mut daemon = Daemon::spawn(
+        "offer-router",
+        addr,
+        serve_examples(&database_url, addr, mock)
             .env("SEED_PARTNERS", &partners_file)
-            .env("MOCK_PARTNERS_ADDR", &mock)
-            .env("PARTNER_BASE_URL", format!("http://{mock}"))
             .env("PARTNER_TOKEN", "telemetry-test-token")
             .env("SENTRY_DSN", format!("http://public@{sentry}/1"))
             .env("SENTRY_ENVIRONMENT", "telemetry-test")
@@ -277,23 +267,16 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
             .env("TREE_POLL_SECS", "1")
             .env("PARTNERS_REFRESH_SECS", "1")
             .env("SHUTDOWN_GRACE_SECS", "20")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start offer-router"),
+            .stderr(Stdio::inherit()),
+        None,
     );
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
-    daemon.ready(&addr).await;
-    control(
-        &client,
-        &mock,
-        flaky,
-        json!({"mode": "sequence", "steps": [{"mode": "server_error"}, {"mode": "accept"}]}),
-    )
-    .await;
-    control(&client, &mock, broken, json!({"mode": "server_error"})).await;
-    control(&client, &mock, slow, json!({"mode": "slow", "delay_ms": 2500})).await;
+    let client = client(Duration::from_secs(5));
+    daemon.ready().await;
+    control(&client, mock, flaky, json!({"mode": "sequence", "steps": [{"mode": "server_error"}, {"mode": "accept"}]}))
+        .await;
+    control(&client, mock, broken, json!({"mode": "server_error"})).await;
+    control(&client, mock, slow, json!({"mode": "slow", "delay_ms": 2500})).await;
 
     let key = site_key(&database_url, "degreefinder");
 
@@ -306,7 +289,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
     // broken one (df-texas-tech).
     let a = post_lead(
         &client,
-        &addr,
+        addr,
         &key,
         json!({
             "email": "ana.flores@gmail.com", "first_name": "Ana", "last_name": "Flores",
@@ -317,7 +300,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
     .await;
     let b = post_lead(
         &client,
-        &addr,
+        addr,
         &key,
         json!({
             "email": "ben.ortiz@gmail.com", "first_name": "Ben", "last_name": "Ortiz",
@@ -330,7 +313,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
     // Until the pipeline has settled both leads and the garbage, and the queue metrics worker
     // has sampled the dead-letter queues since.
     let broken_dlq = format!("partner_{broken}_dlq");
-    wait_for(&ingest, deadline, "the dead letters reported and sampled", |ingest| {
+    wait_for_ingest(&ingest, deadline, "the dead letters reported and sampled", |ingest| {
         let metrics = ingest.metrics();
         let dlq_total = |queue: &str| {
             metrics_named(&metrics, "queue.total_messages", &[("queue", queue)]).iter().any(|m| m["value"] == 1.0)
@@ -347,7 +330,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
     // call ends during shutdown, so its figures only reach Sentry if the daemon flushes on exit.
     let c = post_lead(
         &client,
-        &addr,
+        addr,
         &key,
         json!({
             "email": "cleo.park@gmail.com", "first_name": "Cleo", "last_name": "Park",
@@ -356,7 +339,7 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
         }),
     )
     .await;
-    loop {
+    wait_for("the slow partner to be called", deadline.saturating_duration_since(Instant::now()), || async {
         let state: Value = client
             .get(format!("http://{mock}/control/{slow}"))
             .send()
@@ -365,16 +348,12 @@ async fn sentry_receives_the_events_spans_and_metrics_of_the_pipeline(pool: PgPo
             .json()
             .await
             .expect("JSON");
-        if state["calls"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slow partner was not called within 60 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        state["calls"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
     let sigterm = Instant::now();
     let status = daemon.terminate(deadline).await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
-    let _ = std::fs::remove_file(&partners_file);
 
     // -- What reached the ingest, all of it by now. --
     let refused = ingest.refused.lock().unwrap_or_else(PoisonError::into_inner).clone();
