@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use abi::encode::Encoder;
+use abi::manifest::Manifest;
 use arc_swap::ArcSwapOption;
-use runtime::encode::Encoder;
-use runtime::manifest::Manifest;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 

@@ -9,10 +9,10 @@
 //! is left goes to the solver, through the [`Solver`] seam, which keeps its state between
 //! queries.
 
-use crate::atoms::{AtomSet, Atoms, Formula};
+use crate::atoms::{AtomSet, Atoms, Encoded, Formula};
 use crate::finding::{Code, Finding};
 use crate::model::RuleSet;
-use crate::solver::{Answer, Lit, Solver, Z3Solver};
+use crate::solver::{Answer, Lit, Solver};
 use crate::{Error, Result};
 
 /// Figures of one analysis run (for `rulec check --stats` and the benchmark).
@@ -31,17 +31,51 @@ pub struct Stats {
 /// The rules in first-match order with everything the analysis derives from them.
 struct Ctx<'a> {
     rules: &'a RuleSet,
-    atoms: Atoms,
+    atoms: &'a Atoms,
     /// Rule index (in `rules.rules`) of each position.
-    order: Vec<usize>,
-    formulas: Vec<Formula>,
+    order: &'a [usize],
+    formulas: &'a [Formula],
+    /// Per position, per field: the atoms the rule's formula allows (its bounds).
     boxes: Vec<Vec<AtomSet>>,
+    /// Per position: whether the bounds are exactly the formula (a conjunction).
     exact: Vec<bool>,
-    /// Per field, per atom: the positions whose bounds allow it.
+    /// Per field, per atom: the satisfiable positions whose bounds allow it.
     index: Vec<Vec<AtomSet>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Each rule's bounds, derived once from the formulas the compile uses too; the index
+    /// waits for [`satisfiable`], since only satisfiable rules are compared.
+    fn new(rules: &'a RuleSet, encoded: &'a Encoded) -> Self {
+        let domains = encoded.atoms.domains();
+        let boxes = encoded.formulas.iter().map(|f| f.project(&domains)).collect();
+        let exact = encoded.formulas.iter().map(Formula::is_conjunction).collect();
+        let (atoms, order, formulas) = (&encoded.atoms, &encoded.order[..], &encoded.formulas[..]);
+        Ctx { rules, atoms, order, formulas, boxes, exact, index: Vec::new() }
+    }
+
+    /// Per field, per atom, the positions of `live` whose bounds allow it: what lets
+    /// [`Ctx::overlapping`] find a rule's candidates without comparing it with every rule.
+    fn index_of(&self, live: &AtomSet) -> Vec<Vec<AtomSet>> {
+        let n = self.order.len();
+        self.atoms
+            .domains()
+            .iter()
+            .enumerate()
+            .map(|(field, &atoms)| {
+                (0..atoms)
+                    .map(|atom| {
+                        let mut set = AtomSet::empty(n);
+                        for k in live.iter().filter(|&k| self.boxes[k][field].contains(atom)) {
+                            set.insert(k);
+                        }
+                        set
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     fn name(&self, k: usize) -> &str {
         &self.rules.rules[self.order[k]].name
     }
@@ -229,26 +263,33 @@ fn minimize(solver: &mut dyn Solver, k: usize, core: Vec<usize>) -> Result<Vec<u
     Ok(core)
 }
 
-/// Analyzes the type-correct, enabled rules of `rules`.
-pub fn analyze(rules: &RuleSet) -> Result<(Vec<Finding>, Stats)> {
-    let order = rules.order();
-    let atoms = Atoms::new(rules);
-    let domains = atoms.domains();
-    let formulas: Vec<Formula> = order
-        .iter()
-        .map(|&i| rules.rules[i].cond.as_ref().map_or(Formula::False, |c| Formula::of(&atoms, c)))
-        .collect();
-    let boxes: Vec<Vec<AtomSet>> = formulas.iter().map(|f| f.project(&domains)).collect();
-    let exact = formulas.iter().map(Formula::is_conjunction).collect();
-    let n = order.len();
-    let mut solver = Z3Solver::new(&domains, formulas.clone());
-    let mut ctx = Ctx { rules, atoms, order, formulas, boxes, exact, index: Vec::new() };
+/// Analyzes the type-correct, enabled rules of `rules`, lowered as `encoded` (the rule
+/// set's [`Encoded`], which the compile lowers the same way), asking `solver` (made for
+/// `encoded.formulas`) only what the bounds cannot settle.
+pub fn analyze(rules: &RuleSet, encoded: &Encoded, solver: &mut dyn Solver) -> Result<(Vec<Finding>, Stats)> {
+    let calls_before = solver.calls();
+    let mut ctx = Ctx::new(rules, encoded);
+    let n = ctx.order.len();
     let mut findings = Vec::new();
     let mut stats = Stats { rules: n, pairs: n * n.saturating_sub(1) / 2, ..Stats::default() };
+    let live = satisfiable(&ctx, solver, &mut findings)?;
+    ctx.index = ctx.index_of(&live);
+    for k in live.iter().collect::<Vec<_>>() {
+        stats.candidate_pairs += examine(&ctx, solver, &live, k, &mut findings)?;
+    }
+    if rules.default_route.is_none() {
+        gap(&ctx, solver, &live, &mut findings)?;
+    }
+    stats.solver_calls = solver.calls() - calls_before;
+    Ok((findings, stats))
+}
 
-    // Satisfiable rules.
-    let mut live = AtomSet::empty(n);
-    for k in 0..n {
+/// The positions of the rules some lead satisfies; each other rule is reported
+/// unsatisfiable here, and left out of every later comparison (it would shadow nothing and
+/// overlap nothing).
+fn satisfiable(ctx: &Ctx<'_>, solver: &mut dyn Solver, findings: &mut Vec<Finding>) -> Result<AtomSet> {
+    let mut live = AtomSet::empty(ctx.order.len());
+    for k in 0..ctx.order.len() {
         let sat = if ctx.boxes[k].iter().any(AtomSet::is_empty) {
             false
         } else if ctx.exact[k] || ctx.quick_point(&ctx.formulas[k]).is_some() {
@@ -269,142 +310,184 @@ pub fn analyze(rules: &RuleSet) -> Result<(Vec<Finding>, Stats)> {
             );
         }
     }
-    ctx.index = domains
-        .iter()
-        .enumerate()
-        .map(|(field, &atoms)| {
-            (0..atoms)
-                .map(|atom| {
-                    let mut set = AtomSet::empty(n);
-                    for k in live.iter().filter(|&k| ctx.boxes[k][field].contains(atom)) {
-                        set.insert(k);
-                    }
-                    set
-                })
-                .collect()
-        })
-        .collect();
-
-    for k in live.iter().collect::<Vec<_>>() {
-        let candidates = ctx.overlapping(k, &live);
-        let earlier: Vec<usize> = candidates.iter().filter(|&e| e < k).collect();
-        let later: Vec<usize> = candidates.iter().filter(|&l| l > k).collect();
-        stats.candidate_pairs += earlier.len();
-
-        // Conflicts: same priority, different routes, some lead matches both.
-        let mut conflicting = Vec::new();
-        for &e in earlier.iter().filter(|&&e| ctx.priority(e) == ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
-            if let Some(point) = overlap(&ctx, &mut solver, e, k)? {
-                conflicting.push(e);
-                let message = format!(
-                    "rules `{}` and `{}` have the same priority ({}) and both match some leads, but route to `{}` and `{}`",
-                    ctx.name(k),
-                    ctx.name(e),
-                    ctx.priority(k),
-                    ctx.route(k),
-                    ctx.route(e)
-                );
-                let labels = (format!("routes to `{}`", ctx.route(k)), format!("routes to `{}`", ctx.route(e)));
-                findings.push(ctx.pair_finding(Code::Conflict, k, e, message, labels, &point)?);
-            }
-        }
-
-        // Does `k` decide some lead?
-        let decides: Option<Vec<usize>> = {
-            let point = ctx.greedy_point(k, &earlier);
-            let decides_here =
-                |p: &Vec<usize>| ctx.formulas[k].eval(p) && earlier.iter().all(|&e| !ctx.formulas[e].eval(p));
-            let searched = || {
-                let mut parts = vec![ctx.formulas[k].clone()];
-                parts.extend(earlier.iter().map(|&e| ctx.formulas[e].not()));
-                ctx.quick_point(&Formula::and(parts))
-            };
-            if decides_here(&point) {
-                Some(point)
-            } else if let Some(point) = searched().filter(decides_here) {
-                Some(point)
-            } else {
-                let mut query = vec![Lit::Matches(k)];
-                query.extend(earlier.iter().map(|&e| Lit::Misses(e)));
-                match solver.check(&query, None)? {
-                    Answer::Sat(point) => Some(point),
-                    Answer::Unsat(core) => {
-                        let covering: Vec<usize> = core
-                            .into_iter()
-                            .filter_map(|l| if let Lit::Misses(e) = l { Some(e) } else { None })
-                            .collect();
-                        let mut covering = minimize(&mut solver, k, covering)?;
-                        covering.sort_unstable();
-                        report_never_decides(&ctx, &mut solver, &mut findings, k, &earlier, &covering, &conflicting)?;
-                        None
-                    }
-                }
-            }
-        };
-        let Some(point) = decides else { continue };
-
-        // Redundant: removing `k` would send every lead it decides to the same route anyway.
-        let default_same = rules.default_route.as_deref() == Some(ctx.route(k));
-        let later_same: Vec<usize> = later.iter().copied().filter(|&l| ctx.route(l) == ctx.route(k)).collect();
-        if !later_same.is_empty() || default_same {
-            let next = later
-                .iter()
-                .find(|&&l| ctx.formulas[l].eval(&point))
-                .map_or(rules.default_route.as_deref(), |&l| Some(ctx.route(l)));
-            // An equivalent later twin is reported there, as a duplicate.
-            let twin = later_same.iter().any(|&l| ctx.boxes[l] == ctx.boxes[k] && ctx.exact[l] && ctx.exact[k]);
-            if next == Some(ctx.route(k)) && !twin {
-                let mut query = vec![Lit::Matches(k)];
-                query.extend(earlier.iter().map(|&e| Lit::Misses(e)));
-                let elsewhere = ctx.decided_elsewhere(&later, ctx.route(k), !default_same);
-                if let Answer::Unsat(_) = solver.check(&query, Some(&elsewhere))? {
-                    let through = if later_same.is_empty() {
-                        "the default route".to_owned()
-                    } else if default_same {
-                        format!("{} or the default route", ctx.quote(&later_same))
-                    } else {
-                        ctx.quote(&later_same)
-                    };
-                    let message = format!(
-                        "removing rule `{}` changes no decision: every lead it decides would still go to `{}` through {through}",
-                        ctx.name(k),
-                        ctx.route(k)
-                    );
-                    let f = ctx.group_finding(Code::Redundant, k, message, "redundant", &later_same, |l| {
-                        format!("also routes to `{}`", ctx.route(l))
-                    });
-                    findings.push(f);
-                    continue;
-                }
-            }
-        }
-
-        // Overlaps: different priorities and routes; priority decides.
-        for &e in earlier.iter().filter(|&&e| ctx.priority(e) != ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
-            if let Some(point) = overlap(&ctx, &mut solver, e, k)? {
-                let message = format!(
-                    "rules `{}` (priority {}, route `{}`) and `{}` (priority {}, route `{}`) both match some leads; `{}` decides them",
-                    ctx.name(e),
-                    ctx.priority(e),
-                    ctx.route(e),
-                    ctx.name(k),
-                    ctx.priority(k),
-                    ctx.route(k),
-                    ctx.name(e)
-                );
-                let labels = ("overlaps".to_owned(), "takes the shared leads".to_owned());
-                findings.push(ctx.pair_finding(Code::Overlap, k, e, message, labels, &point)?);
-            }
-        }
-    }
-
-    if rules.default_route.is_none() {
-        gap(&ctx, &mut solver, &live, &mut findings)?;
-    }
-    stats.solver_calls = solver.calls();
-    Ok((findings, stats))
+    Ok(live)
 }
 
+/// Every finding about the live rule `k` against the rules whose bounds meet its own:
+/// conflicts, then whether it decides any lead (if not: shadowed, duplicate or redundant),
+/// then whether removing it would change a decision, then overlaps. Returns how many earlier
+/// rules were candidates (for [`Stats::candidate_pairs`]).
+fn examine(
+    ctx: &Ctx<'_>,
+    solver: &mut dyn Solver,
+    live: &AtomSet,
+    k: usize,
+    findings: &mut Vec<Finding>,
+) -> Result<usize> {
+    let candidates = ctx.overlapping(k, live);
+    let earlier: Vec<usize> = candidates.iter().filter(|&e| e < k).collect();
+    let later: Vec<usize> = candidates.iter().filter(|&l| l > k).collect();
+    let conflicting = conflicts(ctx, solver, k, &earlier, findings)?;
+    let point = match decides(ctx, solver, k, &earlier)? {
+        Decides::Lead(point) => point,
+        Decides::Never { covering } => {
+            report_never_decides(ctx, solver, findings, k, &earlier, &covering, &conflicting)?;
+            return Ok(earlier.len());
+        }
+    };
+    if let Some(finding) = redundant(ctx, solver, k, &earlier, &later, &point)? {
+        // A rule that changes nothing is reported once, not also for its overlaps.
+        findings.push(finding);
+        return Ok(earlier.len());
+    }
+    overlaps(ctx, solver, k, &earlier, findings)?;
+    Ok(earlier.len())
+}
+
+/// Reports the earlier rules of `k`'s priority that route elsewhere and share a lead with
+/// it (RULES.md's `conflict`); returns them, so a rule equivalent to one of them is not
+/// reported again as shadowed.
+fn conflicts(
+    ctx: &Ctx<'_>,
+    solver: &mut dyn Solver,
+    k: usize,
+    earlier: &[usize],
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<usize>> {
+    let mut conflicting = Vec::new();
+    for &e in earlier.iter().filter(|&&e| ctx.priority(e) == ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
+        if let Some(point) = overlap(ctx, solver, e, k)? {
+            conflicting.push(e);
+            let message = format!(
+                "rules `{}` and `{}` have the same priority ({}) and both match some leads, but route to `{}` and `{}`",
+                ctx.name(k),
+                ctx.name(e),
+                ctx.priority(k),
+                ctx.route(k),
+                ctx.route(e)
+            );
+            let labels = (format!("routes to `{}`", ctx.route(k)), format!("routes to `{}`", ctx.route(e)));
+            findings.push(ctx.pair_finding(Code::Conflict, k, e, message, labels, &point)?);
+        }
+    }
+    Ok(conflicting)
+}
+
+/// Whether a rule decides some lead, and if not, which earlier rules take all of its leads.
+enum Decides {
+    /// A lead the rule decides.
+    Lead(Vec<usize>),
+    /// A minimal set of earlier positions (ascending) that together match every lead it does.
+    Never { covering: Vec<usize> },
+}
+
+/// Whether `k` decides some lead, that is matches it while every earlier candidate misses
+/// it. Tried cheapest first: the greedy point, a search over the bounds, then the solver,
+/// whose unsat core (made minimal) names the rules that shadow `k`.
+fn decides(ctx: &Ctx<'_>, solver: &mut dyn Solver, k: usize, earlier: &[usize]) -> Result<Decides> {
+    let decides_here = |p: &Vec<usize>| ctx.formulas[k].eval(p) && earlier.iter().all(|&e| !ctx.formulas[e].eval(p));
+    let point = ctx.greedy_point(k, earlier);
+    if decides_here(&point) {
+        return Ok(Decides::Lead(point));
+    }
+    let mut parts = vec![ctx.formulas[k].clone()];
+    parts.extend(earlier.iter().map(|&e| ctx.formulas[e].not()));
+    if let Some(point) = ctx.quick_point(&Formula::and(parts)).filter(decides_here) {
+        return Ok(Decides::Lead(point));
+    }
+    let mut query = vec![Lit::Matches(k)];
+    query.extend(earlier.iter().map(|&e| Lit::Misses(e)));
+    Ok(match solver.check(&query, None)? {
+        Answer::Sat(point) => Decides::Lead(point),
+        Answer::Unsat(core) => {
+            let covering: Vec<usize> =
+                core.into_iter().filter_map(|l| if let Lit::Misses(e) = l { Some(e) } else { None }).collect();
+            let mut covering = minimize(solver, k, covering)?;
+            covering.sort_unstable();
+            Decides::Never { covering }
+        }
+    })
+}
+
+/// The `redundant` finding for `k`, which decides `point`, when removing it would send every
+/// lead it decides to the same route anyway (through later rules of its route or the default
+/// route). Only asked when some later rule or the default route shares `k`'s route and
+/// `point` itself would stay on it.
+fn redundant(
+    ctx: &Ctx<'_>,
+    solver: &mut dyn Solver,
+    k: usize,
+    earlier: &[usize],
+    later: &[usize],
+    point: &[usize],
+) -> Result<Option<Finding>> {
+    let default_route = ctx.rules.default_route.as_deref();
+    let default_same = default_route == Some(ctx.route(k));
+    let later_same: Vec<usize> = later.iter().copied().filter(|&l| ctx.route(l) == ctx.route(k)).collect();
+    if later_same.is_empty() && !default_same {
+        return Ok(None);
+    }
+    let next = later.iter().find(|&&l| ctx.formulas[l].eval(point)).map_or(default_route, |&l| Some(ctx.route(l)));
+    // An equivalent later twin is reported there, as a duplicate.
+    let twin = later_same.iter().any(|&l| ctx.boxes[l] == ctx.boxes[k] && ctx.exact[l] && ctx.exact[k]);
+    if next != Some(ctx.route(k)) || twin {
+        return Ok(None);
+    }
+    let mut query = vec![Lit::Matches(k)];
+    query.extend(earlier.iter().map(|&e| Lit::Misses(e)));
+    let elsewhere = ctx.decided_elsewhere(later, ctx.route(k), !default_same);
+    if let Answer::Sat(_) = solver.check(&query, Some(&elsewhere))? {
+        return Ok(None);
+    }
+    let through = if later_same.is_empty() {
+        "the default route".to_owned()
+    } else if default_same {
+        format!("{} or the default route", ctx.quote(&later_same))
+    } else {
+        ctx.quote(&later_same)
+    };
+    let message = format!(
+        "removing rule `{}` changes no decision: every lead it decides would still go to `{}` through {through}",
+        ctx.name(k),
+        ctx.route(k)
+    );
+    Ok(Some(ctx.group_finding(Code::Redundant, k, message, "redundant", &later_same, |l| {
+        format!("also routes to `{}`", ctx.route(l))
+    })))
+}
+
+/// Reports the earlier rules of other priorities and routes that share a lead with `k`
+/// (RULES.md's `overlap`, informational: priority decides).
+fn overlaps(
+    ctx: &Ctx<'_>,
+    solver: &mut dyn Solver,
+    k: usize,
+    earlier: &[usize],
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    for &e in earlier.iter().filter(|&&e| ctx.priority(e) != ctx.priority(k) && ctx.route(e) != ctx.route(k)) {
+        if let Some(point) = overlap(ctx, solver, e, k)? {
+            let message = format!(
+                "rules `{}` (priority {}, route `{}`) and `{}` (priority {}, route `{}`) both match some leads; `{}` decides them",
+                ctx.name(e),
+                ctx.priority(e),
+                ctx.route(e),
+                ctx.name(k),
+                ctx.priority(k),
+                ctx.route(k),
+                ctx.name(e)
+            );
+            let labels = ("overlaps".to_owned(), "takes the shared leads".to_owned());
+            findings.push(ctx.pair_finding(Code::Overlap, k, e, message, labels, &point)?);
+        }
+    }
+    Ok(())
+}
+
+/// Reports `k`, which never decides because `covering` takes its leads first: as a
+/// duplicate of an equivalent earlier rule of its route, not at all when the equivalent rule
+/// is one it conflicts with (already reported), as redundant when every rule before it that
+/// matches its leads routes them to its route anyway, else as shadowed.
 fn report_never_decides(
     ctx: &Ctx<'_>,
     solver: &mut dyn Solver,
@@ -467,6 +550,7 @@ fn report_never_decides(
     Ok(())
 }
 
+/// The `shadowed` finding: `covering` takes every lead `k` matches.
 fn shadowed(ctx: &Ctx<'_>, k: usize, covering: &[usize]) -> Finding {
     let message = format!(
         "rule `{}` never decides: every lead it matches is taken first by {}",
@@ -478,6 +562,8 @@ fn shadowed(ctx: &Ctx<'_>, k: usize, covering: &[usize]) -> Finding {
     })
 }
 
+/// The `gap` finding, asked only without a default route: a lead no live rule matches
+/// (first the lead missing every field, which the solver need not find).
 fn gap(ctx: &Ctx<'_>, solver: &mut dyn Solver, live: &AtomSet, findings: &mut Vec<Finding>) -> Result<()> {
     let all: Vec<usize> = live.iter().collect();
     let missing_everything = vec![0; ctx.atoms.fields.len()];
@@ -497,4 +583,69 @@ fn gap(ctx: &Ctx<'_>, solver: &mut dyn Solver, live: &AtomSet, findings: &mut Ve
         findings.push(f);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::solver::Z3Solver;
+
+    /// Z3 behind the seam, recording what the analysis asks it (the answers are Z3's own).
+    struct Recording {
+        z3: Z3Solver,
+        queries: Vec<Vec<Lit>>,
+    }
+
+    impl Solver for Recording {
+        fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer> {
+            self.queries.push(assumptions.to_vec());
+            self.z3.check(assumptions, extra)
+        }
+
+        fn dag_counterexample(&mut self, dag: &crate::dag::Dag) -> Result<Option<Vec<usize>>> {
+            self.z3.dag_counterexample(dag)
+        }
+
+        fn calls(&self) -> usize {
+            self.z3.calls()
+        }
+    }
+
+    fn analyzed(rules_yaml: &str) -> (Vec<Finding>, Stats, Vec<Vec<Lit>>) {
+        let text = format!(
+            "version: 1\ndefault_route: unsold\nroutes: [x, y, z, unsold]\nfields:\n  age: {{ type: int, min: 0, max: 120 }}\n  state: {{ type: enum, values: [CA, NY] }}\nrules:\n{rules_yaml}"
+        );
+        let (doc, syntax) = crate::syntax::document::read(&text);
+        let (rules, types) = crate::model::check(&doc);
+        assert!(syntax.is_empty() && types.is_empty(), "{syntax:?} {types:?}");
+        let encoded = Encoded::new(&rules);
+        let z3 = Z3Solver::new(&encoded.atoms.domains(), encoded.formulas.clone());
+        let mut solver = Recording { z3, queries: Vec::new() };
+        let (findings, stats) = analyze(&rules, &encoded, &mut solver).expect("the analysis runs");
+        assert_eq!(stats.solver_calls, solver.queries.len(), "every call goes through the seam");
+        (findings, stats, solver.queries)
+    }
+
+    #[test]
+    fn disjoint_bounds_need_no_solver() {
+        let (findings, stats, queries) = analyzed(
+            "  - { name: ca, priority: 10, when: 'state == \"CA\"', route: x }\n  - { name: ny, priority: 20, when: 'state == \"NY\"', route: y }\n",
+        );
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!((stats.rules, stats.pairs, stats.candidate_pairs), (2, 1, 0));
+        assert!(queries.is_empty(), "{queries:?}");
+    }
+
+    #[test]
+    fn a_union_shadow_is_proven_by_the_solver() {
+        let (findings, _, queries) = analyzed(
+            "  - { name: young, priority: 10, when: age < 40, route: x }\n  - { name: older, priority: 20, when: age >= 30, route: y }\n  - { name: adults, priority: 30, when: age between 18 and 60, route: z }\n",
+        );
+        let shadowed: Vec<&Finding> = findings.iter().filter(|f| f.code == Code::Shadowed).collect();
+        assert_eq!(shadowed.len(), 1, "{findings:?}");
+        assert_eq!(shadowed[0].rules, ["adults", "young", "older"]);
+        assert!(queries.contains(&vec![Lit::Matches(2), Lit::Misses(0), Lit::Misses(1)]), "{queries:?}");
+        let overlap = findings.iter().find(|f| f.code == Code::Overlap).expect("young and older overlap");
+        assert_eq!(overlap.rules, ["older", "young"]);
+    }
 }

@@ -357,6 +357,32 @@ fn other_classes(literals: &[String], prefixes: &[String], suffixes: &[String]) 
     out
 }
 
+/// A rule set lowered onto its atoms: the rules in first-match order and each one's formula.
+/// The one place rules become formulas, so the analysis ([`crate::analysis::analyze`]) and
+/// the compile ([`crate::compile::lower`]) reason about exactly the same encoding.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The atoms of every field.
+    pub atoms: Atoms,
+    /// Rule indices (in `RuleSet::rules`) in first-match order.
+    pub order: Vec<usize>,
+    /// Each rule's formula, in first-match order (`False` for a rule without a condition).
+    pub formulas: Vec<Formula>,
+}
+
+impl Encoded {
+    /// Cuts the fields into atoms and translates every enabled rule, in first-match order.
+    pub fn new(rules: &RuleSet) -> Self {
+        let order = rules.order();
+        let atoms = Atoms::new(rules);
+        let formulas = order
+            .iter()
+            .map(|&i| rules.rules[i].cond.as_ref().map_or(Formula::False, |c| Formula::of(&atoms, c)))
+            .collect();
+        Self { atoms, order, formulas }
+    }
+}
+
 /// A condition over atoms, negation pushed into the sets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Formula {

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use runtime::manifest::{FieldKind, FieldLayout, Manifest, OtherClass, RuleEntry};
+use abi::manifest::{FieldKind, FieldLayout, Manifest, OtherClass, RuleEntry};
 
-use crate::atoms::{Atoms, FieldAtoms, Formula};
+use crate::atoms::{Atoms, Encoded, FieldAtoms, Formula};
 use crate::dag::{Dag, DagStats};
 use crate::finding::Severity;
 use crate::model::RuleSet;
-use crate::solver::Z3Solver;
+use crate::solver::{Solver, Z3Solver};
 use crate::wasm::{self, MemoryPlan};
 use crate::{Error, Result};
 
@@ -59,12 +59,8 @@ pub struct Lowered {
 
 /// Builds the atoms, formulas and DAG of a checked rule set.
 pub fn lower(rules: &RuleSet) -> Lowered {
-    let order = rules.order();
-    let atoms = Atoms::new(rules);
-    let formulas: Vec<Formula> = order
-        .iter()
-        .map(|&i| rules.rules[i].cond.as_ref().map_or(Formula::False, |c| Formula::of(&atoms, c)))
-        .collect();
+    // The same encoding the analysis checked ([`Encoded`]), plus the DAG.
+    let Encoded { atoms, order, formulas } = Encoded::new(rules);
     let dag = Dag::build(&atoms.domains(), &formulas);
     Lowered { atoms, formulas, dag, order }
 }
@@ -158,9 +154,9 @@ fn manifest(rules: &RuleSet, lowered: &Lowered, wasm: &[u8], source: &[u8], stat
         })
         .collect();
     Manifest {
-        abi_version: runtime::abi::ABI_VERSION,
-        rule_set_hash: runtime::host::sha256_hex(source),
-        module_hash: runtime::host::sha256_hex(wasm),
+        abi_version: abi::ABI_VERSION,
+        rule_set_hash: abi::sha256_hex(source),
+        module_hash: abi::sha256_hex(wasm),
         compiler_version: env!("CARGO_PKG_VERSION").to_owned(),
         record_size: plan.layout.record_size(),
         max_batch: plan.max_batch,
@@ -179,5 +175,21 @@ fn manifest(rules: &RuleSet, lowered: &Lowered, wasm: &[u8], source: &[u8], stat
             })
             .collect(),
         dag: serde_json::to_value(stats).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dag_is_proven_through_the_solver_seam() {
+        let text = "version: 1\nroutes: [x, y]\nfields:\n  age: { type: int, min: 0, max: 120 }\nrules:\n  - { name: young, priority: 10, when: age < 40, route: x }\n  - { name: older, priority: 20, when: age >= 30, route: y }\n";
+        let (rules, findings) = crate::model::check(&crate::syntax::document::read(text).0);
+        assert!(findings.is_empty(), "{findings:?}");
+        let lowered = lower(&rules);
+        let solver: &mut dyn Solver = &mut Z3Solver::new(&lowered.atoms.domains(), lowered.formulas.clone());
+        assert!(matches!(solver.dag_counterexample(&lowered.dag), Ok(None)));
+        assert_eq!(solver.calls(), 1);
     }
 }

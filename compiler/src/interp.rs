@@ -64,7 +64,7 @@ impl Lead {
                             _ => return Err(bad(format!("expected a number, got {v}"))),
                         };
                         let scale = field.ty.scale();
-                        let units = runtime::encode::parse_units(&text, scale)
+                        let units = abi::encode::parse_units(&text, scale)
                             .ok_or_else(|| bad(format!("`{text}` is not exact with {scale} digits after the point")))?;
                         Value::Num(units)
                     }

@@ -428,11 +428,11 @@ fn field_type(raw: &RawField, findings: &mut Vec<Finding>) -> Option<FieldType> 
      -> Result<i128, (std::ops::Range<usize>, String)> {
         match text {
             None => Ok(default),
-            Some(t) => runtime::encode::parse_units(&t.value, scale)
-                .filter(|v| v.unsigned_abs() <= i64::MAX as u128)
-                .ok_or_else(|| {
-                    (t.span.clone(), format!("`{}` is not a valid bound for `{name}` (scale {scale})", t.value))
-                }),
+            Some(t) => {
+                abi::encode::parse_units(&t.value, scale).filter(|v| v.unsigned_abs() <= i64::MAX as u128).ok_or_else(
+                    || (t.span.clone(), format!("`{}` is not a valid bound for `{name}` (scale {scale})", t.value)),
+                )
+            }
         }
     };
     let ty = match raw.ty.value.as_str() {

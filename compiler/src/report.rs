@@ -5,7 +5,9 @@
 use serde_json::{Value, json};
 
 use crate::analysis::{self, Stats};
+use crate::atoms::Encoded;
 use crate::finding::{Code, Finding, Severity};
+use crate::solver::Z3Solver;
 use crate::source::Source;
 use crate::{Result, model, syntax};
 
@@ -65,7 +67,9 @@ pub fn check_rules(name: &str, bytes: &[u8]) -> Result<Checked> {
     findings.extend(type_findings);
     let mut stats = Stats::default();
     if findings.iter().all(|f| f.severity() != Severity::Error) {
-        let (analysis, s) = analysis::analyze(&rules)?;
+        let encoded = Encoded::new(&rules);
+        let mut solver = Z3Solver::new(&encoded.atoms.domains(), encoded.formulas.clone());
+        let (analysis, s) = analysis::analyze(&rules, &encoded, &mut solver)?;
         findings.extend(analysis);
         stats = s;
     }

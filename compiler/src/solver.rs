@@ -1,7 +1,9 @@
 //! The seam between the analysis and Z3 (after cedar's `symcc/solver.rs`): the analysis
 //! asks [`Solver::check`] whether some lead makes a set of rules match or miss (plus an
-//! optional extra formula), and gets a point (one atom per field) or an unsat core. Only
-//! this file knows Z3.
+//! optional extra formula), and gets a point (one atom per field) or an unsat core; the
+//! compile's translation validation asks [`Solver::dag_counterexample`] for a lead on which
+//! the decision DAG and first match disagree. Both take the trait, so they can run behind
+//! another solver; only this file knows Z3.
 //!
 //! Encoding: one integer per field, `0 <= x_f < atoms(f)`; each rule `i` gets two indicator
 //! literals `m_i => φ_i` and `n_i => ¬φ_i`, asserted once, the first time they are used, so
@@ -9,10 +11,13 @@
 
 use std::collections::HashMap;
 
+use petgraph::Direction;
+use petgraph::visit::EdgeRef;
 use z3::ast::{Bool, Int};
 use z3::{SatResult, Solver as Z3};
 
 use crate::atoms::{AtomSet, Formula};
+use crate::dag::{Dag, Node};
 use crate::{Error, Result};
 
 /// An assumption about one rule.
@@ -33,10 +38,14 @@ pub enum Answer {
     Unsat(Vec<Lit>),
 }
 
-/// What the analysis needs from a solver.
+/// What the analysis and the translation validation need from a solver. A solver is made
+/// for one rule set: rule `i` of a [`Lit`] is the `i`th of its formulas in first-match order.
 pub trait Solver {
     /// Is there a point satisfying `assumptions` (and `extra`, when given)?
     fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer>;
+    /// Looks for a point where `dag` and first match over the rules (in order) disagree;
+    /// `None` proves them equal.
+    fn dag_counterexample(&mut self, dag: &Dag) -> Result<Option<Vec<usize>>>;
     /// Queries answered so far.
     fn calls(&self) -> usize;
 }
@@ -110,21 +119,21 @@ impl Z3Solver {
         b
     }
 
+    /// The point of the model of the last satisfiable check: one atom per field.
+    fn model_point(&self) -> Result<Vec<usize>> {
+        let model = self.solver.get_model().ok_or_else(|| Error::SolverUnknown("no model".to_owned()))?;
+        Ok(self
+            .vars
+            .iter()
+            .map(|v| model.eval(v, true).and_then(|x| x.as_i64()).map_or(0, |x| usize::try_from(x).unwrap_or(0)))
+            .collect())
+    }
+
     fn run(&mut self, assumptions: &[Lit]) -> Result<Answer> {
         self.calls += 1;
         let bools: Vec<Bool> = assumptions.iter().map(|&l| self.indicator(l)).collect();
         match self.solver.check_assumptions(&bools) {
-            SatResult::Sat => {
-                let model = self.solver.get_model().ok_or_else(|| Error::SolverUnknown("no model".to_owned()))?;
-                let point = self
-                    .vars
-                    .iter()
-                    .map(|v| {
-                        model.eval(v, true).and_then(|x| x.as_i64()).map_or(0, |x| usize::try_from(x).unwrap_or(0))
-                    })
-                    .collect();
-                Ok(Answer::Sat(point))
-            }
+            SatResult::Sat => Ok(Answer::Sat(self.model_point()?)),
             SatResult::Unsat => {
                 let core = self
                     .solver
@@ -139,13 +148,27 @@ impl Z3Solver {
     }
 }
 
-impl Z3Solver {
-    /// Looks for a point where `dag` and first match over the rules (in order) disagree;
-    /// `None` proves them equal.
-    pub fn dag_counterexample(&mut self, dag: &crate::dag::Dag) -> Result<Option<Vec<usize>>> {
-        use crate::dag::Node;
-        use petgraph::Direction;
-        use petgraph::visit::EdgeRef;
+impl Solver for Z3Solver {
+    fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer> {
+        match extra {
+            None => self.run(assumptions),
+            Some(formula) => {
+                // Define the indicators outside the scope: an assertion made after `push`
+                // is gone after `pop`, but the indicator would stay cached.
+                for &lit in assumptions {
+                    self.indicator(lit);
+                }
+                self.solver.push();
+                let encoded = self.encode(formula);
+                self.solver.assert(&encoded);
+                let answer = self.run(assumptions);
+                self.solver.pop(1);
+                answer
+            }
+        }
+    }
+
+    fn dag_counterexample(&mut self, dag: &Dag) -> Result<Option<Vec<usize>>> {
         let mut terms: HashMap<petgraph::graph::NodeIndex, Int> = HashMap::new();
         let mut order: Vec<petgraph::graph::NodeIndex> = petgraph::algo::toposort(&dag.graph, None)
             .map_err(|_| Error::SolverUnknown("the decision DAG has a cycle".to_owned()))?;
@@ -174,42 +197,11 @@ impl Z3Solver {
         self.solver.assert(terms[&dag.root].eq(&first_match).not());
         let result = match self.solver.check() {
             SatResult::Unsat => Ok(None),
-            SatResult::Sat => {
-                let model = self.solver.get_model().ok_or_else(|| Error::SolverUnknown("no model".to_owned()))?;
-                Ok(Some(
-                    self.vars
-                        .iter()
-                        .map(|v| {
-                            model.eval(v, true).and_then(|x| x.as_i64()).map_or(0, |x| usize::try_from(x).unwrap_or(0))
-                        })
-                        .collect(),
-                ))
-            }
+            SatResult::Sat => self.model_point().map(Some),
             SatResult::Unknown => Err(Error::SolverUnknown(self.solver.get_reason_unknown().unwrap_or_default())),
         };
         self.solver.pop(1);
         result
-    }
-}
-
-impl Solver for Z3Solver {
-    fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer> {
-        match extra {
-            None => self.run(assumptions),
-            Some(formula) => {
-                // Define the indicators outside the scope: an assertion made after `push`
-                // is gone after `pop`, but the indicator would stay cached.
-                for &lit in assumptions {
-                    self.indicator(lit);
-                }
-                self.solver.push();
-                let encoded = self.encode(formula);
-                self.solver.assert(&encoded);
-                let answer = self.run(assumptions);
-                self.solver.pop(1);
-                answer
-            }
-        }
     }
 
     fn calls(&self) -> usize {

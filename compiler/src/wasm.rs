@@ -1,4 +1,4 @@
-//! Wasm emission (wasm-encoder) of a decision DAG, following `runtime::abi`, and the checks
+//! Wasm emission (wasm-encoder) of a decision DAG, following the `abi` crate, and the checks
 //! every emitted module must pass: valid (wasmparser), no imports, no loop outside the batch
 //! loops of `decide_batch`.
 //!
@@ -22,8 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use abi::{ABI_VERSION, EXPORT_DECIDE, EXPORT_DECIDE_BATCH, EXPORT_MEMORY, EXPORT_VERSION, Layout};
 use petgraph::graph::NodeIndex;
-use runtime::abi::{ABI_VERSION, EXPORT_DECIDE, EXPORT_DECIDE_BATCH, EXPORT_MEMORY, EXPORT_VERSION, Layout};
 use wasm_encoder::{
     BlockType, CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function, FunctionSection,
     InstructionSink, MemArg, MemorySection, MemoryType, Module, TypeSection, ValType,

@@ -3,26 +3,15 @@
 /// Why a module could not be loaded or called, or a lead not encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The manifest is not valid JSON of the expected shape.
-    #[error("invalid manifest: {0}")]
-    Manifest(String),
+    /// The manifest is unusable, or a lead cannot be encoded (the `abi` crate's checks).
+    #[error(transparent)]
+    Abi(#[from] abi::Error),
     /// The manifest and the module do not belong together.
     #[error("the manifest does not match the module: {0}")]
     Mismatch(String),
     /// The module breaks the ABI (imports, missing or mistyped exports, bad bytes).
     #[error("invalid decision module: {0}")]
     Module(String),
-    /// A lead that cannot be encoded for this module.
-    #[error("field `{field}`: {problem}")]
-    Encode {
-        /// The field.
-        field: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A lead that is not a JSON object.
-    #[error("a lead must be a JSON object")]
-    NotAnObject,
     /// The module trapped or the batch does not fit its memory.
     #[error("decision call failed: {0}")]
     Call(String),

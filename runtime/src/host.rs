@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
+pub use ::abi::sha256_hex;
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 pub use wasmtime::Engine;
 use wasmtime::{Config, ExternType, InstancePre, Linker, Memory, Module, OptLevel, Store, TypedFunc, ValType};
 
@@ -24,11 +24,6 @@ pub fn engine() -> Result<Engine> {
     let mut config = Config::new();
     config.cranelift_opt_level(OptLevel::Speed);
     Engine::new(&config).map_err(|e| Error::Module(e.to_string()))
-}
-
-/// SHA-256 of bytes, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A checked, compiled, pre-linked decision module.
@@ -219,7 +214,7 @@ impl Session {
                         pending.push(out.len());
                         out.push(Ok(None));
                     }
-                    Err(error) => out.push(Err(error)),
+                    Err(error) => out.push(Err(error.into())),
                 }
             }
             self.decide_pending(&mut pending, out)?;
@@ -243,7 +238,7 @@ impl Session {
     pub fn decide_json(&mut self, lead: &Value) -> Result<Decision<'_>> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let encoded = self.program.encoder.encode(lead, &mut scratch);
-        let answer = encoded.and_then(|()| self.decide_record(&scratch));
+        let answer = encoded.map_err(Error::from).and_then(|()| self.decide_record(&scratch));
         self.scratch = scratch;
         let manifest = &self.program.manifest;
         Ok(match answer? {

@@ -1,14 +1,15 @@
 //! `rulec`: the rule compiler's command line. `check` reports every finding of a rules file
 //! (RULES.md, "Checks") in human, JSON or SARIF form; `compile` writes the decision module
-//! and its manifest; `eval`, `explain` and `bench` run them. Exit codes: 0 fine, 1
-//! error-level findings (or warnings with `--deny warnings`; for `compile`/`eval`, a refused
-//! rule set or a lead that cannot be decided), 2 the tool could not run.
+//! and its manifest; `eval`, `explain` and `bench` run them. Every command ends with an
+//! [`Exit`]: 0 fine, 1 error-level findings (or warnings with `--deny warnings`; for
+//! `compile`/`eval`, a refused rule set or a lead that cannot be decided), 2 the tool could
+//! not run.
 
 mod tools;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{ExitCode, Termination};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -101,43 +102,70 @@ enum Deny {
     Warnings,
 }
 
-fn main() -> ExitCode {
+/// `rulec`'s exit status (RULES.md, "Checks"), the one thing every command ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// 0: no error-level finding; the command did what it was asked.
+    Clean = 0,
+    /// 1: error-level findings (or warnings with `--deny warnings`), a refused rule set, or
+    /// a lead that cannot be decided.
+    Findings = 1,
+    /// 2: the tool could not run (bad arguments, an unreadable file, an internal error).
+    CannotRun = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+impl Termination for Exit {
+    fn report(self) -> ExitCode {
+        self.into()
+    }
+}
+
+fn main() -> Exit {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+            // `--help` and `--version` come this way too, and are not failures.
+            return if error.use_stderr() { Exit::CannotRun } else { Exit::Clean };
         }
     };
     match cli.command {
         Command::Check { file, format, deny, stats } => check(&file, format, deny.contains(&Deny::Warnings), stats),
-        Command::Compile { file, output } => exit(tools::compile(&file, &output).map(|()| true)),
+        Command::Compile { file, output } => exit(tools::compile(&file, &output).map(|()| Exit::Clean)),
         Command::Eval { file, leads, engine } => exit(tools::eval(&file, &leads, engine)),
-        Command::Explain { file, lead } => exit(tools::explain(&file, &lead).map(|()| true)),
-        Command::Bench { file, rules, leads } => exit(tools::bench(file.as_deref(), &rules, leads).map(|()| true)),
+        Command::Explain { file, lead } => exit(tools::explain(&file, &lead).map(|()| Exit::Clean)),
+        Command::Bench { file, rules, leads } => {
+            exit(tools::bench(file.as_deref(), &rules, leads).map(|()| Exit::Clean))
+        }
         Command::Generate { rules, seed } => {
             let text = compiler::generate::rule_set(rules, seed);
             if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
-                return ExitCode::from(2);
+                return Exit::CannotRun;
             }
-            ExitCode::SUCCESS
+            Exit::Clean
         }
     }
 }
 
-fn check(file: &PathBuf, format: Format, deny_warnings: bool, stats: bool) -> ExitCode {
+fn check(file: &PathBuf, format: Format, deny_warnings: bool, stats: bool) -> Exit {
     let bytes = match read_limited(file) {
         Ok(bytes) => bytes,
         Err(error) => {
             eprintln!("error: cannot read `{}`: {error}", file.display());
-            return ExitCode::from(2);
+            return Exit::CannotRun;
         }
     };
     let report = match compiler::report::check(&file.display().to_string(), &bytes) {
         Ok(report) => report,
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(2);
+            return Exit::CannotRun;
         }
     };
     let output = match format {
@@ -146,7 +174,7 @@ fn check(file: &PathBuf, format: Format, deny_warnings: bool, stats: bool) -> Ex
         Format::Sarif => format!("{:#}\n", report.to_sarif()),
     };
     if std::io::stdout().lock().write_all(output.as_bytes()).is_err() {
-        return ExitCode::from(2);
+        return Exit::CannotRun;
     }
     if stats {
         eprintln!(
@@ -155,7 +183,7 @@ fn check(file: &PathBuf, format: Format, deny_warnings: bool, stats: bool) -> Ex
         );
     }
     let failed = report.errors() > 0 || (deny_warnings && report.warnings() > 0);
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed { Exit::Findings } else { Exit::Clean }
 }
 
 /// Reads at most one byte more than the compiler accepts, so a huge file is refused by the
@@ -168,19 +196,18 @@ fn read_limited(path: &PathBuf) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Maps a tool result to the exit code: refused rule sets and undecidable leads are 1,
-/// anything else that went wrong is 2.
-fn exit(result: anyhow::Result<bool>) -> ExitCode {
+/// Maps a tool result to the exit code: a refused rule set is [`Exit::Findings`], anything
+/// else that went wrong [`Exit::CannotRun`].
+fn exit(result: anyhow::Result<Exit>) -> Exit {
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(exit) => exit,
         Err(error) if error.downcast_ref::<tools::Refused>().is_some() => {
             eprintln!("error: {error}");
-            ExitCode::from(1)
+            Exit::Findings
         }
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            Exit::CannotRun
         }
     }
 }

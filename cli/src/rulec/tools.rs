@@ -11,6 +11,8 @@ use compiler::model::RuleSet;
 use runtime::host::{Program, Session};
 use serde_json::{Value, json};
 
+use crate::Exit;
+
 /// Reads and checks a rules file; refuses (with the report on stderr) when it has errors.
 pub(crate) fn checked(file: &Path) -> anyhow::Result<(RuleSet, Vec<compiler::finding::Finding>, Vec<u8>)> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
@@ -34,7 +36,7 @@ pub(crate) fn checked(file: &Path) -> anyhow::Result<(RuleSet, Vec<compiler::fin
     Ok((rules, findings, bytes))
 }
 
-/// The rule set has error-level findings (exit 1, not 2).
+/// The rule set has error-level findings ([`Exit::Findings`], not [`Exit::CannotRun`]).
 #[derive(Debug)]
 pub(crate) struct Refused(pub(crate) usize);
 
@@ -100,8 +102,9 @@ pub(crate) enum Engine {
     Interpreter,
 }
 
-/// `rulec eval FILE LEADS`: one JSON answer per lead line.
-pub(crate) fn eval(file: &Path, leads: &Path, engine: Engine) -> anyhow::Result<bool> {
+/// `rulec eval FILE LEADS`: one JSON answer per lead line; [`Exit::Findings`] when some
+/// lead could not be decided.
+pub(crate) fn eval(file: &Path, leads: &Path, engine: Engine) -> anyhow::Result<Exit> {
     let reader = std::io::BufReader::new(
         std::fs::File::open(leads).with_context(|| format!("cannot read `{}`", leads.display()))?,
     );
@@ -129,7 +132,7 @@ pub(crate) fn eval(file: &Path, leads: &Path, engine: Engine) -> anyhow::Result<
         writeln!(out, "{answer}")?;
     }
     out.flush()?;
-    Ok(all_ok)
+    Ok(if all_ok { Exit::Clean } else { Exit::Findings })
 }
 
 fn decide(rules: &RuleSet, session: Option<&mut Session>, lead: &Value) -> Result<Value, String> {
@@ -195,16 +198,234 @@ fn per_lead(started: Instant, count: usize, rounds: usize) -> f64 {
 /// Leads per router batch in the "encode + decide" figure (`ROUTER_BATCH_SIZE`'s default).
 const ROUTER_BATCH: usize = 500;
 
-/// `rulec bench`: ns per decision of each engine.
+/// `rulec bench`: ns per decision of each engine, one row per rule set: generate (or read)
+/// the sets, then per set prepare it, measure, and report.
 pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyhow::Result<()> {
-    let sets: Vec<(String, Vec<u8>)> = match file {
+    let sets = bench_sets(file, sizes)?;
+    print_bench_header();
+    for (name, bytes) in sets {
+        let subject = BenchSubject::prepare(&name, &bytes, leads)?;
+        let mut session = subject.program.session()?;
+        let figures = Figures::measure(&subject, &mut session)?;
+        let agree = subject.agrees(&mut session)?;
+        print_bench_row(&name, &subject, &figures, agree);
+        if !agree {
+            bail!("the module and the interpreter disagree on {name}");
+        }
+    }
+    Ok(())
+}
+
+/// The rule sets to measure: the file, or a generated set per size (seed 1, so runs compare).
+fn bench_sets(file: Option<&Path>, sizes: &[usize]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    Ok(match file {
         Some(f) => {
             vec![(f.display().to_string(), std::fs::read(f).with_context(|| format!("cannot read `{}`", f.display()))?)]
         }
         None => {
             sizes.iter().map(|&n| (format!("generated {n}"), compiler::generate::rule_set(n, 1).into_bytes())).collect()
         }
-    };
+    })
+}
+
+/// One rule set ready to measure: compiled and loaded, with its generated leads as JSON, as
+/// the interpreter's leads and as encoded records.
+struct BenchSubject {
+    rules: RuleSet,
+    compiled: Compiled,
+    compile_s: f64,
+    program: std::sync::Arc<Program>,
+    leads_json: Vec<Value>,
+    typed: Vec<Lead>,
+    records: Vec<u8>,
+    /// Bytes per record.
+    size: usize,
+    /// Rounds of the module figures: about two million decisions each.
+    rounds: usize,
+}
+
+impl BenchSubject {
+    /// Checks and compiles a set (without its rules that have errors), loads it and
+    /// generates `leads` leads (seed 7) in the three forms the figures need.
+    fn prepare(name: &str, bytes: &[u8], leads: usize) -> anyhow::Result<Self> {
+        let (checked, findings, _) = compiler::report::check_rules(name, bytes)?;
+        let (rules, _) = checked.context("the rule set does not parse")?;
+        // Generated sets have deliberate conflicts; benchmark their error-free part.
+        let rules = drop_erroneous(rules, &findings);
+        let started = Instant::now();
+        let compiled = compiler::compile::compile(&rules, &[], bytes)?;
+        let compile_s = started.elapsed().as_secs_f64();
+        let program = program(&compiled)?;
+        let leads_json = compiler::generate::leads(&rules, leads, 7);
+        let typed: Vec<Lead> = leads_json.iter().map(|l| Lead::from_json(&rules, l)).collect::<Result<_, _>>()?;
+        let size = program.manifest().record_size;
+        let mut records = vec![0u8; size * leads];
+        for (lead, record) in leads_json.iter().zip(records.chunks_mut(size)) {
+            program.encoder().encode(lead, record)?;
+        }
+        let rounds = (2_000_000 / leads.max(1)).max(1);
+        Ok(Self { rules, compiled, compile_s, program, leads_json, typed, records, size, rounds })
+    }
+
+    /// Leads per round.
+    fn leads(&self) -> usize {
+        self.leads_json.len()
+    }
+
+    /// Whether the module decides every lead as the interpreter does.
+    fn agrees(&self, session: &mut Session) -> anyhow::Result<bool> {
+        let mut answers = Vec::with_capacity(self.leads());
+        session.decide_records(&self.records, &mut answers)?;
+        let order = self.rules.order();
+        Ok(answers.len() == self.typed.len()
+            && self.typed.iter().zip(&answers).all(|(lead, answer)| {
+                let expected = self.rules.decide_in(&order, lead).rule.map(|r| r.name.as_str());
+                answer.map(|i| self.program.manifest().rules[i].name.as_str()) == expected
+            }))
+    }
+}
+
+/// ns per decision of each way of deciding, each the best of three runs: this machine's
+/// timing noise is one-sided.
+struct Figures {
+    /// The reference interpreter.
+    interp: f64,
+    /// The module, one `decide` call per encoded record.
+    single: f64,
+    /// The module, `decide_batch` over encoded records.
+    batch: f64,
+    /// Encoding alone.
+    encode_only: f64,
+    /// Encode and decide as the router does: each batch freshly parsed from JSON text
+    /// (`enc+dec ns`).
+    router: f64,
+    /// Encode and decide all the leads, parsed up front (`cold ns`).
+    cold: f64,
+}
+
+impl Figures {
+    /// Runs every figure three times, in turn, and keeps each one's best.
+    fn measure(subject: &BenchSubject, session: &mut Session) -> anyhow::Result<Self> {
+        let leads = subject.leads();
+        let texts: Vec<String> = subject.leads_json.iter().map(Value::to_string).collect();
+        let maps: Vec<&serde_json::Map<String, Value>> =
+            subject.leads_json.iter().filter_map(Value::as_object).collect();
+        let mut answers = Vec::with_capacity(leads);
+        let mut decided = Vec::with_capacity(leads);
+        let mut scratch = vec![0u8; subject.size * leads];
+        let mut best = Figures {
+            interp: f64::MAX,
+            single: f64::MAX,
+            batch: f64::MAX,
+            encode_only: f64::MAX,
+            router: f64::MAX,
+            cold: f64::MAX,
+        };
+        for _ in 0..3 {
+            best.interp = best.interp.min(time_interpreter(subject));
+            best.single = best.single.min(time_single(subject, session)?);
+            best.batch = best.batch.min(time_batch(subject, session, &mut answers)?);
+            best.encode_only = best.encode_only.min(time_encode(subject, &mut scratch)?);
+            best.cold = best.cold.min(time_cold(subject, session, &maps, &mut decided)?);
+            best.router = best.router.min(time_router(subject, session, &texts, &mut decided)?);
+        }
+        Ok(best)
+    }
+}
+
+/// The reference interpreter over the typed leads.
+fn time_interpreter(subject: &BenchSubject) -> f64 {
+    let (leads, order) = (subject.leads(), subject.rules.order());
+    // The interpreter is slow on big sets: fewer rounds, about the same total work.
+    let rounds = (20_000_000 / (leads.max(1) * order.len().max(1))).max(1);
+    let mut sink = 0usize;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for lead in &subject.typed {
+            sink += subject.rules.decide_in(&order, lead).rule.map_or(0, |r| r.position);
+        }
+    }
+    let figure = per_lead(started, leads, rounds);
+    std::hint::black_box(sink);
+    figure
+}
+
+/// The module, one call per encoded record.
+fn time_single(subject: &BenchSubject, session: &mut Session) -> anyhow::Result<f64> {
+    let mut sink = 0usize;
+    let started = Instant::now();
+    for _ in 0..subject.rounds {
+        for record in subject.records.chunks(subject.size) {
+            sink += session.decide_record(record)?.unwrap_or(0);
+        }
+    }
+    let figure = per_lead(started, subject.leads(), subject.rounds);
+    std::hint::black_box(sink);
+    Ok(figure)
+}
+
+/// The module, batched over all the encoded records.
+fn time_batch(subject: &BenchSubject, session: &mut Session, answers: &mut Vec<Option<usize>>) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for _ in 0..subject.rounds {
+        answers.clear();
+        session.decide_records(&subject.records, answers)?;
+    }
+    Ok(per_lead(started, subject.leads(), subject.rounds))
+}
+
+/// Encoding alone, into a scratch area (fewer rounds: it is the slow part).
+fn time_encode(subject: &BenchSubject, scratch: &mut [u8]) -> anyhow::Result<f64> {
+    let rounds = subject.rounds.div_ceil(4);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for (lead, record) in subject.leads_json.iter().zip(scratch.chunks_mut(subject.size)) {
+            subject.program.encoder().encode(lead, record)?;
+        }
+    }
+    Ok(per_lead(started, subject.leads(), rounds))
+}
+
+/// Encode and decide all the leads, parsed up front, straight into the module's memory.
+fn time_cold(
+    subject: &BenchSubject,
+    session: &mut Session,
+    maps: &[&serde_json::Map<String, Value>],
+    decided: &mut Vec<runtime::Result<Option<usize>>>,
+) -> anyhow::Result<f64> {
+    let rounds = subject.rounds.div_ceil(4);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        decided.clear();
+        session.decide_leads(maps.iter().copied(), decided)?;
+    }
+    Ok(per_lead(started, subject.leads(), rounds))
+}
+
+/// As the router does it: a batch is decoded from its messages' JSON text, then encoded and
+/// decided at once (only that is timed), so its leads are fresh in cache.
+fn time_router(
+    subject: &BenchSubject,
+    session: &mut Session,
+    texts: &[String],
+    decided: &mut Vec<runtime::Result<Option<usize>>>,
+) -> anyhow::Result<f64> {
+    let rounds = subject.rounds.div_ceil(8);
+    let mut timed = Duration::ZERO;
+    for _ in 0..rounds {
+        for batch in texts.chunks(ROUTER_BATCH) {
+            let parsed: Vec<Value> = batch.iter().map(|t| serde_json::from_str(t)).collect::<Result<_, _>>()?;
+            let started = Instant::now();
+            decided.clear();
+            session.decide_leads(parsed.iter().filter_map(Value::as_object), decided)?;
+            timed += started.elapsed();
+        }
+    }
+    Ok(timed.as_nanos() as f64 / (subject.leads() * rounds) as f64)
+}
+
+/// The column heads of `rulec bench` (the figures of README, "Benchmarks").
+fn print_bench_header() {
     println!(
         "{:<16} {:>7} {:>9} {:>7} {:>6} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "rule set",
@@ -221,120 +442,27 @@ pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyho
         "cold ns",
         "agree"
     );
-    for (name, bytes) in sets {
-        let (checked, findings, _) = compiler::report::check_rules(&name, &bytes)?;
-        let (rules, _) = checked.context("the rule set does not parse")?;
-        // Generated sets have deliberate conflicts; benchmark their error-free part.
-        let rules = drop_erroneous(rules, &findings);
-        let started = Instant::now();
-        let compiled = compiler::compile::compile(&rules, &[], &bytes)?;
-        let compile_s = started.elapsed().as_secs_f64();
-        let program = program(&compiled)?;
-        let mut session = program.session()?;
-        let leads_json = compiler::generate::leads(&rules, leads, 7);
-        let typed: Vec<Lead> = leads_json.iter().map(|l| Lead::from_json(&rules, l)).collect::<Result<_, _>>()?;
-        let size = program.manifest().record_size;
-        let mut records = vec![0u8; size * leads];
-        for (lead, record) in leads_json.iter().zip(records.chunks_mut(size)) {
-            program.encoder().encode(lead, record)?;
-        }
-        let order = rules.order();
-        let rounds = (2_000_000 / leads.max(1)).max(1);
+}
 
-        // Each figure is the best of three runs: this machine's timing noise is one-sided.
-        let mut sink = 0usize;
-        let mut answers = Vec::with_capacity(leads);
-        let mut scratch = vec![0u8; size * leads];
-        let (mut interp, mut single, mut batch, mut encode_only, mut encode_decide, mut fresh) =
-            (f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX);
-        let texts: Vec<String> = leads_json.iter().map(Value::to_string).collect();
-        let maps: Vec<&serde_json::Map<String, Value>> = leads_json.iter().filter_map(Value::as_object).collect();
-        let mut decided = Vec::with_capacity(leads);
-        for _ in 0..3 {
-            // The interpreter is slow on big sets: fewer rounds, about the same total work.
-            let interp_rounds = (20_000_000 / (leads.max(1) * order.len().max(1))).max(1);
-            let started = Instant::now();
-            for _ in 0..interp_rounds {
-                for lead in &typed {
-                    sink += rules.decide_in(&order, lead).rule.map_or(0, |r| r.position);
-                }
-            }
-            interp = interp.min(per_lead(started, leads, interp_rounds));
-
-            let started = Instant::now();
-            for _ in 0..rounds {
-                for record in records.chunks(size) {
-                    sink += session.decide_record(record)?.unwrap_or(0);
-                }
-            }
-            single = single.min(per_lead(started, leads, rounds));
-
-            let started = Instant::now();
-            for _ in 0..rounds {
-                answers.clear();
-                session.decide_records(&records, &mut answers)?;
-            }
-            batch = batch.min(per_lead(started, leads, rounds));
-
-            let started = Instant::now();
-            for _ in 0..rounds.div_ceil(4) {
-                for (lead, record) in leads_json.iter().zip(scratch.chunks_mut(size)) {
-                    program.encoder().encode(lead, record)?;
-                }
-            }
-            encode_only = encode_only.min(per_lead(started, leads, rounds.div_ceil(4)));
-
-            let started = Instant::now();
-            for _ in 0..rounds.div_ceil(4) {
-                decided.clear();
-                session.decide_leads(maps.iter().copied(), &mut decided)?;
-            }
-            encode_decide = encode_decide.min(per_lead(started, leads, rounds.div_ceil(4)));
-
-            // As the router does it: a batch is decoded from its messages' JSON text, then
-            // encoded and decided at once (only that is timed), so its leads are fresh in cache.
-            let mut timed = Duration::ZERO;
-            for _ in 0..rounds.div_ceil(8) {
-                for batch in texts.chunks(ROUTER_BATCH) {
-                    let parsed: Vec<Value> = batch.iter().map(|t| serde_json::from_str(t)).collect::<Result<_, _>>()?;
-                    let started = Instant::now();
-                    decided.clear();
-                    session.decide_leads(parsed.iter().filter_map(Value::as_object), &mut decided)?;
-                    timed += started.elapsed();
-                }
-            }
-            fresh = fresh.min(timed.as_nanos() as f64 / (leads * rounds.div_ceil(8)) as f64);
-        }
-
-        answers.clear();
-        session.decide_records(&records, &mut answers)?;
-        let agree = answers.len() == typed.len()
-            && typed.iter().zip(&answers).all(|(lead, answer)| {
-                let expected = rules.decide_in(&order, lead).rule.map(|r| r.name.as_str());
-                answer.map(|i| program.manifest().rules[i].name.as_str()) == expected
-            });
-        std::hint::black_box(sink);
-        println!(
-            "{:<16} {:>7} {:>9.2} {:>7} {:>6} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>12}",
-            name,
-            program.manifest().rules.len(),
-            compile_s,
-            compiled.dag.nodes,
-            compiled.dag.max_depth,
-            compiled.wasm.len(),
-            interp,
-            single,
-            batch,
-            encode_only,
-            fresh,
-            encode_decide,
-            if agree { format!("{leads}/{leads}") } else { "DISAGREE".to_owned() }
-        );
-        if !agree {
-            bail!("the module and the interpreter disagree on {name}");
-        }
-    }
-    Ok(())
+/// One rule set's row.
+fn print_bench_row(name: &str, subject: &BenchSubject, figures: &Figures, agree: bool) {
+    let leads = subject.leads();
+    println!(
+        "{:<16} {:>7} {:>9.2} {:>7} {:>6} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>12}",
+        name,
+        subject.program.manifest().rules.len(),
+        subject.compile_s,
+        subject.compiled.dag.nodes,
+        subject.compiled.dag.max_depth,
+        subject.compiled.wasm.len(),
+        figures.interp,
+        figures.single,
+        figures.batch,
+        figures.encode_only,
+        figures.router,
+        figures.cold,
+        if agree { format!("{leads}/{leads}") } else { "DISAGREE".to_owned() }
+    );
 }
 
 /// The rule set without the rules that error-level findings name (so generated sets with

@@ -9,6 +9,7 @@ use compiler::compile::{self, Compiled};
 use compiler::interp::Lead;
 use compiler::model::RuleSet;
 use compiler::report::check_rules;
+use compiler::solver::Solver;
 use proptest::prelude::*;
 use runtime::host::{self, Handle, Program, Worker};
 use runtime::manifest::Manifest;

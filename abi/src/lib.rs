@@ -1,4 +1,12 @@
-//! The decision-module ABI, version 2.
+//! The decision-module contract between `compiler` and `runtime`, free of wasmtime: the
+//! ABI (this file: its version, the module's exports and the input record layout), the
+//! manifest stored beside each module ([`manifest`]), the encoding of a lead into its input
+//! record ([`encode`]) and the hash that ties a manifest to its module ([`sha256_hex`]).
+//!
+//! `compiler` emits against it and `api` checks leads with it without linking a Wasm engine;
+//! `runtime` re-exports it and adds the wasmtime host.
+//!
+//! ## The ABI, version 2
 //!
 //! A module imports nothing and exports:
 //! - `memory`: its linear memory, at least `manifest.memory_bytes()` long;
@@ -20,6 +28,15 @@
 //! an unspecified answer or a trap, never an out-of-module access. Version 1 modules compiled
 //! the DAG to branches and left the records alone; this host refuses them (the service
 //! recompiles the active rules at start, `workers::compile::recompile_if_stale`).
+
+use sha2::{Digest, Sha256};
+
+pub mod encode;
+pub mod manifest;
+
+mod error;
+
+pub use error::{Error, Result};
 
 /// The ABI version this host speaks.
 pub const ABI_VERSION: u32 = 2;
@@ -56,4 +73,9 @@ impl Layout {
     pub fn record_size(&self) -> usize {
         (4 * self.fields).next_multiple_of(8) + 8 * self.numbers
     }
+}
+
+/// SHA-256 of bytes, lowercase hex: a manifest's `rule_set_hash` and `module_hash`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{ABI_VERSION, Layout};
+use crate::{ABI_VERSION, Layout};
 use crate::{Error, Result};
 
 /// The manifest of one compiled module.
