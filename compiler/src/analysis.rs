@@ -606,6 +606,14 @@ mod tests {
             self.z3.dag_counterexample(dag)
         }
 
+        fn first_match_difference(
+            &mut self,
+            sides: [(&[usize], &[i64]); 2],
+            excluded: &[(Option<usize>, Option<usize>)],
+        ) -> Result<Option<Vec<usize>>> {
+            self.z3.first_match_difference(sides, excluded)
+        }
+
         fn calls(&self) -> usize {
             self.z3.calls()
         }

@@ -50,9 +50,10 @@ impl Rng {
     }
 }
 
-/// A rules file with `rules` rules (YAML text).
-pub fn rule_set(rules: usize, seed: u64) -> String {
+/// The header (schema) of a generated set, its rules, and its routes.
+fn generate(rules: usize, seed: u64) -> (String, Vec<Generated>, Vec<String>) {
     let mut rng = Rng(seed);
+    let mut generated = Vec::with_capacity(rules);
     let sites = (rules / 400).clamp(4, 40);
     let programs = 30;
     let partners = (rules / 20).clamp(8, 400);
@@ -105,14 +106,60 @@ pub fn rule_set(rules: usize, seed: u64) -> String {
             }
         }
         let route = &routes[rng.below(routes.len())];
+        let priority = if fallback { 100_000 + i } else { 10 * (i + 1) };
+        generated.push(Generated { priority, when: tests.join(" and "), route: route.clone(), enabled: true });
+    }
+    (out, generated, routes)
+}
+
+/// One generated rule (named `r<index>`).
+struct Generated {
+    priority: usize,
+    when: String,
+    route: String,
+    enabled: bool,
+}
+
+fn render(mut out: String, rules: &[Generated]) -> String {
+    for (i, rule) in rules.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  - name: r{i}\n    priority: {}\n    when: {}\n    route: {route}",
-            if fallback { 100_000 + i } else { 10 * (i + 1) },
-            tests.join(" and ")
+            "  - name: r{i}\n    priority: {}\n    when: {}\n    route: {}",
+            rule.priority, rule.when, rule.route
         );
+        if !rule.enabled {
+            let _ = writeln!(out, "    enabled: false");
+        }
     }
     out
+}
+
+/// A rules file with `rules` rules (YAML text).
+pub fn rule_set(rules: usize, seed: u64) -> String {
+    let (header, generated, _) = generate(rules, seed);
+    render(header, &generated)
+}
+
+/// The set [`rule_set`] gives, and the same set with `changes` rules (spread evenly) changed
+/// the way authors change them, in turn: a narrower age band, another route, disabled, moved
+/// to another priority. For the `rulec diff` benchmark and tests.
+pub fn changed_pair(rules: usize, seed: u64, changes: usize) -> (String, String) {
+    let (header, mut generated, routes) = generate(rules, seed);
+    let old = render(header.clone(), &generated);
+    let step = (rules / changes.max(1)).max(1);
+    for (n, i) in (0..rules).step_by(step).take(changes).enumerate() {
+        let rule = &mut generated[i];
+        match n % 4 {
+            0 => rule.when.push_str(" and age < 40"),
+            1 => {
+                rule.route =
+                    routes[(routes.iter().position(|r| *r == rule.route).unwrap_or(0) + 1) % routes.len()].clone()
+            }
+            2 => rule.enabled = false,
+            _ => rule.priority += 10 * (rules / 7).max(2),
+        }
+    }
+    (old, render(header, &generated))
 }
 
 /// `count` random leads (JSON) over the rule set's atoms: any atom of every field, 10% of

@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod atoms;
 pub mod compile;
 pub mod dag;
+pub mod diff;
 pub mod finding;
 pub mod generate;
 pub mod interp;

@@ -41,6 +41,23 @@ type Checked = (Option<(model::RuleSet, Source)>, Vec<Finding>, Stats);
 
 /// Like [`check`], also returning the checked rule set (for `compile`, `eval`, `explain`).
 pub fn check_rules(name: &str, bytes: &[u8]) -> Result<Checked> {
+    let (checked, mut findings) = read_rules(name, bytes);
+    let mut stats = Stats::default();
+    if let Some((rules, _)) = &checked
+        && findings.iter().all(|f| f.severity() != Severity::Error)
+    {
+        let encoded = Encoded::new(rules);
+        let mut solver = Z3Solver::new(&encoded.atoms.domains(), encoded.formulas.clone());
+        let (analysis, s) = analysis::analyze(rules, &encoded, &mut solver)?;
+        findings.extend(analysis);
+        stats = s;
+    }
+    Ok((checked, findings, stats))
+}
+
+/// Reads and type-checks a rules file, without the analysis: the rule set (unless the file
+/// cannot be read as one) and its `syntax` and `type` findings.
+pub fn read_rules(name: &str, bytes: &[u8]) -> (Option<(model::RuleSet, Source)>, Vec<Finding>) {
     if bytes.len() > MAX_FILE_BYTES {
         let f = Finding::new(
             Code::Syntax,
@@ -50,7 +67,7 @@ pub fn check_rules(name: &str, bytes: &[u8]) -> Result<Checked> {
                 MAX_FILE_BYTES / 1048576
             ),
         );
-        return Ok((None, vec![f], Stats::default()));
+        return (None, vec![f]);
     }
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
@@ -58,22 +75,14 @@ pub fn check_rules(name: &str, bytes: &[u8]) -> Result<Checked> {
             let at = error.valid_up_to();
             let f = Finding::new(Code::Syntax, format!("the file is not UTF-8: invalid byte at offset {at}"))
                 .label(at..at + 1, "here");
-            return Ok((None, vec![f], Stats::default()));
+            return (None, vec![f]);
         }
     };
     let source = Source::new(name, text);
     let (doc, mut findings) = syntax::document::read(text);
     let (rules, type_findings) = model::check(&doc);
     findings.extend(type_findings);
-    let mut stats = Stats::default();
-    if findings.iter().all(|f| f.severity() != Severity::Error) {
-        let encoded = Encoded::new(&rules);
-        let mut solver = Z3Solver::new(&encoded.atoms.domains(), encoded.formulas.clone());
-        let (analysis, s) = analysis::analyze(&rules, &encoded, &mut solver)?;
-        findings.extend(analysis);
-        stats = s;
-    }
-    Ok((Some((rules, source)), findings, stats))
+    (Some((rules, source)), findings)
 }
 
 impl Report {

@@ -46,6 +46,15 @@ pub trait Solver {
     /// Looks for a point where `dag` and first match over the rules (in order) disagree;
     /// `None` proves them equal.
     fn dag_counterexample(&mut self, dag: &Dag) -> Result<Option<Vec<usize>>>;
+    /// Looks for a point where first match over two lists of this solver's formulas gives
+    /// differently labelled decisions. Each side is (formula indices in first-match order, a
+    /// label per position and one more for "no rule"); the (old, new) position pairs in
+    /// `excluded` are ruled out. `None` proves the two alike everywhere else.
+    fn first_match_difference(
+        &mut self,
+        sides: [(&[usize], &[i64]); 2],
+        excluded: &[(Option<usize>, Option<usize>)],
+    ) -> Result<Option<Vec<usize>>>;
     /// Queries answered so far.
     fn calls(&self) -> usize;
 }
@@ -195,6 +204,42 @@ impl Solver for Z3Solver {
         self.calls += 1;
         self.solver.push();
         self.solver.assert(terms[&dag.root].eq(&first_match).not());
+        let result = match self.solver.check() {
+            SatResult::Unsat => Ok(None),
+            SatResult::Sat => self.model_point().map(Some),
+            SatResult::Unknown => Err(Error::SolverUnknown(self.solver.get_reason_unknown().unwrap_or_default())),
+        };
+        self.solver.pop(1);
+        result
+    }
+
+    fn first_match_difference(
+        &mut self,
+        sides: [(&[usize], &[i64]); 2],
+        excluded: &[(Option<usize>, Option<usize>)],
+    ) -> Result<Option<Vec<usize>>> {
+        // First match as nested if-then-else over each side's formulas, once with the labels
+        // and once with the positions (-1: no rule).
+        let chain = |conds: &[Bool], values: &[i64]| -> Int {
+            let mut acc = Int::from_i64(values[conds.len()]);
+            for (cond, &value) in conds.iter().zip(values).rev() {
+                acc = cond.ite(&Int::from_i64(value), &acc);
+            }
+            acc
+        };
+        let [(old, old_labels), (new, new_labels)] = sides;
+        let encode =
+            |formulas: &[usize]| -> Vec<Bool> { formulas.iter().map(|&f| self.encode(&self.rules[f])).collect() };
+        let (old_conds, new_conds) = (encode(old), encode(new));
+        let positions = |n: usize| -> Vec<i64> { (0..n as i64).chain([-1]).collect() };
+        let (old_at, new_at) = (chain(&old_conds, &positions(old.len())), chain(&new_conds, &positions(new.len())));
+        let position = |p: Option<usize>| Int::from_i64(p.map_or(-1, |p| p as i64));
+        self.calls += 1;
+        self.solver.push();
+        self.solver.assert(chain(&old_conds, old_labels).eq(chain(&new_conds, new_labels)).not());
+        for &(a, b) in excluded {
+            self.solver.assert(Bool::and(&[old_at.eq(position(a)), new_at.eq(position(b))]).not());
+        }
         let result = match self.solver.check() {
             SatResult::Unsat => Ok(None),
             SatResult::Sat => self.model_point().map(Some),

@@ -5,6 +5,7 @@
 //! `compile`/`eval`, a refused rule set or a lead that cannot be decided), 2 the tool could
 //! not run.
 
+mod diff;
 mod tools;
 
 use std::io::{IsTerminal, Write};
@@ -34,6 +35,23 @@ enum Command {
         #[arg(long, value_enum)]
         deny: Vec<Deny>,
         /// Print analysis figures (rules, candidate pairs, solver calls) to stderr.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Show which leads a rules change sends elsewhere: the exact difference of the two rule
+    /// sets' decisions, one finding per (old decision -> new decision) pair with an example
+    /// lead and its share of the atom space. Exit 0 when no lead moves, 1 when some do.
+    Diff {
+        /// `OLD NEW`, or with `--base` just the rules file.
+        #[arg(num_args = 1..=2, required = true)]
+        files: Vec<PathBuf>,
+        /// Compare the file with its version at this git revision (e.g. `origin/main`).
+        #[arg(long)]
+        base: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Print figures (changed rules, atom space, sub-problems, time) to stderr.
         #[arg(long)]
         stats: bool,
     },
@@ -68,12 +86,19 @@ enum Command {
     Bench {
         /// A rules file; without it, generated sets of `--rules` sizes.
         file: Option<PathBuf>,
-        /// Sizes of the generated sets.
-        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        /// Sizes of the generated sets (default 100,1000,10000; with `--diff` 1000,10000).
+        #[arg(long, value_delimiter = ',')]
         rules: Vec<usize>,
         /// Leads per set.
         #[arg(long, default_value_t = 10_000)]
         leads: usize,
+        /// Measure `rulec diff` instead: each generated set against itself with `--changes`
+        /// rules changed (sizes from `--rules`, default 1,000 and 10,000).
+        #[arg(long)]
+        diff: bool,
+        /// Rules changed per set, with `--diff`.
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
     },
     /// Print a generated, realistic rules file (for benchmarks and trying the tools).
     Generate {
@@ -87,7 +112,7 @@ enum Command {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     /// Compiler-style diagnostics with source lines and carets.
     Human,
     /// The stable JSON shape of RULES.md.
@@ -137,10 +162,24 @@ fn main() -> Exit {
     };
     match cli.command {
         Command::Check { file, format, deny, stats } => check(&file, format, deny.contains(&Deny::Warnings), stats),
+        Command::Diff { files, base, format, stats } => {
+            let run = match (&base, &files[..]) {
+                (Some(revision), [file]) => diff::run(diff::Old::Revision(revision), file, format, stats),
+                (None, [old, new]) => diff::run(diff::Old::File(old), new, format, stats),
+                (Some(_), _) => Err(anyhow::anyhow!("with --base, give just the rules file")),
+                (None, _) => Err(anyhow::anyhow!("give the old and the new rules file (or --base REV FILE)")),
+            };
+            exit(run)
+        }
         Command::Compile { file, output } => exit(tools::compile(&file, &output).map(|()| Exit::Clean)),
         Command::Eval { file, leads, engine } => exit(tools::eval(&file, &leads, engine)),
         Command::Explain { file, lead } => exit(tools::explain(&file, &lead).map(|()| Exit::Clean)),
-        Command::Bench { file, rules, leads } => {
+        Command::Bench { diff: true, rules, changes, .. } => {
+            let sizes = if rules.is_empty() { vec![1000, 10000] } else { rules };
+            exit(diff::bench(&sizes, changes).map(|()| Exit::Clean))
+        }
+        Command::Bench { file, rules, leads, .. } => {
+            let rules = if rules.is_empty() { vec![100, 1000, 10000] } else { rules };
             exit(tools::bench(file.as_deref(), &rules, leads).map(|()| Exit::Clean))
         }
         Command::Generate { rules, seed } => {
@@ -188,7 +227,7 @@ fn check(file: &PathBuf, format: Format, deny_warnings: bool, stats: bool) -> Ex
 
 /// Reads at most one byte more than the compiler accepts, so a huge file is refused by the
 /// compiler's size check without being loaded whole.
-fn read_limited(path: &PathBuf) -> std::io::Result<Vec<u8>> {
+fn read_limited(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();

@@ -13,5 +13,6 @@ mod harness;
 mod loadgen;
 mod pooler;
 mod rulec;
+mod rulec_diff;
 mod telemetry;
 mod tidy;

@@ -124,7 +124,7 @@ fn hostile_inputs_get_a_clear_finding_never_a_panic() {
 
 // ---- property tests ----------------------------------------------------------------------
 
-const HEADER: &str = r#"version: 1
+pub(crate) const HEADER: &str = r#"version: 1
 routes: [a, b, c]
 fields:
   age: { type: int, min: 0, max: 100 }
@@ -152,7 +152,7 @@ fn test_expr() -> impl Strategy<Value = String> {
     ]
 }
 
-fn expr() -> impl Strategy<Value = String> {
+pub(crate) fn expr() -> impl Strategy<Value = String> {
     test_expr().prop_recursive(2, 8, 3, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 2..=3).prop_map(|v| v.join(" and ")),

@@ -4,4 +4,5 @@
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
 mod check;
+mod diff;
 mod module;
