@@ -10,6 +10,9 @@ pub enum Error {
     /// The shared plumbing failed (queues, messages).
     #[error(transparent)]
     Pipeline(#[from] pipeline::Error),
+    /// A blocking task (replaying a stored lead's decision) panicked or was cancelled.
+    #[error("a blocking task did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// A site of that name exists already.
     #[error("site `{0}` exists already")]
     SiteExists(String),

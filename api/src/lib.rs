@@ -1,7 +1,8 @@
 //! The HTTP API of Offer Router: the ingest endpoint `POST /api/submit` (see `submit`), the
 //! health checks an orchestrator needs (`/healthz`: the process is up; `/readyz`: the database
 //! answers, the schema is fully migrated and the fixed queues exist), the site-key operations
-//! the CLI exposes (`sites`), and the admin rules API `/api/rules` (see `rules`). Further admin
+//! the CLI exposes (`sites`), the admin rules API `/api/rules` (see `rules`), and a stored
+//! lead's explanation (`leads`, which `rulec explain --submission` shares). Further admin
 //! endpoints join this router as their workers land.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 mod commit;
 mod dlq;
 mod error;
+pub mod leads;
 mod partners;
 mod rules;
 mod schema;

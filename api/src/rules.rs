@@ -1,6 +1,7 @@
 //! The admin rules API (DESIGN.md, "Rule compiler and /api/rules"): read and change the stored
-//! rule set, check rule sets the way `rulec check` does, and read the compile history
-//! (`decision_trees`). Every route needs `Authorization: Bearer <admin token>`.
+//! rule set, check rule sets the way `rulec check` does, read the kept versions
+//! (`rule_versions`) and the compile history (`decision_trees`), and ask for a recompile of the
+//! active rules version. Every route needs `Authorization: Bearer <admin token>`.
 //!
 //! A change is applied in memory to the stored document and the result is checked (Z3, off
 //! the async threads) before anything is written: a rule set with `syntax` or `type` findings
@@ -8,7 +9,8 @@
 //! do not block the save, they only keep the compile worker from activating it. With
 //! `?dry_run=true` the report is returned and nothing is written. Errors are JSON in the style
 //! of `submit`: 400 `malformed_json` / `bad_request`, 401 `unauthorized`, 404 `not_found`,
-//! 413 `too_large`, 422 `invalid_body` / `invalid_rules`, 500 `internal`.
+//! 409 `not_stored` (a recompile of a version that is not kept), 413 `too_large`, 422
+//! `invalid_body` / `invalid_rules`, 500 `internal`.
 
 use std::collections::HashMap;
 
@@ -39,8 +41,11 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/api/rules", get(get_rule_set).put(put_rule_set))
         .route("/api/rules/check", post(check))
         .route("/api/rules/schema", put(put_schema))
+        .route("/api/rules/versions", get(versions))
+        .route("/api/rules/versions/{version}", get(stored_version))
         .route("/api/rules/trees", get(trees))
         .route("/api/rules/trees/active", get(active_tree))
+        .route("/api/rules/trees/active/recompile", post(recompile))
         .route("/api/rules/trees/{version}", get(tree))
         .route("/api/rules/{name}", get(get_rule).put(put_rule).delete(delete_rule))
         .route("/api/rules/{name}/enable", post(enable))
@@ -48,6 +53,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         // The dead-letter API (`dlq`) sits behind the same admin token.
         .merge(crate::dlq::routes())
         .merge(crate::partners::routes())
+        .merge(crate::leads::routes())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -412,6 +418,8 @@ async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
         Write::Delete(name) => rules::delete_rule(&mut tx, &name).await?.ok_or_else(|| no_rule(&name))?,
         Write::Schema(schema) => rules::set_schema(&mut tx, &schema).await?,
     };
+    // The writer kept version `saved`'s document in `rule_versions`; its change impact against
+    // the previous version belongs here, in the same transaction: `rules::record_diff`.
     tx.commit().await?;
     let activation = match report.errors() {
         0 => "expected".to_owned(),
@@ -444,7 +452,7 @@ async fn put_rule_set(
 }
 
 /// Names the fixed endpoints under `/api/rules/` take, so no rule created here may have them.
-const RESERVED: [&str; 3] = ["check", "schema", "trees"];
+const RESERVED: [&str; 4] = ["check", "schema", "trees", "versions"];
 
 /// The body of `PUT /api/rules/{name}` (the path names the rule).
 #[derive(Debug, Deserialize)]
@@ -537,7 +545,73 @@ async fn put_schema(
     )
 }
 
+// ---- kept versions -----------------------------------------------------------------------
+
+/// `GET /api/rules/versions`: the newest 100 kept versions (no documents), with whether each
+/// has a stored diff and the diff's top-level summary.
+async fn versions(State(state): State<AppState>) -> Response {
+    answer(
+        async {
+            let mut conn = state.pool.acquire().await?;
+            Ok(Json(rules::versions(&mut conn, 100).await?).into_response())
+        }
+        .await,
+    )
+}
+
+/// `GET /api/rules/versions/{version}`: the version's whole document and its diff.
+async fn stored_version(State(state): State<AppState>, version: Result<Path<String>, PathRejection>) -> Response {
+    answer(
+        async {
+            let version = path(version)?;
+            let unknown = || not_found(format!("no kept rules version `{version}`"));
+            let number = version.parse::<i64>().map_err(|_| unknown())?;
+            let mut conn = state.pool.acquire().await?;
+            let stored = rules::stored_version(&mut conn, number).await?.ok_or_else(unknown)?;
+            Ok(Json(stored).into_response())
+        }
+        .await,
+    )
+}
+
 // ---- compile history ---------------------------------------------------------------------
+
+/// `POST /api/rules/trees/active/recompile`: queues a recompile of the active tree's rules
+/// version from its kept document (202 with what was queued); the compile worker activates the
+/// new tree while that version is still the active one. 404 when no tree is active, 409 when
+/// its version is not kept.
+async fn recompile(State(state): State<AppState>) -> Response {
+    answer(
+        async {
+            let mut conn = state.pool.acquire().await?;
+            match rules::request_recompile(&mut conn).await? {
+                rules::RecompileRequest::Queued(queued) => {
+                    tracing::info!(
+                        rules_version = queued.rules_version,
+                        tree = queued.tree_version,
+                        "recompile of the active rules version requested"
+                    );
+                    let mut body = serde_json::to_value(&queued).map_err(internal)?;
+                    body["abi_version"] = json!(abi::ABI_VERSION);
+                    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+                }
+                rules::RecompileRequest::NoActiveTree => {
+                    Err(not_found("no decision tree is active: there is nothing to recompile".to_owned()))
+                }
+                rules::RecompileRequest::NotStored { tree_version, rules_version } => {
+                    Err(Failure::Api(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "not_stored",
+                        format!(
+                            "the active tree {tree_version} is of rules version {rules_version}, which is not kept                              (it predates rule_versions): it cannot be recompiled; save the rules again to compile them"
+                        ),
+                    )))
+                }
+            }
+        }
+        .await,
+    )
+}
 
 /// `GET /api/rules/trees`: the newest 100 compiles, with their finding counts.
 async fn trees(State(state): State<AppState>) -> Response {

@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod dlq;
 mod partners;
+mod recompile;
 mod rules;
 mod serve;
 
@@ -40,6 +41,19 @@ enum Command {
         db: DbArgs,
         #[command(subcommand)]
         action: RulesAction,
+    },
+    /// Recompile the active tree's rules version from its kept document (e.g. after an
+    /// upgrade to another decision-module ABI while the newest version is refused), and wait
+    /// until the new tree is active. A daemon's compile worker does the compile.
+    Recompile {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Seconds to wait for the new tree.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        /// Print JSON (the request and the resulting tree) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Create sites and rotate, revoke or list their API keys. A key is printed once, when it
     /// is made; only its hash is stored.
@@ -178,6 +192,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("the rule set has error findings: it is stored but will not be activated");
             }
             Ok(())
+        }
+        Command::Recompile { db, timeout_secs, json } => {
+            let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
+            recompile::run(&pool, std::time::Duration::from_secs(timeout_secs), json).await
         }
         Command::Sites { db, action, json } => {
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;

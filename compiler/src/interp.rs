@@ -1,10 +1,13 @@
 //! The reference interpreter: first-match semantics exactly as RULES.md defines them,
 //! including missing fields and `not`. Every other engine (the Z3 encoding's witnesses, the
-//! compiled module) is checked against it, so it stays deliberately simple.
+//! compiled module) is checked against it, so it stays deliberately simple. [`explain`] tells
+//! why it decided what it did, rule by rule (`rulec explain`, and a stored lead's story).
 
+use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 use crate::model::{Cond, FieldType, Pred, Rule, RuleSet, format_units};
+use crate::source::Source;
 
 /// A field value of a lead, typed by the schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,19 +170,157 @@ impl RuleSet {
 /// Why a condition is false for a lead: the span of the first test that fails it (for a
 /// `not`, the first test that makes its operand true). `None` if the condition holds.
 pub fn first_failure(cond: &Cond, lead: &Lead) -> Option<std::ops::Range<usize>> {
-    explain(cond, lead, true)
+    culprit(cond, lead, true)
 }
 
 /// The test that makes `cond` differ from `want`, if it does.
-fn explain(cond: &Cond, lead: &Lead, want: bool) -> Option<std::ops::Range<usize>> {
+fn culprit(cond: &Cond, lead: &Lead, want: bool) -> Option<std::ops::Range<usize>> {
     if eval(cond, lead) == want {
         return None;
     }
     match cond {
         Cond::Test(_, _, span) => Some(span.clone()),
-        Cond::Not(inner) => explain(inner, lead, !want),
+        Cond::Not(inner) => culprit(inner, lead, !want),
         // A false `and` (or a true `or`) is decided by its first such operand; a false `or`
         // (or a true `and`) by all of them: report the first.
-        Cond::And(items) | Cond::Or(items) => items.iter().find_map(|c| explain(c, lead, want)),
+        Cond::And(items) | Cond::Or(items) => items.iter().find_map(|c| culprit(c, lead, want)),
     }
+}
+
+/// Why first match decided what it did for one lead: every rule tried, in first-match order,
+/// up to the one that matched, and the decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// The rules tried (enabled, type-correct), in first-match order; the last one matched
+    /// when a rule decided.
+    pub steps: Vec<Step>,
+    /// Where the lead goes.
+    pub decision: Decided,
+}
+
+/// One rule tried for a lead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// The rule's name.
+    pub rule: String,
+    /// Its priority.
+    pub priority: i64,
+    /// Whether its condition holds.
+    pub matched: bool,
+    /// The first test that keeps it from matching (see [`first_failure`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<FailedTest>,
+}
+
+/// The first test that keeps a rule from matching a lead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedTest {
+    /// The test's text in the file (the whole condition where the file does not hold the
+    /// condition verbatim, e.g. a JSON string with escaped quotes).
+    pub text: String,
+    /// Its byte span in the file.
+    pub span: std::ops::Range<usize>,
+    /// Its 1-based line in the file.
+    pub line: usize,
+    /// Its 1-based column (in characters).
+    pub column: usize,
+}
+
+/// What first match decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Decided {
+    /// A rule matched.
+    Rule {
+        /// The rule.
+        rule: String,
+        /// Its route.
+        route: String,
+    },
+    /// No rule matched; the rule set's default route took the lead.
+    DefaultRoute {
+        /// The default route.
+        route: String,
+    },
+    /// No rule matched and there is no default route.
+    Unmatched,
+}
+
+impl Explanation {
+    /// The rule that decided, if one did.
+    pub fn rule(&self) -> Option<&str> {
+        match &self.decision {
+            Decided::Rule { rule, .. } => Some(rule),
+            Decided::DefaultRoute { .. } | Decided::Unmatched => None,
+        }
+    }
+
+    /// Where the lead goes, if anywhere.
+    pub fn route(&self) -> Option<&str> {
+        match &self.decision {
+            Decided::Rule { route, .. } | Decided::DefaultRoute { route } => Some(route),
+            Decided::Unmatched => None,
+        }
+    }
+
+    /// `rulec explain`'s text: one line per rule tried (`no` with the failing test and where
+    /// it is in `source_name`, or `YES`), then the decision.
+    pub fn to_human(&self, source_name: &str) -> String {
+        let mut out = String::new();
+        for step in &self.steps {
+            match &step.failed {
+                Some(failed) => out.push_str(&format!(
+                    "  no   {} (priority {}): `{}` is false ({source_name}:{}:{})\n",
+                    step.rule, step.priority, failed.text, failed.line, failed.column
+                )),
+                None if step.matched => {
+                    let route = self.route().unwrap_or_default();
+                    out.push_str(&format!(
+                        "  YES  {} (priority {}) matches: route `{route}`\n",
+                        step.rule, step.priority
+                    ));
+                }
+                None => {}
+            }
+        }
+        match &self.decision {
+            Decided::Rule { rule, route } => out.push_str(&format!("decided by `{rule}` -> `{route}`\n")),
+            Decided::DefaultRoute { route } => out.push_str(&format!("no rule matched -> default route `{route}`\n")),
+            Decided::Unmatched => out.push_str("no rule matched and there is no default route: unmatched\n"),
+        }
+        out
+    }
+}
+
+/// Explains first match for `lead` over `rules`, checked from `source`: each rule tried with
+/// its first failing test (its text, span and position in `source`), up to the rule that
+/// matched, and the decision, which is [`RuleSet::decide`]'s.
+pub fn explain(rules: &RuleSet, source: &Source, lead: &Lead) -> Explanation {
+    let mut steps = Vec::new();
+    for &i in &rules.order() {
+        let rule = &rules.rules[i];
+        let Some(cond) = &rule.cond else { continue };
+        match first_failure(cond, lead) {
+            Some(span) => {
+                let (line, column) = source.line_col(span.start);
+                let text = source.text.get(span.clone()).unwrap_or("?").to_owned();
+                steps.push(Step {
+                    rule: rule.name.clone(),
+                    priority: rule.priority,
+                    matched: false,
+                    failed: Some(FailedTest { text, span, line, column }),
+                });
+            }
+            None => {
+                steps.push(Step { rule: rule.name.clone(), priority: rule.priority, matched: true, failed: None });
+                let decision = Decided::Rule { rule: rule.name.clone(), route: rule.route.clone() };
+                return Explanation { steps, decision };
+            }
+        }
+    }
+    let decision = match &rules.default_route {
+        Some(route) => Decided::DefaultRoute { route: route.clone() },
+        None => Decided::Unmatched,
+    };
+    Explanation { steps, decision }
 }

@@ -53,6 +53,14 @@ pub enum Error {
     /// A partner configuration that cannot be applied.
     #[error("invalid partner configuration: {0}")]
     InvalidPartner(String),
+    /// A kept rules version's document (`rule_versions`) does not have the shape of a rule set.
+    #[error("rules version {version}: the kept document is not a rule set: {source}")]
+    StoredDocument {
+        /// The rules version.
+        version: i64,
+        /// Why it does not read.
+        source: serde_json::Error,
+    },
     /// Telemetry could not be set up.
     #[error("telemetry setup failed: {0}")]
     Telemetry(String),

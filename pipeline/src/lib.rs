@@ -12,6 +12,7 @@ pub mod db;
 pub mod dlq;
 mod error;
 pub mod identity;
+pub mod leads;
 pub mod message;
 pub mod metrics;
 pub mod outcome;

@@ -1,16 +1,23 @@
 //! The authoritative rule set in Postgres (`rule_set` header + `rules`), as a plain document
 //! in the shape of a RULES.md rules file, and the writes the admin API and the CLI make. Every
-//! write bumps `rule_set.version` and enqueues a compile of it, in the caller's transaction.
+//! write bumps `rule_set.version`, keeps the new version's whole document in `rule_versions`
+//! and enqueues a compile of it, in the caller's transaction.
 //!
 //! The document renders as JSON text ([`RuleSetDoc::to_text`]), which is also YAML, so the
 //! compiler checks exactly what is stored with the diagnostics `rulec` gives for a file.
+//!
+//! Kept versions are read back with [`load_version`] (what the compile worker recompiles and
+//! what explains a stored lead) and listed with [`versions`]; [`record_diff`] stores a
+//! version's change impact. [`request_recompile`] asks the compile worker to recompile the
+//! active tree's rules version, and [`recompiled`] reads what became of it.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::Result;
 use crate::queue::{self, QueueName};
+use crate::{Error, Result};
 
 /// One rule, as in a rules file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +64,12 @@ pub struct RuleSetDoc {
     pub rules: Vec<RuleDoc>,
 }
 
+/// `value` as one line of JSON, which YAML reads as a flow scalar or collection. Strings,
+/// lists of strings and JSON values always serialize.
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 fn format_version() -> u32 {
     1
 }
@@ -83,6 +96,45 @@ impl RuleSetDoc {
     pub fn to_text(&self) -> String {
         // A struct of strings, numbers and JSON values always serializes.
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The document as a YAML rules file in which every `when` stands verbatim (single-quoted),
+    /// so the compiler's spans point at each test inside a condition; in [`RuleSetDoc::to_text`]'s
+    /// JSON the quotes of string literals are escaped and a span can only cover a whole
+    /// condition. The same rule set, for explaining decisions; never compiled (a module's
+    /// rules hash is that of [`RuleSetDoc::to_text`]). A condition with a quote or a line break
+    /// is written as a JSON string instead.
+    pub fn to_yaml(&self) -> String {
+        let mut out = format!("version: {}\ntimezone: {}\n", self.version, json(&self.timezone));
+        if let Some(route) = &self.default_route {
+            out.push_str(&format!("default_route: {}\n", json(route)));
+        }
+        out.push_str(&format!("routes: {}\n", json(&self.routes)));
+        if self.fields.is_empty() {
+            out.push_str("fields: {}\n");
+        } else {
+            out.push_str("fields:\n");
+            for (name, definition) in &self.fields {
+                out.push_str(&format!("  {}: {}\n", json(name), json(definition)));
+            }
+        }
+        if self.rules.is_empty() {
+            out.push_str("rules: []\n");
+        } else {
+            out.push_str("rules:\n");
+            for rule in &self.rules {
+                let when =
+                    if rule.when.contains(['\'', '\n', '\r']) { json(&rule.when) } else { format!("'{}'", rule.when) };
+                out.push_str(&format!(
+                    "  - name: {}\n    priority: {}\n    when: {when}\n    route: {}\n    enabled: {}\n",
+                    json(&rule.name),
+                    rule.priority,
+                    json(&rule.route),
+                    rule.enabled
+                ));
+            }
+        }
+        out
     }
 
     /// The schema part (everything but the rules).
@@ -117,8 +169,26 @@ pub struct Schema {
 /// A compile request on the `compile` queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompileRequest {
-    /// The rules version that asked for it (the worker compiles the newest anyway).
+    /// The rules version that asked for it (the worker compiles the newest anyway); with
+    /// `recompile`, the version to recompile.
     pub rules_version: i64,
+    /// Also recompile `rules_version` itself, from its document in `rule_versions`, even when
+    /// it is not the newest or was compiled before (an operator's request, or the start-up's
+    /// when the active tree is for another ABI). Absent from older messages: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompile: bool,
+}
+
+impl CompileRequest {
+    /// The request a save makes: compile the newest version (`rules_version` is the saved one).
+    pub fn saved(rules_version: i64) -> Self {
+        Self { rules_version, recompile: false }
+    }
+
+    /// A request to recompile the kept document of `rules_version`.
+    pub fn recompile_of(rules_version: i64) -> Self {
+        Self { rules_version, recompile: true }
+    }
 }
 
 /// The stored rule set and its version.
@@ -232,15 +302,217 @@ async fn write_schema(conn: &mut PgConnection, schema: &Schema) -> Result<()> {
     Ok(())
 }
 
-/// Bumps the version and enqueues its compile.
+/// Bumps the version, keeps its document and enqueues its compile.
 async fn bump(conn: &mut PgConnection) -> Result<i64> {
     let version: i64 =
         sqlx::query_scalar("UPDATE rule_set SET version = version + 1, updated_at = now() RETURNING version")
             .fetch_one(&mut *conn)
             .await?;
-    queue::send(&mut *conn, &QueueName::new(queue::fixed::COMPILE)?, &CompileRequest { rules_version: version })
-        .await?;
+    record_version(conn, version).await?;
+    queue::send(&mut *conn, &QueueName::new(queue::fixed::COMPILE)?, &CompileRequest::saved(version)).await?;
     Ok(version)
+}
+
+/// Keeps `version`'s document in `rule_versions`: the stored rule set as [`load`] reads it, the
+/// document the compile worker compiles for the version.
+async fn record_version(conn: &mut PgConnection, version: i64) -> Result<()> {
+    let (_, doc) = load(conn).await?;
+    sqlx::query("INSERT INTO rule_versions (version, document) VALUES ($1, $2)")
+        .bind(version)
+        .bind(serde_json::to_value(&doc)?)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+// ---- kept versions -----------------------------------------------------------------------
+
+/// A kept rules version (`rule_versions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredVersion {
+    /// The rules version.
+    pub version: i64,
+    /// When it was saved.
+    pub saved_at: DateTime<Utc>,
+    /// The whole rule set as it was after that save.
+    pub document: RuleSetDoc,
+    /// Its change impact against the previous version, if one was stored ([`record_diff`]).
+    pub diff: Option<Value>,
+}
+
+/// A kept rules version as listed, without its document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionSummary {
+    /// The rules version.
+    pub version: i64,
+    /// When it was saved.
+    pub saved_at: DateTime<Utc>,
+    /// Whether its change impact is stored.
+    pub has_diff: bool,
+    /// The stored diff's top-level scalar members (its counts and flags; its lists and objects
+    /// are left out), when the diff is a JSON object.
+    pub diff_summary: Option<Map<String, Value>>,
+}
+
+/// The document of rules version `version`, if it is kept.
+pub async fn load_version(conn: &mut PgConnection, version: i64) -> Result<Option<RuleSetDoc>> {
+    Ok(stored_version(conn, version).await?.map(|stored| stored.document))
+}
+
+/// Rules version `version` with its document and diff, if it is kept.
+pub async fn stored_version(conn: &mut PgConnection, version: i64) -> Result<Option<StoredVersion>> {
+    let row: Option<(DateTime<Utc>, Value, Option<Value>)> =
+        sqlx::query_as("SELECT saved_at, document, diff FROM rule_versions WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((saved_at, document, diff)) = row else { return Ok(None) };
+    let document = serde_json::from_value(document).map_err(|source| Error::StoredDocument { version, source })?;
+    Ok(Some(StoredVersion { version, saved_at, document, diff }))
+}
+
+/// The newest `limit` kept versions, newest first.
+pub async fn versions(conn: &mut PgConnection, limit: i64) -> Result<Vec<VersionSummary>> {
+    let rows: Vec<(i64, DateTime<Utc>, bool, Option<Value>)> = sqlx::query_as(
+        "SELECT version, saved_at, diff IS NOT NULL,
+                CASE WHEN jsonb_typeof(diff) = 'object' THEN
+                    (SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb) FROM jsonb_each(diff)
+                     WHERE jsonb_typeof(value) NOT IN ('object', 'array'))
+                END
+         FROM rule_versions ORDER BY version DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, saved_at, has_diff, summary)| VersionSummary {
+            version,
+            saved_at,
+            has_diff,
+            diff_summary: match summary {
+                Some(Value::Object(summary)) => Some(summary),
+                _ => None,
+            },
+        })
+        .collect())
+}
+
+/// Stores `diff`, the change impact of rules version `version` against the one before it
+/// (replacing any stored before). The API calls it in the transaction of the save that made
+/// the version, right after the writer (`replace`, `upsert_rule`, ...) returned the version,
+/// so a version and its diff commit together. Returns whether the version is kept (`false`:
+/// nothing was stored).
+pub async fn record_diff(conn: &mut PgConnection, version: i64, diff: &Value) -> Result<bool> {
+    let updated = sqlx::query("UPDATE rule_versions SET diff = $2 WHERE version = $1")
+        .bind(version)
+        .bind(diff)
+        .execute(conn)
+        .await?;
+    Ok(updated.rows_affected() > 0)
+}
+
+// ---- recompiling the active version --------------------------------------------------------
+
+/// A recompile of the active tree's rules version, on the `compile` queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Queued {
+    /// The request's message id on `compile`.
+    pub msg_id: i64,
+    /// The rules version to recompile.
+    pub rules_version: i64,
+    /// The tree active when it was queued (the one a recompile replaces).
+    pub tree_version: i64,
+    /// That tree's ABI (its manifest's `abi_version`).
+    pub tree_abi_version: Option<i64>,
+    /// When it was queued.
+    pub queued_at: DateTime<Utc>,
+}
+
+/// What asking to recompile the active rules version did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecompileRequest {
+    /// The request is on `compile`.
+    Queued(Queued),
+    /// No decision tree is active: there is nothing to recompile.
+    NoActiveTree,
+    /// The active tree's rules version is not kept in `rule_versions` (it predates them), so it
+    /// cannot be compiled again; nothing was queued.
+    NotStored {
+        /// The active tree.
+        tree_version: i64,
+        /// Its rules version.
+        rules_version: i64,
+    },
+}
+
+/// Asks the compile worker to recompile the active tree's rules version from its kept
+/// document; the worker activates the result only while that version is still the active one.
+pub async fn request_recompile(conn: &mut PgConnection) -> Result<RecompileRequest> {
+    let active: Option<(i64, i64, Option<i64>, bool)> = sqlx::query_as(
+        "SELECT t.version, t.rules_version, (t.manifest->>'abi_version')::bigint,
+                EXISTS (SELECT 1 FROM rule_versions v WHERE v.version = t.rules_version)
+         FROM decision_trees t WHERE t.active",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((tree_version, rules_version, tree_abi_version, kept)) = active else {
+        return Ok(RecompileRequest::NoActiveTree);
+    };
+    if !kept {
+        return Ok(RecompileRequest::NotStored { tree_version, rules_version });
+    }
+    let queue = QueueName::new(queue::fixed::COMPILE)?;
+    let msg_id = queue::send(&mut *conn, &queue, &CompileRequest::recompile_of(rules_version)).await?;
+    let queued_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *conn).await?;
+    Ok(RecompileRequest::Queued(Queued { msg_id, rules_version, tree_version, tree_abi_version, queued_at }))
+}
+
+/// The active decision tree's version and its rules version, if a tree is active.
+pub async fn active_tree<'e>(executor: impl PgExecutor<'e>) -> Result<Option<(i64, i64)>> {
+    Ok(sqlx::query_as("SELECT version, rules_version FROM decision_trees WHERE active")
+        .fetch_optional(executor)
+        .await?)
+}
+
+/// A stored decision tree, as a recompile's requester sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TreeOutcome {
+    /// The tree's version.
+    pub version: i64,
+    /// Its rules version.
+    pub rules_version: i64,
+    /// Whether it is the active tree.
+    pub active: bool,
+    /// Its module's ABI; `None` for a refused compile.
+    pub abi_version: Option<i64>,
+    /// Why it was refused, if it was.
+    pub refused: Option<String>,
+    /// What the compile worker did with a recompile (its report's `compile.recompile`).
+    pub recompile: Option<Value>,
+}
+
+/// The newest tree of `queued`'s rules version stored after the tree that was active when it
+/// was queued: `None` until the compile worker has taken the request.
+pub async fn recompiled<'e>(executor: impl PgExecutor<'e>, queued: &Queued) -> Result<Option<TreeOutcome>> {
+    type Row = (i64, bool, Option<i64>, Option<String>, Option<Value>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT version, active, (manifest->>'abi_version')::bigint, report->'compile'->>'refused',
+                report->'compile'->'recompile'
+         FROM decision_trees WHERE rules_version = $1 AND version > $2 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(queued.rules_version)
+    .bind(queued.tree_version)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(|(version, active, abi_version, refused, recompile)| TreeOutcome {
+        version,
+        rules_version: queued.rules_version,
+        active,
+        abi_version,
+        refused,
+        recompile,
+    }))
 }
 
 #[cfg(test)]

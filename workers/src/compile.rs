@@ -7,13 +7,22 @@
 //! stays active. Otherwise, in the same transaction, the partner queues of its routes are
 //! created, the new tree becomes the only active one, and `NOTIFY decision_trees, '<version>'`
 //! tells the routers (delivered at commit).
+//!
+//! A request with `recompile` (an operator's, or [`recompile_if_stale`]'s at start-up) also
+//! compiles that rules version's kept document (`rule_versions`) again, once per batch and
+//! version, unless a tree of it for this ABI was stored since the request. Its tree replaces
+//! the active one only while the active tree is of that same rules version: a recompile never
+//! goes back over a newer version. The tree's report says what it did (`compile.recompile`),
+//! and so does the log.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use compiler::report::Report;
 use pipeline::consumer::{Envelope, Handler, Outcome};
 use pipeline::queue::{self, QueueName};
-use pipeline::rules::{self, CompileRequest, RuleSetDoc};
+use pipeline::rules::{self, CompileRequest, RecompileRequest, RuleSetDoc};
 use runtime::abi::ABI_VERSION;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -101,14 +110,31 @@ impl Handler for Compile {
 
     async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<CompileRequest>]) -> Result<Vec<Outcome>> {
         let span = tracing::info_span!("compile.batch", requests = batch.len());
-        compile_newest(tx).instrument(span).await?;
+        async {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(COMPILE_LOCK).execute(&mut *tx).await?;
+            compile_newest(tx).await?;
+            // Each version asked for once, judged by its earliest request.
+            let mut recompiles: BTreeMap<i64, DateTime<Utc>> = BTreeMap::new();
+            for message in batch.iter().filter(|m| m.body.recompile) {
+                let at = recompiles.entry(message.body.rules_version).or_insert(message.enqueued_at);
+                *at = (*at).min(message.enqueued_at);
+            }
+            for (version, requested_at) in recompiles {
+                recompile(tx, version, requested_at).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .instrument(span)
+        .await?;
         Ok(batch.iter().map(|_| Outcome::Done(Vec::new())).collect())
     }
 }
 
 /// After an upgrade to a decision-module ABI the active tree was not compiled for, routers
-/// cannot load it: requests a compile, which then recompiles the newest rules version for this
-/// ABI. Returns whether it requested one. The service calls it at start.
+/// cannot load it: requests a recompile of the active tree's rules version (even when newer
+/// versions were saved and refused since). When that version's document is not kept (it
+/// predates `rule_versions`), requests a compile of the newest version instead. Returns whether
+/// it requested anything. The service calls it at start.
 pub async fn recompile_if_stale(pool: &PgPool) -> Result<bool> {
     let stale: Option<i64> = sqlx::query_scalar(
         "SELECT rules_version FROM decision_trees
@@ -117,15 +143,40 @@ pub async fn recompile_if_stale(pool: &PgPool) -> Result<bool> {
     .bind(i64::from(ABI_VERSION))
     .fetch_optional(pool)
     .await?;
-    let Some(rules_version) = stale else { return Ok(false) };
-    queue::send(pool, &QueueName::new(queue::fixed::COMPILE)?, &CompileRequest { rules_version }).await?;
-    tracing::warn!(rules_version, abi = ABI_VERSION, "the active decision tree is for another ABI; recompiling");
+    if stale.is_none() {
+        return Ok(false);
+    }
+    let mut conn = pool.acquire().await?;
+    match rules::request_recompile(&mut conn).await? {
+        RecompileRequest::Queued(queued) => {
+            tracing::warn!(
+                rules_version = queued.rules_version,
+                tree = queued.tree_version,
+                tree_abi = queued.tree_abi_version,
+                abi = ABI_VERSION,
+                "the active decision tree is for another ABI; recompiling its rules version"
+            );
+        }
+        RecompileRequest::NotStored { tree_version, rules_version } => {
+            let newest = rules::version(&mut *conn).await?;
+            queue::send(&mut *conn, &QueueName::new(queue::fixed::COMPILE)?, &CompileRequest::saved(newest)).await?;
+            tracing::warn!(
+                rules_version,
+                tree = tree_version,
+                newest,
+                abi = ABI_VERSION,
+                "the active decision tree is for another ABI and its rules version is not kept; compiling the newest version"
+            );
+        }
+        // It stopped being active meanwhile: nothing stale is left.
+        RecompileRequest::NoActiveTree => return Ok(false),
+    }
     Ok(true)
 }
 
-/// Compiles and stores the newest rules version unless it was compiled already.
+/// Compiles and stores the newest rules version unless it was compiled already (the caller
+/// holds the compile lock).
 async fn compile_newest(tx: &mut PgConnection) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(COMPILE_LOCK).execute(&mut *tx).await?;
     let (version, doc) = rules::load(tx).await?;
     // A refused version is done; a module is done only if this host's routers can load it.
     let done: bool = sqlx::query_scalar(
@@ -144,15 +195,88 @@ async fn compile_newest(tx: &mut PgConnection) -> Result<()> {
         let doc = doc.clone();
         tokio::task::spawn_blocking(move || compile_document(&doc, version)).await??
     };
-    store(tx, version, &doc, outcome).await?;
+    store(tx, version, &doc, outcome, true).await?;
     sentry::metrics::distribution("compile.duration", started.elapsed().as_secs_f64() * 1e3)
         .unit(sentry::protocol::Unit::Millisecond)
         .capture();
     Ok(())
 }
 
-/// Stores a compile; activates it (partner queues, flip, NOTIFY) when it has a module.
-async fn store(tx: &mut PgConnection, rules_version: i64, doc: &RuleSetDoc, outcome: CompileOutcome) -> Result<()> {
+/// Recompiles kept rules version `version` (the caller holds the compile lock), unless a tree
+/// of it for this ABI was stored since `requested_at`; stores the tree, and activates it only
+/// while the active tree is of the same rules version.
+async fn recompile(tx: &mut PgConnection, version: i64, requested_at: DateTime<Utc>) -> Result<()> {
+    let covered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM decision_trees WHERE rules_version = $1 AND wasm IS NOT NULL
+                        AND (manifest->>'abi_version')::bigint = $2 AND created_at >= $3)",
+    )
+    .bind(version)
+    .bind(i64::from(ABI_VERSION))
+    .bind(requested_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    if covered {
+        tracing::info!(
+            rules_version = version,
+            "recompile: a tree of this version for this ABI was stored since the request"
+        );
+        return Ok(());
+    }
+    let doc = match rules::load_version(tx, version).await {
+        Ok(Some(doc)) => doc,
+        // Not errors of the batch: retrying cannot make the document appear or read.
+        Ok(None) => {
+            tracing::error!(rules_version = version, "recompile: the rules version is not kept; nothing compiled");
+            return Ok(());
+        }
+        Err(error @ pipeline::Error::StoredDocument { .. }) => {
+            tracing::error!(rules_version = version, %error, "recompile: nothing compiled");
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let started = Instant::now();
+    let mut outcome = {
+        let doc = doc.clone();
+        tokio::task::spawn_blocking(move || compile_document(&doc, version)).await??
+    };
+    let active = rules::active_tree(&mut *tx).await?;
+    let go_live = active.is_some_and(|(_, rules_version)| rules_version == version);
+    let (activated, reason) = match (active, &outcome.module) {
+        (Some((tree, _)), None) => (false, format!("refused; tree {tree} stays active")),
+        (None, None) => (false, "refused".to_owned()),
+        (Some((tree, _)), Some(_)) if go_live => (true, format!("replaces tree {tree} of the same rules version")),
+        (Some((tree, rules_version)), Some(_)) => (
+            false,
+            format!(
+                "tree {tree} of rules version {rules_version} is active: a recompile replaces only a tree of its own version"
+            ),
+        ),
+        (None, Some(_)) => (false, "no tree is active: a recompile replaces only a tree of its own version".to_owned()),
+    };
+    outcome.report["compile"]["recompile"] = json!({
+        "requested_at": requested_at,
+        "activated": activated,
+        "replaced_tree": if activated { active.map(|(tree, _)| tree) } else { None },
+        "reason": reason,
+    });
+    let tree = store(tx, version, &doc, outcome, go_live).await?;
+    tracing::info!(rules_version = version, tree, activated, %reason, "recompiled a kept rules version");
+    sentry::metrics::distribution("compile.duration", started.elapsed().as_secs_f64() * 1e3)
+        .unit(sentry::protocol::Unit::Millisecond)
+        .capture();
+    Ok(())
+}
+
+/// Stores a compile and returns its tree's version; activates it (partner queues, flip,
+/// NOTIFY) when it has a module and `go_live`.
+async fn store(
+    tx: &mut PgConnection,
+    rules_version: i64,
+    doc: &RuleSetDoc,
+    outcome: CompileOutcome,
+    go_live: bool,
+) -> Result<i64> {
     let CompileOutcome { module, report } = outcome;
     let Some((wasm, manifest)) = module else {
         let tree: i64 =
@@ -167,8 +291,21 @@ async fn store(tx: &mut PgConnection, rules_version: i64, doc: &RuleSetDoc, outc
             refused = %report["compile"]["refused"],
             "rule set refused; the previous decision tree stays active"
         );
-        return Ok(());
+        return Ok(tree);
     };
+    if !go_live {
+        let tree: i64 = sqlx::query_scalar(
+            "INSERT INTO decision_trees (rules_version, wasm, manifest, report) VALUES ($1, $2, $3, $4) RETURNING version",
+        )
+        .bind(rules_version)
+        .bind(&wasm)
+        .bind(&manifest)
+        .bind(&report)
+        .fetch_one(&mut *tx)
+        .await?;
+        tracing::info!(rules_version, tree, "decision tree stored, not activated");
+        return Ok(tree);
+    }
     // Only queues that do not exist yet: `pgmq.create` on a queue in use takes locks that
     // conflict with the routers' inserts into it (and can deadlock with their batches).
     let wanted: Vec<String> =
@@ -193,5 +330,5 @@ async fn store(tx: &mut PgConnection, rules_version: i64, doc: &RuleSetDoc, outc
     .await?;
     sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(tree.to_string()).execute(&mut *tx).await?;
     tracing::info!(rules_version, tree, wasm_bytes = wasm.len(), "decision tree activated");
-    Ok(())
+    Ok(tree)
 }

@@ -681,10 +681,12 @@ impl Deliver {
         if !new_rows.is_empty() {
             let lead = |i: usize| &batch[i].body;
             let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-                "INSERT INTO leads (submission_id, partner, person_id, alias_id, rule_name, tree_version, state, dedupe_key)
-                 SELECT s, $1, p, a, r, t, st, k
-                 FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[])
-                      AS u(s, p, a, r, t, st, k)
+                "INSERT INTO leads (submission_id, partner, person_id, alias_id, rule_name, tree_version, state, dedupe_key,
+                                    fields)
+                 SELECT s, $1, p, a, r, t, st, k, f
+                 FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[],
+                             $9::jsonb[])
+                      AS u(s, p, a, r, t, st, k, f)
                  RETURNING submission_id, id",
             )
             .bind(partner)
@@ -695,6 +697,8 @@ impl Deliver {
             .bind(new_rows.iter().map(|&(i, _)| lead(i).tree_version).collect::<Vec<_>>())
             .bind(new_rows.iter().map(|&(_, state)| state).collect::<Vec<_>>())
             .bind(new_rows.iter().map(|&(i, _)| keys[i].as_str()).collect::<Vec<_>>())
+            // The routing fields the decision saw, so the stored lead can be explained.
+            .bind(new_rows.iter().map(|&(i, _)| Value::Object(lead(i).lead.fields.clone())).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
             let row_of: HashMap<uuid::Uuid, i64> = rows.into_iter().collect();

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 
 // ---- helpers ----------------------------------------------------------------------------
 
-const TOKEN: &str = "test-admin";
+pub(crate) const TOKEN: &str = "test-admin";
 
 /// A migrated database and the app on it, with `admin_token`.
 async fn start_with(pool: &PgPool, admin_token: Option<&str>) -> Router {
@@ -27,7 +27,7 @@ async fn start_with(pool: &PgPool, admin_token: Option<&str>) -> Router {
     Api::start(pool.clone(), config, CancellationToken::new()).await.expect("api starts").router
 }
 
-async fn start(pool: &PgPool) -> Router {
+pub(crate) async fn start(pool: &PgPool) -> Router {
     start_with(pool, Some(TOKEN)).await
 }
 
@@ -58,12 +58,12 @@ pub(crate) async fn call_as(
 }
 
 /// [`call_as`] with the admin token.
-async fn call(app: &Router, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+pub(crate) async fn call(app: &Router, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
     call_as(app, Some(TOKEN), method, path, body).await
 }
 
 /// `examples/rules.yaml` as the JSON document the API takes.
-fn example() -> Value {
+pub(crate) fn example() -> Value {
     let text = include_str!("../../../examples/rules.yaml");
     let (document, findings) = compiler::syntax::document::read(text);
     assert!(findings.is_empty(), "{findings:?}");
@@ -81,7 +81,7 @@ async fn compile_requests(pool: &PgPool) -> i64 {
 }
 
 /// Runs the compile worker over what is queued.
-async fn compile(pool: &PgPool) {
+pub(crate) async fn compile(pool: &PgPool) {
     let config = ConsumerConfig::new("compile", QueueName::new("compile").expect("queue name")).expect("config");
     let report = Consumer::new(pool.clone(), config, workers::compile::Compile).run_once().await.expect("batch");
     assert!(!report.failed && report.done >= 1, "{report:?}");
@@ -93,7 +93,7 @@ fn codes(report: &Value) -> Vec<&str> {
 }
 
 /// Saves the example rule set (version 1).
-async fn load_example(app: &Router, pool: &PgPool) {
+pub(crate) async fn load_example(app: &Router, pool: &PgPool) {
     let (status, body) = call(app, Method::PUT, "/api/rules", Some(example())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 1);
@@ -417,4 +417,228 @@ async fn a_tree_for_another_abi_is_recompiled_at_start(pool: PgPool) {
         .expect("abi");
     assert_eq!(abi, i64::from(runtime::abi::ABI_VERSION));
     assert!(!workers::compile::recompile_if_stale(&pool).await.expect("checks"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn every_save_keeps_its_version_readable_through_the_api(pool: PgPool) {
+    let app = start(&pool).await;
+    let (status, listed) = call(&app, Method::GET, "/api/rules/versions", None).await;
+    assert_eq!((status, listed), (StatusCode::OK, json!([])));
+
+    // Each kind of save, and the rule set as `GET /api/rules` shows it right after.
+    let new_rule = json!({"priority": 7, "when": "state == \"CA\"", "route": "pacific_state_u"});
+    let mut schema = example();
+    let keys = ["timezone", "default_route", "routes", "fields"];
+    schema.as_object_mut().expect("an object").retain(|k, _| keys.contains(&k.as_str()));
+    schema["timezone"] = json!("America/Chicago");
+    let mut snapshots = Vec::new();
+    load_example(&app, &pool).await;
+    snapshots.push(call(&app, Method::GET, "/api/rules", None).await.1);
+    for (method, path, body) in [
+        (Method::PUT, "/api/rules/ca-early", Some(new_rule)),
+        (Method::POST, "/api/rules/ca-early/disable", None),
+        (Method::POST, "/api/rules/ca-early/enable", None),
+        (Method::DELETE, "/api/rules/ca-early", None),
+        (Method::PUT, "/api/rules/schema", Some(schema)),
+        (Method::PUT, "/api/rules", Some(example())),
+    ] {
+        let (status, saved) = call(&app, method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {saved}");
+        let (_, stored) = call(&app, Method::GET, "/api/rules", None).await;
+        assert_eq!(saved["version"], stored["version"], "{method} {path}");
+        snapshots.push(stored);
+    }
+    // A dry run and a refused change keep nothing.
+    let (status, _) = call(&app, Method::DELETE, "/api/rules/block-test-traffic?dry_run=true", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let bad = json!({"priority": 1, "when": "no_such_field == 1", "route": "pacific_state_u"});
+    let (status, _) = call(&app, Method::PUT, "/api/rules/bad", Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (status, listed) = call(&app, Method::GET, "/api/rules/versions", None).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let listed = listed.as_array().expect("a list");
+    let numbers: Vec<i64> = listed.iter().filter_map(|v| v["version"].as_i64()).collect();
+    assert_eq!(numbers, [7, 6, 5, 4, 3, 2, 1], "newest first, one per save");
+    for entry in listed {
+        assert_eq!((entry["has_diff"].as_bool(), &entry["diff_summary"]), (Some(false), &Value::Null), "{entry}");
+        assert!(entry["saved_at"].is_string(), "{entry}");
+        assert!(entry.get("document").is_none(), "the list has no documents: {entry}");
+    }
+    for stored in &snapshots {
+        let path = format!("/api/rules/versions/{}", stored["version"]);
+        let (status, kept) = call(&app, Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{kept}");
+        assert_eq!(kept["version"], stored["version"]);
+        assert_eq!(kept["document"], stored["rule_set"], "version {}", stored["version"]);
+        assert_eq!(kept["diff"], Value::Null);
+    }
+    assert_eq!(snapshots[2]["rule_set"]["rules"].as_array().map(Vec::len), Some(39), "the added rule");
+    let disabled =
+        snapshots[2]["rule_set"]["rules"].as_array().expect("rules").iter().find(|r| r["name"] == "ca-early");
+    assert_eq!(disabled.map(|r| &r["enabled"]), Some(&json!(false)));
+    for path in ["/api/rules/versions/99", "/api/rules/versions/abc", "/api/rules/versions/-1"] {
+        let (status, body) = call(&app, Method::GET, path, None).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{path}: {body}");
+    }
+    let (status, _) = call_as(&app, None, Method::GET, "/api/rules/versions", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // What the change-impact step stores with a version shows in both answers.
+    let diff = json!({"changes": 3, "equal": false, "findings": [{"code": "moved"}]});
+    let mut tx = pool.begin().await.expect("tx");
+    assert!(pipeline::rules::record_diff(&mut tx, 7, &diff).await.expect("record"));
+    tx.commit().await.expect("commit");
+    let (_, listed) = call(&app, Method::GET, "/api/rules/versions", None).await;
+    assert_eq!(listed[0]["has_diff"], true);
+    assert_eq!(listed[0]["diff_summary"], json!({"changes": 3, "equal": false}));
+    let (_, kept) = call(&app, Method::GET, "/api/rules/versions/7", None).await;
+    assert_eq!(kept["diff"], diff);
+}
+
+/// Makes the newest rules version one the compile worker refuses (a conflict), compiles it,
+/// and tampers with the active tree's manifest as if an older release had built it. Returns
+/// the active (stale) tree's version.
+async fn newest_refused_and_active_tree_stale(app: &Router, pool: &PgPool) -> i64 {
+    let (status, body) = call(app, Method::PUT, "/api/rules/lm-military-2", Some(conflicting_rule())).await;
+    assert_eq!((status, body["version"].as_i64()), (StatusCode::OK, Some(2)), "{body}");
+    compile(pool).await;
+    let refused: Option<String> =
+        sqlx::query_scalar("SELECT report->'compile'->>'refused' FROM decision_trees WHERE rules_version = 2")
+            .fetch_one(pool)
+            .await
+            .expect("the refused tree");
+    assert!(refused.is_some(), "version 2 is refused");
+    sqlx::query_scalar(
+        "UPDATE decision_trees SET manifest = jsonb_set(manifest, '{abi_version}', '1') WHERE active RETURNING version",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("an active tree")
+}
+
+/// The active tree: (version, rules version, ABI, report).
+async fn active(pool: &PgPool) -> (i64, i64, i64, Value) {
+    sqlx::query_as(
+        "SELECT version, rules_version, (manifest->>'abi_version')::bigint, report FROM decision_trees WHERE active",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("an active tree")
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_stale_active_version_is_recompiled_at_start_though_the_newest_was_refused(pool: PgPool) {
+    let app = start(&pool).await;
+    load_example(&app, &pool).await;
+    compile(&pool).await;
+    let stale = newest_refused_and_active_tree_stale(&app, &pool).await;
+
+    // Before `rule_versions`, this asked for the newest version, which was refused and done:
+    // nothing happened and the routers had no loadable tree.
+    assert!(workers::compile::recompile_if_stale(&pool).await.expect("checks"));
+    let request: Value = sqlx::query_scalar("SELECT message FROM pgmq.q_compile").fetch_one(&pool).await.expect("q");
+    assert_eq!(request, json!({"rules_version": 1, "recompile": true}));
+    compile(&pool).await;
+    let (tree, rules_version, abi, report) = active(&pool).await;
+    assert!(tree > stale, "a new tree is active");
+    assert_eq!((rules_version, abi), (1, i64::from(runtime::abi::ABI_VERSION)), "of the active rules, for this ABI");
+    assert_eq!(report["compile"]["recompile"]["activated"], true, "{report}");
+    assert_eq!(report["compile"]["recompile"]["replaced_tree"], stale, "{report}");
+    assert_eq!(report["errors"], 0);
+    assert!(!workers::compile::recompile_if_stale(&pool).await.expect("checks"), "nothing stale is left");
+    // The refused newest version was not compiled again.
+    let trees_of_2: i64 = sqlx::query_scalar("SELECT count(*) FROM decision_trees WHERE rules_version = 2")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(trees_of_2, 1);
+
+    // Two replicas starting at once ask twice: one recompile serves both, even when the
+    // requests come in separate batches.
+    sqlx::query("UPDATE decision_trees SET manifest = jsonb_set(manifest, '{abi_version}', '1') WHERE active")
+        .execute(&pool)
+        .await
+        .expect("stale again");
+    assert!(workers::compile::recompile_if_stale(&pool).await.expect("checks"));
+    assert!(workers::compile::recompile_if_stale(&pool).await.expect("checks"));
+    assert_eq!(compile_requests(&pool).await, 2);
+    let trees = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM decision_trees").fetch_one(&pool).await.expect("count")
+    };
+    let before = trees().await;
+    let mut config = ConsumerConfig::new("compile", QueueName::new("compile").expect("queue name")).expect("config");
+    config.defaults.batch_size = 1;
+    let one_at_a_time = Consumer::new(pool.clone(), config, workers::compile::Compile);
+    for _ in 0..2 {
+        let report = one_at_a_time.run_once().await.expect("batch");
+        assert_eq!((report.done, report.failed), (1, false), "{report:?}");
+    }
+    assert_eq!(trees().await, before + 1, "one recompile for both requests");
+    assert_eq!(compile_requests(&pool).await, 0);
+    assert!(!workers::compile::recompile_if_stale(&pool).await.expect("checks"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_api_recompiles_the_active_version_and_says_why_it_cannot(pool: PgPool) {
+    let app = start(&pool).await;
+    let recompile = "/api/rules/trees/active/recompile";
+    let (status, body) = call(&app, Method::POST, recompile, None).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{body}");
+    let (status, _) = call_as(&app, None, Method::POST, recompile, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    load_example(&app, &pool).await;
+    compile(&pool).await;
+    let stale = newest_refused_and_active_tree_stale(&app, &pool).await;
+    let (status, queued) = call(&app, Method::POST, recompile, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    assert_eq!(queued["rules_version"], 1);
+    assert_eq!(queued["tree_version"], stale);
+    assert_eq!(queued["tree_abi_version"], 1);
+    assert_eq!(queued["abi_version"], runtime::abi::ABI_VERSION);
+    assert!(queued["msg_id"].is_i64() && queued["queued_at"].is_string(), "{queued}");
+    assert_eq!(compile_requests(&pool).await, 1);
+    compile(&pool).await;
+    let (status, now) = call(&app, Method::GET, "/api/rules/trees/active", None).await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert!(now["version"].as_i64() > Some(stale));
+    assert_eq!(now["rules_version"], 1);
+    assert_eq!(now["report"]["compile"]["recompile"]["activated"], true, "{now}");
+
+    // A recompile never goes back over a newer active version: it is stored, not activated.
+    let (status, body) = call(&app, Method::DELETE, "/api/rules/lm-military-2", None).await;
+    assert_eq!((status, body["version"].as_i64()), (StatusCode::OK, Some(3)), "{body}");
+    compile(&pool).await;
+    let (newest_tree, rules_version, _, _) = active(&pool).await;
+    assert_eq!(rules_version, 3);
+    let mut conn = pool.acquire().await.expect("connection");
+    pipeline::queue::send(
+        &mut *conn,
+        &QueueName::new("compile").expect("queue name"),
+        &pipeline::rules::CompileRequest::recompile_of(1),
+    )
+    .await
+    .expect("an old request");
+    compile(&pool).await;
+    let (tree, rules_version, _, _) = active(&pool).await;
+    assert_eq!((tree, rules_version), (newest_tree, 3), "the newer tree stays active");
+    let (wasm, report): (bool, Value) = sqlx::query_as(
+        "SELECT wasm IS NOT NULL, report FROM decision_trees WHERE rules_version = 1 ORDER BY version DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the recompiled tree");
+    assert!(wasm, "compiled and stored");
+    assert_eq!(report["compile"]["recompile"]["activated"], false, "{report}");
+    let reason = report["compile"]["recompile"]["reason"].as_str().expect("a reason");
+    assert!(reason.contains(&format!("tree {newest_tree} of rules version 3 is active")), "{reason}");
+
+    // The active version's document is not kept (as after an upgrade from a release before
+    // `rule_versions` whose newest version was not the active one): 409, nothing queued.
+    sqlx::query("DELETE FROM rule_versions WHERE version = 3").execute(&pool).await.expect("forget");
+    let (status, body) = call(&app, Method::POST, recompile, None).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("not_stored")), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("rules version 3")), "{body}");
+    assert_eq!(compile_requests(&pool).await, 0);
 }

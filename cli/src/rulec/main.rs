@@ -1,11 +1,13 @@
 //! `rulec`: the rule compiler's command line. `check` reports every finding of a rules file
 //! (RULES.md, "Checks") in human, JSON or SARIF form; `compile` writes the decision module
-//! and its manifest; `eval`, `explain` and `bench` run them. Every command ends with an
+//! and its manifest; `eval`, `explain` and `bench` run them (`explain --submission` explains a
+//! lead stored in the service's database instead). Every command ends with an
 //! [`Exit`]: 0 fine, 1 error-level findings (or warnings with `--deny warnings`; for
 //! `compile`/`eval`, a refused rule set or a lead that cannot be decided), 2 the tool could
 //! not run.
 
 mod diff;
+mod stored;
 mod tools;
 
 use std::io::{IsTerminal, Write};
@@ -74,12 +76,25 @@ enum Command {
         #[arg(long, value_enum, default_value_t = tools::Engine::Module)]
         engine: tools::Engine,
     },
-    /// Show which rule decides a lead and why each earlier rule did not match.
+    /// Show which rule decides a lead and why each earlier rule did not match; with
+    /// `--submission`, a stored lead instead: what routed it, the decision replayed under that
+    /// rules version, and what the current rules would do (from the service's database).
     Explain {
         /// The rules file.
-        file: PathBuf,
+        #[arg(required_unless_present = "submission", conflicts_with = "submission")]
+        file: Option<PathBuf>,
         /// A file with one lead (JSON object).
-        lead: PathBuf,
+        #[arg(required_unless_present = "submission", conflicts_with = "submission")]
+        lead: Option<PathBuf>,
+        /// The submission id of a stored lead, explained from the database.
+        #[arg(long, requires = "database_url")]
+        submission: Option<uuid::Uuid>,
+        /// The service's database (with `--submission`).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Human)]
+        format: ExplainFormat,
     },
     /// Measure ns per decision of the interpreter and the module (single, batched, and
     /// encode + decide), on a rules file or on generated sets.
@@ -119,6 +134,16 @@ pub(crate) enum Format {
     Json,
     /// SARIF 2.1.0 for code-scanning UIs.
     Sarif,
+}
+
+/// How `explain` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExplainFormat {
+    /// One line per rule tried, then the decision.
+    Human,
+    /// The explanation as JSON (`compiler::interp::Explanation`; with `--submission`, the
+    /// stored lead's story as `GET /api/leads/{id}/explain` answers it).
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,7 +198,16 @@ fn main() -> Exit {
         }
         Command::Compile { file, output } => exit(tools::compile(&file, &output).map(|()| Exit::Clean)),
         Command::Eval { file, leads, engine } => exit(tools::eval(&file, &leads, engine)),
-        Command::Explain { file, lead } => exit(tools::explain(&file, &lead).map(|()| Exit::Clean)),
+        Command::Explain { submission: Some(submission), database_url, format, .. } => {
+            exit(stored::explain(database_url.as_deref().unwrap_or_default(), submission, format))
+        }
+        Command::Explain { file: Some(file), lead: Some(lead), format, .. } => {
+            exit(tools::explain(&file, &lead, format).map(|()| Exit::Clean))
+        }
+        Command::Explain { .. } => {
+            eprintln!("error: give a rules file and a lead file, or --submission");
+            Exit::CannotRun
+        }
         Command::Bench { diff: true, rules, changes, .. } => {
             let sizes = if rules.is_empty() { vec![1000, 10000] } else { rules };
             exit(diff::bench(&sizes, changes).map(|()| Exit::Clean))

@@ -149,44 +149,21 @@ fn decide(rules: &RuleSet, session: Option<&mut Session>, lead: &Value) -> Resul
     }
 }
 
-/// `rulec explain FILE LEAD`: which rule decided, and why each earlier rule did not.
-pub(crate) fn explain(file: &Path, lead_file: &Path) -> anyhow::Result<()> {
+/// `rulec explain FILE LEAD`: which rule decided, and why each earlier rule did not
+/// (`compiler::interp::explain`), as text or JSON.
+pub(crate) fn explain(file: &Path, lead_file: &Path, format: crate::ExplainFormat) -> anyhow::Result<()> {
     let (rules, _, bytes) = checked(file)?;
-    let text = String::from_utf8_lossy(&bytes);
     let json: Value = serde_json::from_str(
         &std::fs::read_to_string(lead_file).with_context(|| format!("cannot read `{}`", lead_file.display()))?,
     )
     .context("the lead is not JSON")?;
     let lead = Lead::from_json(&rules, &json)?;
-    let source = compiler::source::Source::new(file.display().to_string(), text.clone().into_owned());
-    let mut out = String::new();
-    for &i in &rules.order() {
-        let rule = &rules.rules[i];
-        let Some(cond) = &rule.cond else { continue };
-        match compiler::interp::first_failure(cond, &lead) {
-            Some(span) => {
-                let (line, column) = source.line_col(span.start);
-                out.push_str(&format!(
-                    "  no   {} (priority {}): `{}` is false ({}:{line}:{column})\n",
-                    rule.name,
-                    rule.priority,
-                    text.get(span).unwrap_or("?"),
-                    source.name
-                ));
-            }
-            None => {
-                out.push_str(&format!(
-                    "  YES  {} (priority {}) matches: route `{}`\n",
-                    rule.name, rule.priority, rule.route
-                ));
-                println!("{out}decided by `{}` -> `{}`", rule.name, rule.route);
-                return Ok(());
-            }
-        }
-    }
-    match &rules.default_route {
-        Some(route) => println!("{out}no rule matched -> default route `{route}`"),
-        None => println!("{out}no rule matched and there is no default route: unmatched"),
+    let name = file.display().to_string();
+    let source = compiler::source::Source::new(&name, String::from_utf8_lossy(&bytes).into_owned());
+    let explanation = compiler::interp::explain(&rules, &source, &lead);
+    match format {
+        crate::ExplainFormat::Human => print!("{}", explanation.to_human(&name)),
+        crate::ExplainFormat::Json => println!("{:#}", serde_json::to_value(&explanation)?),
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod daemon;
 mod harness;
 mod loadgen;
 mod pooler;
+mod recompile;
 mod rulec;
 mod rulec_diff;
 mod telemetry;

@@ -109,3 +109,26 @@ fn explain_names_the_deciding_rule_and_the_failing_test_of_each_earlier_one() {
         "{text}"
     );
 }
+
+#[test]
+fn explain_as_json_gives_the_decision_eval_gives() {
+    let dir = Scratch::new("rulec-explain-json");
+    let lead = r#"{"site": "degreefinder", "state": "FL", "age": 41, "program": "medical_assisting", "email_domain": "yahoo.com"}"#;
+    let lead_file = dir.write("lead.json", lead);
+    let leads_file = dir.write("leads.jsonl", format!("{lead}\n"));
+    let explained = rulec(&["explain", "examples/rules.yaml", lead_file.to_str().expect("utf-8"), "--format", "json"]);
+    assert!(explained.status.success(), "{}", String::from_utf8_lossy(&explained.stderr));
+    let explanation: serde_json::Value = serde_json::from_slice(&explained.stdout).expect("JSON");
+    let evaluated = rulec(&["eval", "examples/rules.yaml", leads_file.to_str().expect("utf-8")]);
+    let decided: serde_json::Value = serde_json::from_slice(&evaluated.stdout).expect("JSON");
+    assert_eq!(explanation["decision"]["kind"], "rule", "{explanation}");
+    assert_eq!(explanation["decision"]["rule"], decided["rule"]);
+    assert_eq!(explanation["decision"]["route"], decided["route"]);
+    let steps = explanation["steps"].as_array().expect("steps");
+    assert_eq!(steps.last().map(|s| &s["matched"]), Some(&serde_json::json!(true)));
+    assert!(steps[..steps.len() - 1].iter().all(|s| s["failed"]["text"].is_string()), "{explanation}");
+
+    // Neither a file pair nor a submission: a usage error.
+    assert_eq!(rulec(&["explain"]).status.code(), Some(2));
+    assert_eq!(rulec(&["explain", "examples/rules.yaml"]).status.code(), Some(2));
+}

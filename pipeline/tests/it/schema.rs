@@ -4,11 +4,12 @@
 use pipeline::db;
 use sqlx::PgPool;
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "sites",
     "persons",
     "rule_set",
     "rules",
+    "rule_versions",
     "decision_trees",
     "partners",
     "leads",
