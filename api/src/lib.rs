@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 mod commit;
 mod dlq;
 mod error;
+mod impact;
 pub mod leads;
 mod partners;
 mod rules;

@@ -32,8 +32,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-use crate::AppState;
 use crate::submit::{ApiError, FieldError};
+use crate::{AppState, impact};
 
 /// The routes, behind the admin token.
 pub(crate) fn router(state: AppState) -> Router<AppState> {
@@ -402,11 +402,13 @@ async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
     }
     let (version, stored) = rules::load(&mut tx).await?;
     let positions = positions(&mut tx).await?;
-    let (proposed, write) = change.apply(stored, &positions)?;
-    let report = check_doc(&format!("rules v{} (proposed)", version + 1), &proposed).await?;
+    let (proposed, write) = change.apply(stored.clone(), &positions)?;
+    let proposed_name = format!("rules v{} (proposed)", version + 1);
+    let report = check_doc(&proposed_name, &proposed).await?;
     if dry_run {
+        let impact = impact_on_active(&mut tx, (&proposed_name, &proposed)).await?;
         tx.rollback().await?;
-        return Ok(Json(json!({ "dry_run": true, "report": report.to_json() })).into_response());
+        return Ok(Json(json!({ "dry_run": true, "report": report.to_json(), "impact": impact })).into_response());
     }
     if invalid_findings(&report).next().is_some() {
         tx.rollback().await?;
@@ -418,15 +420,31 @@ async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
         Write::Delete(name) => rules::delete_rule(&mut tx, &name).await?.ok_or_else(|| no_rule(&name))?,
         Write::Schema(schema) => rules::set_schema(&mut tx, &schema).await?,
     };
-    // The writer kept version `saved`'s document in `rule_versions`; its change impact against
-    // the previous version belongs here, in the same transaction: `rules::record_diff`.
+    // The writer kept version `saved`'s document; its impact against the version before
+    // commits with it, so the history answers "what did version N change".
+    let impact =
+        impact::between((&format!("rules v{version}"), &stored), (&format!("rules v{saved}"), &proposed)).await;
+    rules::record_diff(&mut tx, saved, &impact).await?;
     tx.commit().await?;
     let activation = match report.errors() {
         0 => "expected".to_owned(),
         n => format!("refused: {n} error-level findings"),
     };
     tracing::info!(rules_version = saved, errors = report.errors(), "rule set saved");
-    Ok(Json(json!({ "version": saved, "report": report.to_json(), "activation": activation })).into_response())
+    Ok(Json(json!({ "version": saved, "report": report.to_json(), "activation": activation, "impact": impact }))
+        .into_response())
+}
+
+/// The impact of `proposed` against the rules of the active decision tree (what routes leads
+/// now), or why there is none to compare with.
+async fn impact_on_active(conn: &mut PgConnection, proposed: (&str, &RuleSetDoc)) -> Result<Value, Failure> {
+    let Some((tree, rules_version)) = rules::active_tree(&mut *conn).await? else {
+        return Ok(json!({ "unavailable": "no decision tree is active: no lead is routed yet" }));
+    };
+    let Some(active) = rules::load_version(conn, rules_version).await? else {
+        return Ok(json!({ "unavailable": format!("the document of rules v{rules_version} (active) is not kept") }));
+    };
+    Ok(impact::between((&format!("rules v{rules_version} (active, tree v{tree})"), &active), proposed).await)
 }
 
 /// `PUT /api/rules`: replace the whole rule set.

@@ -461,7 +461,10 @@ async fn every_save_keeps_its_version_readable_through_the_api(pool: PgPool) {
     let numbers: Vec<i64> = listed.iter().filter_map(|v| v["version"].as_i64()).collect();
     assert_eq!(numbers, [7, 6, 5, 4, 3, 2, 1], "newest first, one per save");
     for entry in listed {
-        assert_eq!((entry["has_diff"].as_bool(), &entry["diff_summary"]), (Some(false), &Value::Null), "{entry}");
+        // Each save keeps its impact against the version before; the list shows its counts.
+        assert_eq!(entry["has_diff"], true, "{entry}");
+        let summary = &entry["diff_summary"];
+        assert!(summary["moves"].is_u64() || summary["unavailable"].is_string(), "{entry}");
         assert!(entry["saved_at"].is_string(), "{entry}");
         assert!(entry.get("document").is_none(), "the list has no documents: {entry}");
     }
@@ -471,7 +474,7 @@ async fn every_save_keeps_its_version_readable_through_the_api(pool: PgPool) {
         assert_eq!(status, StatusCode::OK, "{kept}");
         assert_eq!(kept["version"], stored["version"]);
         assert_eq!(kept["document"], stored["rule_set"], "version {}", stored["version"]);
-        assert_eq!(kept["diff"], Value::Null);
+        assert!(kept["diff"]["changes"].is_array() || kept["diff"]["unavailable"].is_string(), "{kept}");
     }
     assert_eq!(snapshots[2]["rule_set"]["rules"].as_array().map(Vec::len), Some(39), "the added rule");
     let disabled =
@@ -641,4 +644,43 @@ async fn the_api_recompiles_the_active_version_and_says_why_it_cannot(pool: PgPo
     assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("not_stored")), "{body}");
     assert!(body["message"].as_str().is_some_and(|m| m.contains("rules version 3")), "{body}");
     assert_eq!(compile_requests(&pool).await, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn dry_runs_show_the_impact_on_the_active_rules_and_saves_keep_it(pool: PgPool) {
+    let app = start(&pool).await;
+    load_example(&app, &pool).await;
+    compile(&pool).await;
+
+    // Disabling a rule: its leads move; the example lead is one it took.
+    let (status, body) = call(&app, Method::POST, "/api/rules/lm-military/disable?dry_run=true", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let impact = &body["impact"];
+    assert_eq!(impact["equivalent"], false, "{impact}");
+    assert_eq!(impact["proof"], "case_analysis", "{impact}");
+    assert!(impact["moves"].as_u64() >= Some(1), "{impact}");
+    let changes = impact["changes"].as_array().expect("changes");
+    assert!(changes.iter().all(|c| c["from"]["rule"] == "lm-military"), "{impact}");
+    let witness = changes[0]["witness"]["email_domain"].as_str().expect("a witness email domain");
+    assert!(witness.ends_with(".mil"), "{witness}");
+    assert!(impact["old"].as_str().is_some_and(|o| o.contains("active")), "{impact}");
+
+    // Saved: the version keeps its impact against the version before.
+    let (status, saved) = call(&app, Method::POST, "/api/rules/lm-military/disable", None).await;
+    assert_eq!((status, saved["version"].as_i64()), (StatusCode::OK, Some(2)), "{saved}");
+    assert_eq!(saved["impact"]["moves"], impact["moves"], "{saved}");
+    let (status, kept) = call(&app, Method::GET, "/api/rules/versions/2", None).await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert_eq!(kept["diff"]["changes"], impact["changes"], "{kept}");
+    let (status, list) = call(&app, Method::GET, "/api/rules/versions", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list[0]["version"], 2);
+    assert_eq!(list[0]["has_diff"], true, "{list}");
+
+    // Not compiled yet, so the active rules are still version 1: enabling it again is, against
+    // them, no change at all (against the stored version 2 it would move leads back).
+    let (status, body) = call(&app, Method::POST, "/api/rules/lm-military/enable?dry_run=true", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["impact"]["equivalent"], true, "{body}");
+    assert_eq!(body["impact"]["changes"], json!([]), "{body}");
 }
