@@ -83,8 +83,8 @@ fn at_revision(file: &Path, revision: &str) -> anyhow::Result<Vec<u8>> {
 /// best of three runs, with what it found.
 pub(crate) fn bench(sizes: &[usize], changes: usize) -> anyhow::Result<()> {
     println!(
-        "{:>7} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7} {:>10} {:>13}  {}",
-        "rules", "changes", "changed", "nodes", "pairs", "moves", "read ms", "diff ms", "moved share", "proof"
+        "{:>7} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7} {:>10} {:>13}  proof",
+        "rules", "changes", "changed", "nodes", "pairs", "moves", "read ms", "diff ms", "moved share"
     );
     for &size in sizes {
         let (old, new) = compiler::generate::changed_pair(size, 1, changes);

@@ -226,7 +226,7 @@ fn main() -> Exit {
     }
 }
 
-fn check(file: &PathBuf, format: Format, deny_warnings: bool, stats: bool) -> Exit {
+fn check(file: &std::path::Path, format: Format, deny_warnings: bool, stats: bool) -> Exit {
     let bytes = match read_limited(file) {
         Ok(bytes) => bytes,
         Err(error) => {
