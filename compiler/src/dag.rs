@@ -55,8 +55,9 @@ pub struct DagStats {
 
 type Problem = Vec<(usize, Formula)>;
 
-/// Drops rules that can no longer match and everything after one that surely matches.
-fn normalize(candidates: impl IntoIterator<Item = (usize, Formula)>) -> Problem {
+/// Drops rules that can no longer match and everything after one that surely matches (each
+/// rule named by a `T`: a first-match position here, an identity in `diff`).
+pub(crate) fn normalize<T>(candidates: impl IntoIterator<Item = (T, Formula)>) -> Vec<(T, Formula)> {
     let mut out = Vec::new();
     for (rule, formula) in candidates {
         match formula {

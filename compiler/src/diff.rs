@@ -30,6 +30,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value, json};
 
 use crate::atoms::{AtomSet, Atoms, Formula};
+use crate::dag::normalize;
 use crate::finding::Severity;
 use crate::interp::{Lead, test};
 use crate::model::{Cond, Field, FieldType, RuleSet, format_units};
@@ -349,22 +350,6 @@ struct Search<'a> {
     memo: HashMap<(List, List), Rc<Summary>>,
     nodes: usize,
     budget: usize,
-}
-
-/// Drops formulas that can no longer hold and everything after one that surely holds.
-fn normalize(list: impl IntoIterator<Item = (u32, Formula)>) -> List {
-    let mut out = Vec::new();
-    for (id, formula) in list {
-        match formula {
-            Formula::False => {}
-            Formula::True => {
-                out.push((id, Formula::True));
-                break;
-            }
-            other => out.push((id, other)),
-        }
-    }
-    out
 }
 
 /// The list's decision, once it has one: `Some(Some(id))` a rule, `Some(None)` no rule.
@@ -868,17 +853,8 @@ impl Diff {
                     (None, Some(span)) => Some((old, span)),
                     (None, None) => None,
                 };
-                let locations: Vec<Value> = located
-                    .into_iter()
-                    .map(|(source, span)| {
-                        let (line, column) = source.line_col(span.start);
-                        let (end_line, end_column) = source.line_col(span.end.max(span.start + 1));
-                        json!({ "physicalLocation": {
-                            "artifactLocation": { "uri": source.name },
-                            "region": { "startLine": line, "startColumn": column, "endLine": end_line, "endColumn": end_column },
-                        }})
-                    })
-                    .collect();
+                let locations: Vec<Value> =
+                    located.into_iter().map(|(source, span)| crate::report::sarif_location(source, span)).collect();
                 json!({
                     "ruleId": c.kind.as_str(),
                     "level": if c.kind == Kind::Moves { "warning" } else { "note" },
@@ -893,14 +869,7 @@ impl Diff {
                 })
             })
             .collect();
-        json!({
-            "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-            "version": "2.1.0",
-            "runs": [{
-                "tool": { "driver": { "name": "rulec", "version": env!("CARGO_PKG_VERSION"), "rules": rules } },
-                "results": results,
-            }],
-        })
+        crate::report::sarif_log(rules, results)
     }
 
     /// For people: schema and rule edits, each change with its example lead and the rules'

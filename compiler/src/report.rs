@@ -142,19 +142,8 @@ impl Report {
                 if let Some(w) = &f.witness {
                     message.push_str(&format!(" Example lead: {}", Value::Object(w.clone())));
                 }
-                let locations: Vec<Value> = f
-                    .labels
-                    .iter()
-                    .take(1)
-                    .map(|l| {
-                        let (line, column) = self.source.line_col(l.span.start);
-                        let (end_line, end_column) = self.source.line_col(l.span.end.max(l.span.start + 1));
-                        json!({ "physicalLocation": {
-                            "artifactLocation": { "uri": self.source.name },
-                            "region": { "startLine": line, "startColumn": column, "endLine": end_line, "endColumn": end_column },
-                        }})
-                    })
-                    .collect();
+                let locations: Vec<Value> =
+                    f.labels.iter().take(1).map(|l| sarif_location(&self.source, &l.span)).collect();
                 json!({
                     "ruleId": f.code.as_str(),
                     "level": sarif_level(f.severity()),
@@ -164,14 +153,7 @@ impl Report {
                 })
             })
             .collect();
-        json!({
-            "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-            "version": "2.1.0",
-            "runs": [{
-                "tool": { "driver": { "name": "rulec", "version": env!("CARGO_PKG_VERSION"), "rules": rules } },
-                "results": results,
-            }],
-        })
+        sarif_log(rules, results)
     }
 
     /// Compiler-style diagnostics with source lines and carets, and a summary line.
@@ -223,6 +205,28 @@ impl Report {
         ));
         out
     }
+}
+
+/// A SARIF location: the span's lines and columns in `source`.
+pub(crate) fn sarif_location(source: &Source, span: &std::ops::Range<usize>) -> Value {
+    let (line, column) = source.line_col(span.start);
+    let (end_line, end_column) = source.line_col(span.end.max(span.start + 1));
+    json!({ "physicalLocation": {
+        "artifactLocation": { "uri": source.name },
+        "region": { "startLine": line, "startColumn": column, "endLine": end_line, "endColumn": end_column },
+    }})
+}
+
+/// A SARIF 2.1.0 log of one `rulec` run with these rule descriptors and results.
+pub(crate) fn sarif_log(rules: Vec<Value>, results: Vec<Value>) -> Value {
+    json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": { "name": "rulec", "version": env!("CARGO_PKG_VERSION"), "rules": rules } },
+            "results": results,
+        }],
+    })
 }
 
 fn sarif_level(severity: Severity) -> &'static str {

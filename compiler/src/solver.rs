@@ -138,6 +138,17 @@ impl Z3Solver {
             .collect())
     }
 
+    /// Checks what was asserted since the last `push`, then pops it: a point, or `None`.
+    fn point_then_pop(&mut self) -> Result<Option<Vec<usize>>> {
+        let result = match self.solver.check() {
+            SatResult::Unsat => Ok(None),
+            SatResult::Sat => self.model_point().map(Some),
+            SatResult::Unknown => Err(Error::SolverUnknown(self.solver.get_reason_unknown().unwrap_or_default())),
+        };
+        self.solver.pop(1);
+        result
+    }
+
     fn run(&mut self, assumptions: &[Lit]) -> Result<Answer> {
         self.calls += 1;
         let bools: Vec<Bool> = assumptions.iter().map(|&l| self.indicator(l)).collect();
@@ -204,13 +215,7 @@ impl Solver for Z3Solver {
         self.calls += 1;
         self.solver.push();
         self.solver.assert(terms[&dag.root].eq(&first_match).not());
-        let result = match self.solver.check() {
-            SatResult::Unsat => Ok(None),
-            SatResult::Sat => self.model_point().map(Some),
-            SatResult::Unknown => Err(Error::SolverUnknown(self.solver.get_reason_unknown().unwrap_or_default())),
-        };
-        self.solver.pop(1);
-        result
+        self.point_then_pop()
     }
 
     fn first_match_difference(
@@ -240,13 +245,7 @@ impl Solver for Z3Solver {
         for &(a, b) in excluded {
             self.solver.assert(Bool::and(&[old_at.eq(position(a)), new_at.eq(position(b))]).not());
         }
-        let result = match self.solver.check() {
-            SatResult::Unsat => Ok(None),
-            SatResult::Sat => self.model_point().map(Some),
-            SatResult::Unknown => Err(Error::SolverUnknown(self.solver.get_reason_unknown().unwrap_or_default())),
-        };
-        self.solver.pop(1);
-        result
+        self.point_then_pop()
     }
 
     fn calls(&self) -> usize {
