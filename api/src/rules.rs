@@ -16,9 +16,9 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -29,7 +29,6 @@ use pipeline::rules::{self, RuleDoc, RuleSetDoc, Schema};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use crate::submit::{ApiError, FieldError};
@@ -54,7 +53,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .merge(crate::dlq::routes())
         .merge(crate::partners::routes())
         .merge(crate::leads::routes())
-        .route_layer(middleware::from_fn_with_state(state, require_admin))
+        .route_layer(middleware::from_fn_with_state(state, crate::auth::require_admin))
 }
 
 // ---- errors ------------------------------------------------------------------------------
@@ -130,36 +129,6 @@ fn bad_request(message: String) -> Failure {
 
 fn answer(result: Answer) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-// ---- authentication ----------------------------------------------------------------------
-
-/// Lets a request through only with the configured admin token.
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match authorize(state.admin_token.as_deref(), request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
-    }
-}
-
-fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
-    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    let Some(token) = token else {
-        return Err(unauthorized("the admin API is off: no admin token is configured"));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or_else(|| unauthorized("send the admin token as `Authorization: Bearer <token>`"))?;
-    // Compare digests so the time taken says nothing about how much of the token matched.
-    let (given, token) = (Sha256::digest(given.as_bytes()), Sha256::digest(token.as_bytes()));
-    if given.iter().zip(token.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 {
-        Ok(())
-    } else {
-        Err(unauthorized("wrong admin token"))
-    }
 }
 
 // ---- request parts -----------------------------------------------------------------------
