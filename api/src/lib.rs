@@ -29,6 +29,9 @@ mod rules;
 mod schema;
 pub mod sites;
 mod submit;
+mod ui;
+
+pub use auth::hash_password;
 
 pub use error::{Error, Result};
 
@@ -42,6 +45,8 @@ struct AppState {
     schema: Arc<schema::ActiveSchema>,
     /// The admin API's token; `None`: admin endpoints refuse everything.
     admin_token: Option<Arc<str>>,
+    /// The admin UI's users and sessions.
+    admin: Arc<pipeline::config::AdminConfig>,
 }
 
 /// The HTTP application and the background tasks it needs (group committers, the schema
@@ -57,7 +62,7 @@ pub struct Api {
 impl Api {
     /// Builds the application on `pool` and starts its background tasks.
     pub async fn start(pool: PgPool, config: impl Into<ApiConfig>, shutdown: CancellationToken) -> Result<Self> {
-        let ApiConfig { submit: config, admin_token } = config.into();
+        let ApiConfig { submit: config, admin_token, admin } = config.into();
         let mut tasks = JoinSet::new();
         let commit = commit::GroupCommit::start(&pool, &config, &mut tasks)?;
         let schema = Arc::new(schema::ActiveSchema::default());
@@ -69,6 +74,7 @@ impl Api {
         tasks.spawn(commit::prune_idempotency_keys(pool.clone(), config.idempotency_ttl, shutdown));
         let state = AppState {
             admin_token: admin_token.map(Arc::from),
+            admin: Arc::new(admin),
             keys: Arc::new(sites::SiteKeys::new(config.site_key_ttl)),
             config: Arc::new(config),
             pool,
@@ -77,6 +83,8 @@ impl Api {
         };
         let router = Router::new()
             .merge(rules::router(state.clone()))
+            .merge(auth::routes())
+            .merge(ui::routes())
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             // The handler enforces the configured limit itself (with a JSON 413); this only

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -42,6 +42,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/api/rules/schema", put(put_schema))
         .route("/api/rules/versions", get(versions))
         .route("/api/rules/versions/{version}", get(stored_version))
+        .route("/api/rules/versions/{version}/restore", post(restore))
         .route("/api/rules/trees", get(trees))
         .route("/api/rules/trees/active", get(active_tree))
         .route("/api/rules/trees/active/recompile", post(recompile))
@@ -53,6 +54,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .merge(crate::dlq::routes())
         .merge(crate::partners::routes())
         .merge(crate::leads::routes())
+        .route("/api/audit", get(crate::auth::audit_log))
         .route_layer(middleware::from_fn_with_state(state, crate::auth::require_admin))
 }
 
@@ -106,7 +108,7 @@ impl IntoResponse for Failure {
                     "code": "invalid_rules",
                     "message": message,
                     "errors": errors,
-                    "report": report.to_json(),
+                    "report": report.to_json_located(),
                 });
                 (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
             }
@@ -183,6 +185,32 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
 /// Parses a rule-set body. JSON in a shape the document type refuses (an unknown key, a
 /// missing rule part) is checked as a rules file, so the answer carries the diagnostics
 /// `rulec` would give for it.
+/// Whether the request's body is a YAML rules file (`application/yaml`, `text/yaml`,
+/// `application/x-yaml`), as the admin UI's editor sends it; otherwise it is JSON.
+fn is_yaml(headers: &HeaderMap) -> bool {
+    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
+    media.is_some_and(|m| matches!(m.trim(), "application/yaml" | "text/yaml" | "application/x-yaml"))
+}
+
+/// A rule set sent as a rules file (YAML, RULES.md): checked as written, so the findings'
+/// lines are those of the text sent; the document stored is what it reads as.
+async fn parse_rules_file(bytes: &[u8]) -> Result<(RuleSetDoc, Report), Failure> {
+    let report = check_text("rules.yaml", bytes.to_vec()).await?;
+    if invalid_findings(&report).next().is_some() {
+        return Err(Failure::Invalid(Box::new(report)));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| bad_request("the rules file is not UTF-8".to_owned()))?;
+    let (document, _) = compiler::syntax::document::read(text);
+    let doc = serde_json::from_value(document.to_json()).map_err(|error| {
+        Failure::Api(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the rules file does not fit the stored shape: {error}"),
+        ))
+    })?;
+    Ok((doc, report))
+}
+
 async fn parse_rule_set(bytes: &[u8]) -> Result<RuleSetDoc, Failure> {
     match serde_json::from_slice::<RuleSetDoc>(bytes) {
         Ok(doc) => Ok(doc),
@@ -236,7 +264,8 @@ async fn get_rule_set(State(state): State<AppState>) -> Response {
         async {
             let mut conn = state.pool.acquire().await?;
             let (version, doc) = rules::load(&mut conn).await?;
-            Ok(Json(json!({ "version": version, "rule_set": doc })).into_response())
+            let yaml = doc.to_yaml();
+            Ok(Json(json!({ "version": version, "rule_set": doc, "yaml": yaml })).into_response())
         }
         .await,
     )
@@ -261,11 +290,13 @@ fn no_rule(name: &str) -> Failure {
 }
 
 /// `POST /api/rules/check`: the report of the given rule set, or of the stored one.
-async fn check(State(state): State<AppState>, body: Body) -> Response {
+async fn check(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     answer(
         async {
             let bytes = read_body(body).await?;
-            let report = if bytes.iter().all(u8::is_ascii_whitespace) {
+            let report = if is_yaml(&headers) && !bytes.iter().all(u8::is_ascii_whitespace) {
+                check_text("rules.yaml", bytes.to_vec()).await?
+            } else if bytes.iter().all(u8::is_ascii_whitespace) {
                 let mut conn = state.pool.acquire().await?;
                 let (version, doc) = rules::load(&mut conn).await?;
                 check_doc(&format!("rules v{version}"), &doc).await?
@@ -276,7 +307,7 @@ async fn check(State(state): State<AppState>, body: Body) -> Response {
                     Err(other) => return Err(other),
                 }
             };
-            Ok(Json(report.to_json()).into_response())
+            Ok(Json(report.to_json_located()).into_response())
         }
         .await,
     )
@@ -364,6 +395,12 @@ async fn positions(conn: &mut PgConnection) -> Result<HashMap<String, i32>, Fail
 /// Checks the stored document with `change` made; on a real save writes it (bumping the
 /// version and enqueueing a compile) unless it is invalid.
 async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
+    change_checked(state, dry_run, change, None).await
+}
+
+/// [`change`], with the report of the proposed rule set when the caller checked it already
+/// (a rules file checked as written).
+async fn change_checked(state: &AppState, dry_run: bool, change: Change, checked: Option<Report>) -> Answer {
     let mut tx = state.pool.begin().await?;
     if !dry_run {
         // Writers take turns from the read on: the document checked is the one changed.
@@ -373,11 +410,14 @@ async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
     let positions = positions(&mut tx).await?;
     let (proposed, write) = change.apply(stored.clone(), &positions)?;
     let proposed_name = format!("rules v{} (proposed)", version + 1);
-    let report = check_doc(&proposed_name, &proposed).await?;
+    let report = match checked {
+        Some(report) => report,
+        None => check_doc(&proposed_name, &proposed).await?,
+    };
     if dry_run {
         let impact = impact_on_active(&mut tx, (&proposed_name, &proposed)).await?;
         tx.rollback().await?;
-        return Ok(Json(json!({ "dry_run": true, "report": report.to_json(), "impact": impact })).into_response());
+        return Ok(Json(json!({ "dry_run": true, "report": report.to_json_located(), "impact": impact })).into_response());
     }
     if invalid_findings(&report).next().is_some() {
         tx.rollback().await?;
@@ -400,7 +440,7 @@ async fn change(state: &AppState, dry_run: bool, change: Change) -> Answer {
         n => format!("refused: {n} error-level findings"),
     };
     tracing::info!(rules_version = saved, errors = report.errors(), "rule set saved");
-    Ok(Json(json!({ "version": saved, "report": report.to_json(), "activation": activation, "impact": impact }))
+    Ok(Json(json!({ "version": saved, "report": report.to_json_located(), "activation": activation, "impact": impact }))
         .into_response())
 }
 
@@ -420,16 +460,27 @@ async fn impact_on_active(conn: &mut PgConnection, proposed: (&str, &RuleSetDoc)
 async fn put_rule_set(
     State(state): State<AppState>,
     query: Result<Query<DryRun>, QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     answer(
         async {
             let dry_run = dry_run(query)?;
             let bytes = read_body(body).await?;
+            if is_yaml(&headers) {
+                return match parse_rules_file(&bytes).await {
+                    Ok((doc, report)) => change_checked(&state, dry_run, Change::Replace(doc), Some(report)).await,
+                    Err(Failure::Invalid(report)) if dry_run => Ok(Json(
+                        json!({ "dry_run": true, "report": report.to_json_located() }),
+                    )
+                    .into_response()),
+                    Err(other) => Err(other),
+                };
+            }
             match parse_rule_set(&bytes).await {
                 Ok(doc) => change(&state, dry_run, Change::Replace(doc)).await,
                 Err(Failure::Invalid(report)) if dry_run => {
-                    Ok(Json(json!({ "dry_run": true, "report": report.to_json() })).into_response())
+                    Ok(Json(json!({ "dry_run": true, "report": report.to_json_located() })).into_response())
                 }
                 Err(other) => Err(other),
             }
@@ -556,6 +607,30 @@ async fn stored_version(State(state): State<AppState>, version: Result<Path<Stri
             let mut conn = state.pool.acquire().await?;
             let stored = rules::stored_version(&mut conn, number).await?.ok_or_else(unknown)?;
             Ok(Json(stored).into_response())
+        }
+        .await,
+    )
+}
+
+/// `POST /api/rules/versions/{version}/restore` (`?dry_run=true` to see it first): rolls back
+/// to a kept version by saving its document as a new version, checked and answered like
+/// `PUT /api/rules` (so the history only grows, and the impact says what the rollback moves).
+async fn restore(
+    State(state): State<AppState>,
+    version: Result<Path<String>, PathRejection>,
+    query: Result<Query<DryRun>, QueryRejection>,
+) -> Response {
+    answer(
+        async {
+            let dry_run = dry_run(query)?;
+            let version = path(version)?;
+            let unknown = || not_found(format!("no kept rules version `{version}`"));
+            let number = version.parse::<i64>().map_err(|_| unknown())?;
+            let doc = {
+                let mut conn = state.pool.acquire().await?;
+                rules::load_version(&mut conn, number).await?.ok_or_else(unknown)?
+            };
+            change(&state, dry_run, Change::Replace(doc)).await
         }
         .await,
     )

@@ -5,9 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use pipeline::config::{
-    ApiConfig, ConsumerDefaults, DbConfig, DeliverConfig, ServiceConfig, SubmitConfig, TelemetryConfig,
+    AdminConfig, AdminUser, ApiConfig, ConsumerDefaults, DbConfig, DeliverConfig, ServiceConfig, SubmitConfig,
+    TelemetryConfig,
 };
 use pipeline::identity::PhoneRegion;
 use pipeline::retry::ExponentialBackoff;
@@ -95,6 +97,17 @@ pub(crate) struct ServeArgs {
     /// API answers 401 to everything.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Users who may sign in to the admin UI (`/admin`) with a password: one per line,
+    /// `<name> <viewer|editor> <hash>` (`offer-router hash-password` makes the hash).
+    #[arg(long, env = "ADMIN_USERS_FILE")]
+    admin_users_file: Option<std::path::PathBuf>,
+    /// Hours an admin UI session lasts after sign-in.
+    #[arg(long, env = "ADMIN_SESSION_HOURS", default_value_t = 12)]
+    admin_session_hours: u64,
+    /// Always mark the admin session cookie `Secure` (it is anyway when the request came
+    /// through TLS or a proxy sending `X-Forwarded-Proto: https`).
+    #[arg(long, env = "ADMIN_COOKIE_SECURE")]
+    admin_cookie_secure: bool,
     /// Largest `POST /api/submit` body in bytes; larger gets 413.
     #[arg(long, env = "SUBMIT_MAX_BODY_BYTES", default_value_t = 65_536)]
     submit_max_body_bytes: usize,
@@ -198,8 +211,18 @@ impl ServeArgs {
         }
     }
 
-    pub(crate) fn config(&self) -> ServiceConfig {
-        ServiceConfig {
+    /// The service's configuration; fails on an unreadable or invalid `ADMIN_USERS_FILE`.
+    pub(crate) fn config(&self) -> anyhow::Result<ServiceConfig> {
+        let admin_users = match &self.admin_users_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read ADMIN_USERS_FILE `{}`", file.display()))?;
+                AdminUser::parse_list(&text)
+                    .map_err(|e| anyhow::anyhow!("ADMIN_USERS_FILE `{}`: {e}", file.display()))?
+            }
+            None => Vec::new(),
+        };
+        Ok(ServiceConfig {
             db: self.db.config(),
             telemetry: self.telemetry.config(),
             http_addr: self.http_addr,
@@ -216,6 +239,11 @@ impl ServeArgs {
             },
             api: ApiConfig {
                 admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+                admin: AdminConfig {
+                    users: admin_users,
+                    session_ttl: Duration::from_secs(self.admin_session_hours.max(1) * 3600),
+                    secure_cookies: self.admin_cookie_secure,
+                },
                 submit: SubmitConfig {
                     max_body_bytes: self.submit_max_body_bytes.max(1),
                     phone_region: self.phone_default_region,
@@ -242,7 +270,7 @@ impl ServeArgs {
             },
             routing_max_retries: self.routing_max_retries,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-        }
+        })
     }
 }
 

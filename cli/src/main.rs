@@ -66,7 +66,6 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// Inspect dead-letter queues (`<queue>_dlq`) and replay their letters into the source queue.
     /// Apply a partners file (YAML) or list the partners with their circuit state.
     Partners {
         #[command(flatten)]
@@ -80,12 +79,16 @@ enum Command {
         #[arg(long, env = "MOCK_PARTNERS_ADDR", default_value = "127.0.0.1:18181")]
         addr: std::net::SocketAddr,
     },
+    /// Inspect dead-letter queues (`<queue>_dlq`) and replay their letters into the source queue.
     Dlq {
         #[command(flatten)]
         db: DbArgs,
         #[command(subcommand)]
         action: dlq::DlqAction,
     },
+    /// Read a password on stdin (one line) and print its Argon2id hash for `ADMIN_USERS_FILE`
+    /// (`<name> <viewer|editor> <hash>`).
+    HashPassword,
     /// Print every queue's depth, oldest message age and total (pgmq.metrics_all).
     Queues {
         #[command(flatten)]
@@ -165,7 +168,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            let config = args.config();
+            let config = args.config()?;
             let _telemetry = pipeline::telemetry::init(&config.telemetry, "offer-router")?;
             serve::run(config, &args.seeds()).await
         }
@@ -210,6 +213,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::MockPartners { addr } => partners::mock(addr).await,
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(password.chars().count() >= 8, "use a password of at least 8 characters");
+            println!("{}", api::hash_password(password).context("hashing the password")?);
+            Ok(())
+        }
         Command::Queues { db, json } => {
             let pool = pipeline::db::connect(&db.config()).await.context("connecting to Postgres")?;
             let pgmq = pipeline::queue::Pgmq::detect(&pool).await.context("reading the database's pgmq")?;

@@ -122,6 +122,27 @@ impl Report {
         })
     }
 
+    /// [`Report::to_json`] with each finding's primary label located in the checked text,
+    /// for editors that mark findings at their lines: `"location": {"line", "column",
+    /// "end_line", "end_column"}` (1-based; the end is exclusive); no `location` when the
+    /// finding has no label. Not part of `rulec check`'s stable JSON.
+    pub fn to_json_located(&self) -> Value {
+        let mut value = self.to_json();
+        if let Some(findings) = value.get_mut("findings").and_then(Value::as_array_mut) {
+            for (json, finding) in findings.iter_mut().zip(&self.findings) {
+                if let (Some(label), Some(map)) = (finding.labels.first(), json.as_object_mut()) {
+                    let (line, column) = self.source.line_col(label.span.start);
+                    let (end_line, end_column) = self.source.line_col(label.span.end.max(label.span.start + 1));
+                    map.insert(
+                        "location".to_owned(),
+                        json!({ "line": line, "column": column, "end_line": end_line, "end_column": end_column }),
+                    );
+                }
+            }
+        }
+        value
+    }
+
     /// SARIF 2.1.0, one result per finding, located at its primary label.
     pub fn to_sarif(&self) -> Value {
         let rules: Vec<Value> = Code::ALL

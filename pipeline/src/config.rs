@@ -162,11 +162,112 @@ pub struct ApiConfig {
     /// The token of the admin endpoints (`Authorization: Bearer <token>`); `None` turns them
     /// off (every admin request gets 401).
     pub admin_token: Option<String>,
+    /// The admin UI's sign-in.
+    pub admin: AdminConfig,
 }
 
 impl From<SubmitConfig> for ApiConfig {
     fn from(submit: SubmitConfig) -> Self {
-        Self { submit, admin_token: None }
+        Self { submit, admin_token: None, admin: AdminConfig::default() }
+    }
+}
+
+/// The admin UI's sign-in: who may sign in besides the admin token, and for how long.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The users of `ADMIN_USERS_FILE` (see [`AdminUser::parse_list`]).
+    pub users: Vec<AdminUser>,
+    /// How long a session lasts after sign-in (`ADMIN_SESSION_HOURS`, default 12 h).
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` even when the request did not come through TLS
+    /// (`ADMIN_COOKIE_SECURE`). Without it the cookie is `Secure` when the request came
+    /// over TLS or through a proxy saying so (`X-Forwarded-Proto: https`).
+    pub secure_cookies: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { users: Vec::new(), session_ttl: Duration::from_secs(12 * 3600), secure_cookies: false }
+    }
+}
+
+/// What an admin may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// Reads everything, changes nothing.
+    Viewer,
+    /// Reads and changes everything.
+    Editor,
+}
+
+impl AdminRole {
+    /// `viewer` or `editor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Editor => "editor",
+        }
+    }
+
+    /// The role named `name` (`viewer`, `editor`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "viewer" => Some(Self::Viewer),
+            "editor" => Some(Self::Editor),
+            _ => None,
+        }
+    }
+}
+
+/// A user who may sign in to the admin UI with a password.
+#[derive(Clone)]
+pub struct AdminUser {
+    /// The sign-in name.
+    pub name: String,
+    /// What the user may do.
+    pub role: AdminRole,
+    /// The password's Argon2id hash in PHC form (`offer-router hash-password` makes one).
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for AdminUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminUser").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+impl AdminUser {
+    /// Reads a users file: one user per line, `<name> <viewer|editor> <PHC hash>`; blank lines
+    /// and lines starting with `#` are skipped. The error names the line.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        let mut users: Vec<Self> = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = index + 1;
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [name, role, hash] = fields[..] else {
+                return Err(format!("line {at}: expected `<name> <viewer|editor> <password hash>`"));
+            };
+            let valid_name = name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+            if !valid_name {
+                return Err(format!("line {at}: the name `{name}` may use a-z, 0-9, `_`, `-`, `.`, `@` (at most 64)"));
+            }
+            let role = AdminRole::parse(role)
+                .ok_or_else(|| format!("line {at}: the role must be `viewer` or `editor`, not `{role}`"))?;
+            if !hash.starts_with("$argon2") {
+                return Err(format!("line {at}: the password hash must be an Argon2 PHC string (`offer-router hash-password`)"));
+            }
+            if users.iter().any(|u| u.name == name) {
+                return Err(format!("line {at}: `{name}` is listed twice"));
+            }
+            users.push(Self { name: name.to_owned(), role, password_hash: hash.to_owned() });
+        }
+        Ok(users)
     }
 }
 
@@ -207,6 +308,34 @@ impl Default for SubmitConfig {
             site_key_ttl: Duration::from_secs(10),
             schema_refresh: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_file_lists_names_roles_and_hashes() {
+        let text = "# admins\n\nerin editor $argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA\n vic  viewer $argon2id$x \n";
+        let users = AdminUser::parse_list(text).expect("valid");
+        let read: Vec<(&str, AdminRole)> = users.iter().map(|u| (u.name.as_str(), u.role)).collect();
+        assert_eq!(read, [("erin", AdminRole::Editor), ("vic", AdminRole::Viewer)]);
+        assert!(!format!("{:?}", users[0]).contains("argon2"), "Debug leaves the hash out");
+    }
+
+    #[test]
+    fn a_bad_users_file_names_the_line() {
+        for (text, expected) in [
+            ("erin editor", "line 1: expected"),
+            ("\nerin admin $argon2id$x", "line 2: the role"),
+            ("erin editor plaintext", "line 1: the password hash"),
+            ("erin editor $argon2id$x\nerin viewer $argon2id$y", "line 2: `erin` is listed twice"),
+            ("er/in editor $argon2id$x", "line 1: the name"),
+        ] {
+            let error = AdminUser::parse_list(text).expect_err(text);
+            assert!(error.starts_with(expected), "{text:?}: {error}");
         }
     }
 }

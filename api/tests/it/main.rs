@@ -5,6 +5,7 @@
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
+mod admin;
 mod dlq;
 mod leads;
 mod partners;
