@@ -200,8 +200,12 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             .into_response();
     }
     let Ok(given) = serde_json::from_slice::<SignIn>(&body) else {
-        return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "send {\"user\": \"...\", \"password\": \"...\"}")
-            .into_response();
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send {\"user\": \"...\", \"password\": \"...\"}",
+        )
+        .into_response();
     };
     let Some(actor) = check_credentials(&state, given).await else {
         tracing::warn!("admin sign-in refused");
@@ -221,7 +225,7 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        audit(&mut *tx, &actor, &Method::POST, "/admin/session", "sessions", StatusCode::OK, None, json!({})).await?;
+        audit(&mut tx, &actor, &Method::POST, "/admin/session", "sessions", StatusCode::OK, None, json!({})).await?;
         tx.commit().await
     };
     if let Err(error) = stored.await {
@@ -256,7 +260,7 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response
             .execute(&mut *tx)
             .await?;
         let actor = &session.actor;
-        audit(&mut *tx, actor, &Method::DELETE, "/admin/session", "sessions", StatusCode::OK, None, json!({})).await?;
+        audit(&mut tx, actor, &Method::DELETE, "/admin/session", "sessions", StatusCode::OK, None, json!({})).await?;
         tx.commit().await
     };
     if let Err(error) = ended.await {
@@ -322,7 +326,8 @@ async fn admit(state: &AppState, mut request: Request, next: Next) -> Result<Res
         bearer(state.admin_token.as_deref(), headers).map_err(IntoResponse::into_response)?
     } else {
         let session = session(state, headers).await.map_err(IntoResponse::into_response)?.ok_or_else(|| {
-            unauthorized("sign in at /admin, or send the admin token as `Authorization: Bearer <token>`").into_response()
+            unauthorized("sign in at /admin, or send the admin token as `Authorization: Bearer <token>`")
+                .into_response()
         })?;
         if !changes_nothing(request.method()) {
             csrf_ok(&session, headers).map_err(IntoResponse::into_response)?;
@@ -331,8 +336,12 @@ async fn admit(state: &AppState, mut request: Request, next: Next) -> Result<Res
     };
     let audited = !changes_nothing(request.method()) && !read_only(&request);
     if audited && actor.role != AdminRole::Editor {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("`{}` is a viewer: it cannot change anything", actor.name))
-            .into_response());
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("`{}` is a viewer: it cannot change anything", actor.name),
+        )
+        .into_response());
     }
     request.extensions_mut().insert(actor.clone());
     if !audited {
@@ -357,7 +366,7 @@ async fn admit(state: &AppState, mut request: Request, next: Next) -> Result<Res
         let recorded = async {
             let mut conn = state.pool.acquire().await?;
             let version = if target == "rules" { Some(pipeline::rules::version(&mut *conn).await?) } else { None };
-            audit(&mut *conn, &actor, &method, &path, target, status, version, detail).await?;
+            audit(&mut conn, &actor, &method, &path, target, status, version, detail).await?;
             Ok::<_, pipeline::Error>(())
         };
         if let Err(error) = recorded.await {
@@ -445,8 +454,12 @@ pub(crate) async fn audit_log(
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(axum::extract::Query(query)) = query else {
-        return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "bad query string: use target, actor, before, limit")
-            .into_response();
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "bad query string: use target, actor, before, limit",
+        )
+        .into_response();
     };
     match read_audit(&state.pool, &query).await {
         Ok(entries) => {

@@ -5,8 +5,12 @@
 //! - `GET /api/dlq`: `[{"queue", "source", "length"}]`, every `<queue>_dlq`.
 //! - `GET /api/dlq/{dlq}?limit=50`: `{"queue", "letters": [...]}`, oldest first (limit 1 to 1000).
 //! - `GET /api/dlq/{dlq}/{msg_id}`: one letter, `{"msg_id", "enqueued_at", "envelope", "raw"}`.
-//! - `POST /api/dlq/{dlq}/replay` with `{"msg_id": N}` or `{"all": true}`:
-//!   `{"replayed": n, "skipped": [{"msg_id", "reason"}]}`.
+//! - `POST /api/dlq/{dlq}/replay` with `{"msg_id": N}`, `{"msg_ids": [N, ...]}` or
+//!   `{"all": true}`: `{"replayed": n, "skipped": [{"msg_id", "reason"}]}`.
+//! - `POST /api/dlq/{dlq}/discard` with the same selection and `"reason"` (required):
+//!   `{"discarded": n}`. Each letter is kept in `dlq_discarded` with the reason and who discarded
+//!   it (`pipeline::dlq::discard`), and the change is in the audit log.
+//! - `GET /api/dlq/discarded?queue=&limit=50`: `{"letters": [...]}`, the newest first.
 //!
 //! Errors are JSON `{code, message}`: 400 `bad_request` / `malformed_json`, 401 `unauthorized`,
 //! 404 `not_found` (no such queue or letter), 422 `not_a_dlq` (the name is not that of a
@@ -14,7 +18,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::auth::Actor;
 use crate::submit::ApiError;
 
 /// Letters listed when the query names no limit.
@@ -39,7 +44,9 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/dlq", get(queues))
         .route("/api/dlq/{dlq}", get(list))
+        .route("/api/dlq/discarded", get(discarded))
         .route("/api/dlq/{dlq}/replay", post(replay))
+        .route("/api/dlq/{dlq}/discard", post(discard))
         .route("/api/dlq/{dlq}/{msg_id}", get(show))
 }
 
@@ -151,21 +158,38 @@ async fn show(State(state): State<AppState>, name_and_id: Result<Path<(String, S
     )
 }
 
-/// The body of `POST /api/dlq/{dlq}/replay`: exactly one of the two.
+/// The body of `POST /api/dlq/{dlq}/replay` and `.../discard`: exactly one selection (and a
+/// reason to discard).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReplayBody {
+struct SelectionBody {
     msg_id: Option<i64>,
+    msg_ids: Option<Vec<i64>>,
     #[serde(default)]
     all: bool,
+    reason: Option<String>,
 }
 
-impl ReplayBody {
+impl SelectionBody {
+    /// Reads a body of at most [`MAX_BODY_BYTES`].
+    async fn read(body: Body) -> Result<Self, ApiError> {
+        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| bad_request(format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}")))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not JSON: {e}"))
+        })?;
+        serde_json::from_value(value).map_err(|e| invalid_body(e.to_string()))
+    }
+
     fn selection(&self) -> Result<Selection, ApiError> {
-        match (self.msg_id, self.all) {
-            (Some(msg_id), false) => Ok(Selection::One(msg_id)),
-            (None, true) => Ok(Selection::All),
-            _ => Err(invalid_body("send either `{\"msg_id\": N}` or `{\"all\": true}`")),
+        match (self.msg_id, &self.msg_ids, self.all) {
+            (Some(msg_id), None, false) => Ok(Selection::One(msg_id)),
+            (None, Some(ids), false) if !ids.is_empty() => Ok(Selection::Some(ids.clone())),
+            (None, None, true) => Ok(Selection::All),
+            _ => Err(invalid_body(
+                "send one of `{\"msg_id\": N}`, `{\"msg_ids\": [N, ...]}` (not empty) or `{\"all\": true}`",
+            )),
         }
     }
 }
@@ -174,13 +198,10 @@ impl ReplayBody {
 async fn replay(State(state): State<AppState>, name: Result<Path<String>, PathRejection>, body: Body) -> Response {
     answer(
         async {
-            let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-                .await
-                .map_err(|e| bad_request(format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}")))?;
-            let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not JSON: {e}"))
-            })?;
-            let body: ReplayBody = serde_json::from_value(value).map_err(|e| invalid_body(e.to_string()))?;
+            let body = SelectionBody::read(body).await?;
+            if body.reason.is_some() {
+                return Err(invalid_body("a replay takes no `reason`"));
+            }
             let selection = body.selection()?;
             let queue = dead_letter_queue(&state, &path(name)?).await?;
             let done = dlq::replay(&state.pool, &queue, selection).await.map_err(internal)?;
@@ -190,6 +211,53 @@ async fn replay(State(state): State<AppState>, name: Result<Path<String>, PathRe
             let skipped: Vec<Value> =
                 done.skipped.iter().map(|(msg_id, reason)| json!({ "msg_id": msg_id, "reason": reason })).collect();
             Ok(Json(json!({ "replayed": done.replayed, "skipped": skipped })).into_response())
+        }
+        .await,
+    )
+}
+
+/// `POST /api/dlq/{dlq}/discard`.
+async fn discard(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let body = SelectionBody::read(body).await?;
+            let selection = body.selection()?;
+            let reason = body.reason.as_deref().map(str::trim).unwrap_or_default();
+            if reason.is_empty() {
+                return Err(invalid_body("say why in `reason`: a discarded letter is kept with it"));
+            }
+            let queue = dead_letter_queue(&state, &path(name)?).await?;
+            let done = dlq::discard(&state.pool, &queue, selection, reason, &actor.name).await.map_err(internal)?;
+            Ok(Json(json!({ "discarded": done.discarded, "missing": done.missing })).into_response())
+        }
+        .await,
+    )
+}
+
+/// `?queue=&limit=N` of `GET /api/dlq/discarded`.
+#[derive(Debug, Deserialize)]
+struct DiscardedQuery {
+    queue: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/dlq/discarded`.
+async fn discarded(State(state): State<AppState>, query: Result<Query<DiscardedQuery>, QueryRejection>) -> Response {
+    answer(
+        async {
+            let Query(query) = query.map_err(|e| bad_request(format!("bad query string: {}", e.body_text())))?;
+            let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+            let queue = match query.queue.as_deref().filter(|q| !q.is_empty()) {
+                Some(name) => Some(QueueName::new(name).map_err(|e| bad_request(e.to_string()))?),
+                None => None,
+            };
+            let letters = dlq::discarded(&state.pool, queue.as_ref(), limit).await.map_err(internal)?;
+            Ok(Json(json!({ "letters": letters })).into_response())
         }
         .await,
     )

@@ -1,5 +1,15 @@
-//! A stored lead explained: `GET /api/leads/{submission_id}/explain` (admin) and the operation
-//! behind `rulec explain --submission` ([`explain_submission`]), one implementation for both.
+//! Stored leads for the admin UI: a search (`GET /api/leads`), a lead's whole story
+//! (`GET /api/leads/{submission_id}`), and a stored lead explained:
+//! `GET /api/leads/{submission_id}/explain` (admin) and the operation behind `rulec explain
+//! --submission` ([`explain_submission`]), one implementation for both.
+//!
+//! The search filters by submission id, site, partner, state (a delivery state or
+//! `unmatched`) and submission time (`from`, `to`: RFC 3339), newest first, `limit` (1 to 500,
+//! default 50) per page and `after` the previous page's `next`; never by personal data, which
+//! would then sit in URLs and logs. The story is the submission, its person and alias record,
+//! the routing decision with its explanation, every delivery with each attempt, and where the
+//! lead ended (`pipeline::outcome::finals`, dead letters included).
+//!
 //! From the lead's rows (`pipeline::leads::load`): where it went, by which rule, decision tree
 //! and rules version, and the routing fields the decision saw. Then the decision replayed by
 //! the reference interpreter (`compiler::interp::explain`) under that rules version's kept
@@ -11,18 +21,19 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use compiler::finding::Severity;
 use compiler::interp::{Explanation, Lead};
 use compiler::source::Source;
-use pipeline::leads::{Delivery, Unmatched};
+use pipeline::leads::{Attempt, Cursor, Delivery, Search, SearchState, Unmatched};
 use pipeline::rules::{self, RuleSetDoc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -33,7 +44,10 @@ use crate::submit::ApiError;
 
 /// The route (the admin middleware is applied by the caller).
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/api/leads/{submission_id}/explain", get(explain))
+    Router::new()
+        .route("/api/leads", get(search))
+        .route("/api/leads/{submission_id}", get(story))
+        .route("/api/leads/{submission_id}/explain", get(explain))
 }
 
 /// A stored lead's story: what was recorded, and the decision replayed then and now.
@@ -243,4 +257,153 @@ async fn explain(State(state): State<AppState>, id: Result<Path<String>, PathRej
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response()
         }
     }
+}
+
+/// The query of `GET /api/leads`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    submission_id: Option<String>,
+    site: Option<String>,
+    partner: Option<String>,
+    state: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "admin leads request failed");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+}
+
+impl SearchQuery {
+    /// The search it asks for; a value that does not parse is a 400 naming it.
+    fn search(self) -> Result<Search, ApiError> {
+        let given = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let time = |name: &str, v: Option<String>| -> Result<Option<DateTime<Utc>>, ApiError> {
+            given(v)
+                .map(|v| {
+                    DateTime::parse_from_rfc3339(&v)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|_| bad_request(format!("`{name}` must be an RFC 3339 time, not `{v}`")))
+                })
+                .transpose()
+        };
+        let submission_id = given(self.submission_id)
+            .map(|v| v.parse::<Uuid>().map_err(|_| bad_request(format!("`submission_id` must be a UUID, not `{v}`"))))
+            .transpose()?;
+        let state = given(self.state)
+            .map(|v| {
+                SearchState::parse(&v).ok_or_else(|| {
+                    bad_request(format!(
+                        "`state` must be pending, accepted, rejected, duplicate, failed or unmatched, not `{v}`"
+                    ))
+                })
+            })
+            .transpose()?;
+        let after = given(self.after)
+            .map(|v| Cursor::parse(&v).ok_or_else(|| bad_request(format!("`after` is not a page cursor: `{v}`"))))
+            .transpose()?;
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(bad_request(format!("`limit` must be 1 to 500 (got {limit})")));
+        }
+        Ok(Search {
+            submission_id,
+            site: given(self.site),
+            partner: given(self.partner),
+            state,
+            from: time("from", self.from)?,
+            to: time("to", self.to)?,
+            after,
+            limit,
+        })
+    }
+}
+
+/// `GET /api/leads`: `{"leads": [...], "next": <cursor or null>}`.
+async fn search(State(state): State<AppState>, query: Result<Query<SearchQuery>, QueryRejection>) -> Response {
+    let found = async {
+        let Query(query) = query.map_err(|e| bad_request(format!("bad query string: {}", e.body_text())))?;
+        let search = query.search()?;
+        let mut conn = state.pool.acquire().await.map_err(internal)?;
+        let page = pipeline::leads::search(&mut conn, &search).await.map_err(internal)?;
+        Ok::<_, ApiError>(Json(serde_json::json!({
+            "leads": page.leads,
+            "next": page.next.map(|c| c.to_string()),
+        })))
+    };
+    found.await.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// One delivery of a lead's story, with its attempts.
+#[derive(Debug, Serialize)]
+struct DeliveryStory {
+    #[serde(flatten)]
+    delivery: Delivery,
+    /// Every call made, oldest first.
+    calls: Vec<Attempt>,
+}
+
+/// `GET /api/leads/{submission_id}`: the lead's whole story.
+async fn story(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> Response {
+    let told = async {
+        let Ok(Path(id)) = id else { return Err(bad_request("bad path")) };
+        let not_found =
+            || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no lead with submission id `{id}`"));
+        let submission_id: Uuid = id.parse().map_err(|_| not_found())?;
+        let finals = pipeline::outcome::finals(&state.pool, &[submission_id]).await.map_err(internal)?;
+        let explained = explain_submission(&state.pool, submission_id).await.map_err(internal)?;
+        let Some(explained) = explained else {
+            if finals.is_empty() {
+                return Err(not_found());
+            }
+            // Dead-lettered before it was routed: its letters are its story.
+            return Ok(Json(serde_json::json!({ "submission_id": submission_id, "finals": finals, "deliveries": [] })));
+        };
+        let mut conn = state.pool.acquire().await.map_err(internal)?;
+        let ids: Vec<i64> = explained.deliveries.iter().map(|d| d.id).collect();
+        let mut calls = pipeline::leads::attempts(&mut conn, &ids).await.map_err(internal)?;
+        let (person_id, alias_id, site, submitted_at) = match (explained.deliveries.first(), &explained.unmatched) {
+            (Some(d), _) => (Some(d.person_id), d.alias_id, d.site.clone(), d.submitted_at),
+            (None, Some(u)) => (Some(u.person_id), u.alias_id, Some(u.site.clone()), Some(u.submitted_at)),
+            (None, None) => (None, None, None, None),
+        };
+        let records =
+            pipeline::leads::identities(&mut conn, &[person_id, alias_id].into_iter().flatten().collect::<Vec<_>>())
+                .await
+                .map_err(internal)?;
+        let record = |id: Option<i64>| id.and_then(|id| records.iter().find(|r| r.id == id));
+        let deliveries: Vec<DeliveryStory> = explained
+            .deliveries
+            .iter()
+            .map(|delivery| {
+                let (mine, rest): (Vec<Attempt>, Vec<Attempt>) =
+                    std::mem::take(&mut calls).into_iter().partition(|a| a.lead_id == delivery.id);
+                calls = rest;
+                DeliveryStory { delivery: delivery.clone(), calls: mine }
+            })
+            .collect();
+        let routed = &explained.routed;
+        Ok(Json(serde_json::json!({
+            "submission_id": submission_id,
+            "site": site,
+            "submitted_at": submitted_at,
+            "fields": explained.fields,
+            "person": record(person_id),
+            "alias": record(alias_id),
+            "decision": (routed.tree_version.is_some()).then_some(routed),
+            "unmatched": explained.unmatched.is_some(),
+            "explain": { "then": explained.then, "now": explained.now, "notes": explained.notes },
+            "deliveries": deliveries,
+            "finals": finals,
+        })))
+    };
+    told.await.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
 }

@@ -5,6 +5,7 @@
 //! lead's explanation (`leads`, which `rulec explain --submission` shares). Further admin
 //! endpoints join this router as their workers land.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -12,6 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pipeline::config::{ApiConfig, SubmitConfig};
+use pipeline::queue::Pgmq;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 mod auth;
 mod commit;
+mod dashboard;
 mod dlq;
 mod error;
 mod impact;
@@ -47,6 +50,19 @@ struct AppState {
     admin_token: Option<Arc<str>>,
     /// The admin UI's users and sessions.
     admin: Arc<pipeline::config::AdminConfig>,
+    /// What the database's PGMQ offers, read at the first request that needs it.
+    pgmq: Arc<tokio::sync::OnceCell<Pgmq>>,
+    /// The HTTP client of test leads (`partners`).
+    http: reqwest::Client,
+    /// The environment partner templates may use (`PARTNER_*`).
+    partner_env: Arc<BTreeMap<String, String>>,
+}
+
+impl AppState {
+    /// What the database's PGMQ offers (read once; a failed read is tried again next time).
+    async fn pgmq(&self) -> pipeline::Result<&Pgmq> {
+        self.pgmq.get_or_try_init(|| Pgmq::detect(&self.pool)).await
+    }
 }
 
 /// The HTTP application and the background tasks it needs (group committers, the schema
@@ -62,7 +78,7 @@ pub struct Api {
 impl Api {
     /// Builds the application on `pool` and starts its background tasks.
     pub async fn start(pool: PgPool, config: impl Into<ApiConfig>, shutdown: CancellationToken) -> Result<Self> {
-        let ApiConfig { submit: config, admin_token, admin } = config.into();
+        let ApiConfig { submit: config, admin_token, admin, partner_env } = config.into();
         let mut tasks = JoinSet::new();
         let commit = commit::GroupCommit::start(&pool, &config, &mut tasks)?;
         let schema = Arc::new(schema::ActiveSchema::default());
@@ -73,6 +89,9 @@ impl Api {
         tasks.spawn(Arc::clone(&schema).keep_fresh(pool.clone(), config.schema_refresh, shutdown.clone()));
         tasks.spawn(commit::prune_idempotency_keys(pool.clone(), config.idempotency_ttl, shutdown));
         let state = AppState {
+            pgmq: Arc::default(),
+            http: reqwest::Client::new(),
+            partner_env: Arc::new(partner_env),
             admin_token: admin_token.map(Arc::from),
             admin: Arc::new(admin),
             keys: Arc::new(sites::SiteKeys::new(config.site_key_ttl)),

@@ -54,6 +54,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .merge(crate::dlq::routes())
         .merge(crate::partners::routes())
         .merge(crate::leads::routes())
+        .merge(crate::dashboard::routes())
         .route("/api/audit", get(crate::auth::audit_log))
         .route_layer(middleware::from_fn_with_state(state, crate::auth::require_admin))
 }
@@ -417,7 +418,9 @@ async fn change_checked(state: &AppState, dry_run: bool, change: Change, checked
     if dry_run {
         let impact = impact_on_active(&mut tx, (&proposed_name, &proposed)).await?;
         tx.rollback().await?;
-        return Ok(Json(json!({ "dry_run": true, "report": report.to_json_located(), "impact": impact })).into_response());
+        return Ok(
+            Json(json!({ "dry_run": true, "report": report.to_json_located(), "impact": impact })).into_response()
+        );
     }
     if invalid_findings(&report).next().is_some() {
         tx.rollback().await?;
@@ -440,8 +443,10 @@ async fn change_checked(state: &AppState, dry_run: bool, change: Change, checked
         n => format!("refused: {n} error-level findings"),
     };
     tracing::info!(rules_version = saved, errors = report.errors(), "rule set saved");
-    Ok(Json(json!({ "version": saved, "report": report.to_json_located(), "activation": activation, "impact": impact }))
-        .into_response())
+    Ok(Json(
+        json!({ "version": saved, "report": report.to_json_located(), "activation": activation, "impact": impact }),
+    )
+    .into_response())
 }
 
 /// The impact of `proposed` against the rules of the active decision tree (what routes leads
@@ -470,10 +475,9 @@ async fn put_rule_set(
             if is_yaml(&headers) {
                 return match parse_rules_file(&bytes).await {
                     Ok((doc, report)) => change_checked(&state, dry_run, Change::Replace(doc), Some(report)).await,
-                    Err(Failure::Invalid(report)) if dry_run => Ok(Json(
-                        json!({ "dry_run": true, "report": report.to_json_located() }),
-                    )
-                    .into_response()),
+                    Err(Failure::Invalid(report)) if dry_run => {
+                        Ok(Json(json!({ "dry_run": true, "report": report.to_json_located() })).into_response())
+                    }
                     Err(other) => Err(other),
                 };
             }

@@ -213,6 +213,7 @@ impl ServeArgs {
 
     /// The service's configuration; fails on an unreadable or invalid `ADMIN_USERS_FILE`.
     pub(crate) fn config(&self) -> anyhow::Result<ServiceConfig> {
+        let partner_env = partner_env();
         let admin_users = match &self.admin_users_file {
             Some(file) => {
                 let text = std::fs::read_to_string(file)
@@ -254,6 +255,7 @@ impl ServeArgs {
                     idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs.max(60)),
                     ..SubmitConfig::default()
                 },
+                partner_env: partner_env.clone(),
             },
             identify_workers: self.identify_workers,
             identify_max_retries: self.identify_max_retries,
@@ -266,7 +268,7 @@ impl ServeArgs {
                 workers: self.deliver_workers,
                 partners_refresh: Duration::from_secs(self.partners_refresh_secs.max(1)),
                 breaker_cache: Duration::from_millis(self.breaker_cache_ms),
-                env: partner_env(),
+                env: partner_env,
             },
             routing_max_retries: self.routing_max_retries,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),

@@ -154,6 +154,7 @@ fn truncate(text: &str, width: usize) -> String {
 }
 
 async fn replay(pool: &PgPool, queue: &QueueName, selection: Selection) -> anyhow::Result<()> {
+    let one = matches!(selection, Selection::One(_));
     let done = dlq::replay(pool, queue, selection).await.context("replaying")?;
     let source = dlq::source_queue(queue).map_or_else(String::new, |q| q.to_string());
     if let Some(missing) = done.missing.first() {
@@ -164,7 +165,7 @@ async fn replay(pool: &PgPool, queue: &QueueName, selection: Selection) -> anyho
     for (msg_id, reason) in &done.skipped {
         println!("skipped {msg_id}: {reason}");
     }
-    if matches!(selection, Selection::One(_)) && !done.skipped.is_empty() {
+    if one && !done.skipped.is_empty() {
         bail!("the letter was not replayed");
     }
     Ok(())

@@ -140,6 +140,32 @@ pub fn rule_set(rules: usize, seed: u64) -> String {
     render(header, &generated)
 }
 
+/// The set [`rule_set`] gives with the rules of its deliberate error findings (conflicts,
+/// shadowed rules) disabled, so it compiles: what a service would route with. Fails if the
+/// analysis cannot run.
+pub fn compilable_rule_set(rules: usize, seed: u64) -> crate::Result<String> {
+    let (header, mut generated, _) = generate(rules, seed);
+    loop {
+        let text = render(header.clone(), &generated);
+        let (_, findings, _) = crate::report::check_rules("generated.yaml", text.as_bytes())?;
+        let bad = crate::finding::rules_with_errors(&findings);
+        if bad.is_empty() {
+            return Ok(text);
+        }
+        // Disabling a rule settles its findings; a round that disables none cannot help.
+        let mut disabled = 0;
+        for (i, rule) in generated.iter_mut().enumerate() {
+            if rule.enabled && bad.contains(format!("r{i}").as_str()) {
+                rule.enabled = false;
+                disabled += 1;
+            }
+        }
+        if disabled == 0 {
+            return Err(crate::Error::NotCompilable(bad.len()));
+        }
+    }
+}
+
 /// The set [`rule_set`] gives, and the same set with `changes` rules (spread evenly) changed
 /// the way authors change them, in turn: a narrower age band, another route, disabled, moved
 /// to another priority. For the `rulec diff` benchmark and tests.

@@ -164,11 +164,14 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// The admin UI's sign-in.
     pub admin: AdminConfig,
+    /// Environment variables partner templates may use (`PARTNER_*`), for the admin API's
+    /// test leads: as the deliver workers render them.
+    pub partner_env: std::collections::BTreeMap<String, String>,
 }
 
 impl From<SubmitConfig> for ApiConfig {
     fn from(submit: SubmitConfig) -> Self {
-        Self { submit, admin_token: None, admin: AdminConfig::default() }
+        Self { submit, ..Self::default() }
     }
 }
 
@@ -260,7 +263,9 @@ impl AdminUser {
             let role = AdminRole::parse(role)
                 .ok_or_else(|| format!("line {at}: the role must be `viewer` or `editor`, not `{role}`"))?;
             if !hash.starts_with("$argon2") {
-                return Err(format!("line {at}: the password hash must be an Argon2 PHC string (`offer-router hash-password`)"));
+                return Err(format!(
+                    "line {at}: the password hash must be an Argon2 PHC string (`offer-router hash-password`)"
+                ));
             }
             if users.iter().any(|u| u.name == name) {
                 return Err(format!("line {at}: `{name}` is listed twice"));

@@ -46,13 +46,26 @@ impl Letter {
     }
 }
 
-/// Which letters [`replay`] takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which letters [`replay`] or [`discard`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// The letter with this id.
     One(i64),
+    /// The letters with these ids.
+    Some(Vec<i64>),
     /// Every letter in the queue (except those a concurrent replay holds).
     All,
+}
+
+impl Selection {
+    /// The ids named, if the selection names them.
+    fn ids(&self) -> Option<Vec<i64>> {
+        match self {
+            Self::One(id) => Some(vec![*id]),
+            Self::Some(ids) => Some(ids.clone()),
+            Self::All => None,
+        }
+    }
 }
 
 /// What a [`replay`] did.
@@ -127,9 +140,10 @@ pub async fn replay(pool: &PgPool, dlq: &QueueName, selection: Selection) -> Res
         None => false,
     };
     let mut done = Replayed::default();
+    let mut replayed_ids = Vec::new();
     let mut after = i64::MIN;
     loop {
-        let letters = lock(&mut tx, dlq, selection, after).await?;
+        let letters = lock(&mut tx, dlq, &selection, after).await?;
         let Some(last) = letters.last() else { break };
         after = last.msg_id;
         let mut ids = Vec::with_capacity(letters.len());
@@ -150,20 +164,20 @@ pub async fn replay(pool: &PgPool, dlq: &QueueName, selection: Selection) -> Res
             let sql = format!("DELETE FROM {} WHERE msg_id = ANY($1)", dlq.table());
             sqlx::query(&sql).bind(&ids).execute(&mut *tx).await?;
             done.replayed += ids.len();
-        }
-        if matches!(selection, Selection::One(_)) {
-            break;
+            replayed_ids.extend(ids);
         }
     }
-    if let Selection::One(msg_id) = selection
-        && done.replayed == 0
-        && done.skipped.is_empty()
-    {
-        // Nothing locked: either a concurrent replay holds it or it is not there.
-        if show(&mut *tx, dlq, msg_id).await?.is_some() {
-            done.skipped.push((msg_id, "a concurrent replay holds it".to_owned()));
-        } else {
-            done.missing.push(msg_id);
+    if let Some(named) = selection.ids() {
+        // A named letter not locked: either a concurrent replay holds it or it is not there.
+        for msg_id in named {
+            if replayed_ids.contains(&msg_id) || done.skipped.iter().any(|(id, _)| *id == msg_id) {
+                continue;
+            }
+            if show(&mut *tx, dlq, msg_id).await?.is_some() {
+                done.skipped.push((msg_id, "a concurrent replay holds it".to_owned()));
+            } else {
+                done.missing.push(msg_id);
+            }
         }
     }
     tx.commit().await?;
@@ -171,21 +185,106 @@ pub async fn replay(pool: &PgPool, dlq: &QueueName, selection: Selection) -> Res
     Ok(done)
 }
 
+/// What a [`discard`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiscardedCount {
+    /// Letters moved out of the DLQ into `dlq_discarded`.
+    pub discarded: usize,
+    /// Selected ids not in the DLQ (never there, replayed or discarded already, or held by a
+    /// concurrent replay).
+    pub missing: Vec<i64>,
+}
+
+/// A letter an operator discarded, as `dlq_discarded` keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct DiscardedLetter {
+    /// The dead-letter queue it was in.
+    pub queue: String,
+    /// Its id there.
+    pub msg_id: i64,
+    /// When it was dead-lettered.
+    pub enqueued_at: DateTime<Utc>,
+    /// The letter (a [`DeadLetter`] envelope, or whatever was there).
+    pub message: Option<Value>,
+    /// Why it was discarded.
+    pub reason: String,
+    /// Who discarded it.
+    pub actor: String,
+    /// When.
+    pub discarded_at: DateTime<Utc>,
+}
+
+/// Discards the selected letters of `dlq`: in one transaction each is copied, with `reason`
+/// and `actor`, into `dlq_discarded` and deleted from the queue. Nothing leaves a dead-letter
+/// queue without a trace.
+pub async fn discard(
+    pool: &PgPool,
+    dlq: &QueueName,
+    selection: Selection,
+    reason: &str,
+    actor: &str,
+) -> Result<DiscardedCount> {
+    let mut tx = pool.begin().await?;
+    let mut done = DiscardedCount::default();
+    let mut taken = Vec::new();
+    let mut after = i64::MIN;
+    loop {
+        let letters = lock(&mut tx, dlq, &selection, after).await?;
+        let Some(last) = letters.last() else { break };
+        after = last.msg_id;
+        let ids: Vec<i64> = letters.iter().map(|l| l.msg_id).collect();
+        sqlx::query(
+            "INSERT INTO dlq_discarded (queue, msg_id, enqueued_at, message, reason, actor)
+             SELECT $1, m, e, b, $5, $6 FROM unnest($2::bigint[], $3::timestamptz[], $4::jsonb[]) AS u(m, e, b)",
+        )
+        .bind(dlq.as_str())
+        .bind(&ids)
+        .bind(letters.iter().map(|l| l.enqueued_at).collect::<Vec<_>>())
+        .bind(letters.iter().map(|l| &l.raw).collect::<Vec<_>>())
+        .bind(reason)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!("DELETE FROM {} WHERE msg_id = ANY($1)", dlq.table());
+        sqlx::query(&sql).bind(&ids).execute(&mut *tx).await?;
+        done.discarded += ids.len();
+        taken.extend(ids);
+    }
+    if let Some(named) = selection.ids() {
+        done.missing = named.into_iter().filter(|id| !taken.contains(id)).collect();
+    }
+    tx.commit().await?;
+    tracing::info!(%dlq, discarded = done.discarded, actor, "dead letters discarded");
+    Ok(done)
+}
+
+/// The newest discarded letters (of `dlq` only, when given), newest first.
+pub async fn discarded<'e>(
+    executor: impl PgExecutor<'e>,
+    dlq: Option<&QueueName>,
+    limit: u32,
+) -> Result<Vec<DiscardedLetter>> {
+    Ok(sqlx::query_as(
+        "SELECT queue, msg_id, enqueued_at, message, reason, actor, discarded_at FROM dlq_discarded
+         WHERE $1::text IS NULL OR queue = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(dlq.map(QueueName::as_str))
+    .bind(i64::from(limit))
+    .fetch_all(executor)
+    .await?)
+}
+
 /// Locks the next chunk of selected letters after `after`, skipping letters another transaction
 /// holds.
-async fn lock(conn: &mut PgConnection, dlq: &QueueName, selection: Selection, after: i64) -> Result<Vec<Letter>> {
+async fn lock(conn: &mut PgConnection, dlq: &QueueName, selection: &Selection, after: i64) -> Result<Vec<Letter>> {
     let sql = format!(
         "SELECT msg_id, enqueued_at, message FROM {}
-         WHERE msg_id > $1 AND ($2::bigint IS NULL OR msg_id = $2)
+         WHERE msg_id > $1 AND ($2::bigint[] IS NULL OR msg_id = ANY($2))
          ORDER BY msg_id LIMIT $3
          FOR UPDATE SKIP LOCKED",
         dlq.table()
     );
-    let only = match selection {
-        Selection::One(msg_id) => Some(msg_id),
-        Selection::All => None,
-    };
-    let rows = sqlx::query_as(&sql).bind(after).bind(only).bind(REPLAY_CHUNK).fetch_all(&mut *conn).await?;
+    let rows = sqlx::query_as(&sql).bind(after).bind(selection.ids()).bind(REPLAY_CHUNK).fetch_all(&mut *conn).await?;
     Ok(rows.into_iter().map(Letter::from_row).collect())
 }
 

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::dlq;
-use crate::queue::{Pgmq, QueueMetrics};
+use crate::queue::{Pgmq, QueueMetrics, QueueName};
 use crate::state::{CircuitState, DeliveryState};
 
 /// A final state of a submission (for one partner, where it reached one).
@@ -187,6 +187,28 @@ async fn letters(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<DeadLetterOf>> {
                 error,
             });
         }
+    }
+    // Letters an operator discarded stay dead-lettered, with who did it and why.
+    let rows: Vec<(String, String, DateTime<Utc>, String, String)> = sqlx::query_as(
+        "SELECT lower(d.message->'message'->>'submission_id'), d.queue, d.discarded_at, d.actor, d.reason
+         FROM dlq_discarded d WHERE lower(d.message->'message'->>'submission_id') = ANY($1::text[])",
+    )
+    .bind(ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    for (id, queue, at, actor, reason) in rows {
+        let Ok(submission_id) = id.parse() else { continue };
+        let partner = QueueName::new(queue.as_str())
+            .ok()
+            .and_then(|q| dlq::source_queue(&q))
+            .and_then(|source| source.as_str().strip_prefix("partner_").map(str::to_owned));
+        out.push(DeadLetterOf {
+            submission_id,
+            partner,
+            queue,
+            at,
+            error: Some(format!("discarded by {actor}: {reason}")),
+        });
     }
     Ok(out)
 }

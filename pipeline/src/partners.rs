@@ -34,6 +34,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict, in the order of `delivery_attempts`' `CHECK`.
+    pub const ALL: [Self; 5] = [Self::Accepted, Self::Rejected, Self::Duplicate, Self::Retryable, Self::Permanent];
+
     /// Its name, as in the partners file (`accepted`, `retryable`, ...). The state it gives the
     /// lead's row is deliver's decision (`workers::deliver`), a `DeliveryState`.
     pub fn as_str(self) -> &'static str {
@@ -248,7 +251,12 @@ impl PartnerConfig {
         if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
             return Err(format!("{}: breaker.failure_rate must be between 0 and 1", self.name));
         }
-        Ok(())
+        // The templates compile (and the method parses) as deliver will compile them.
+        match crate::adapter::Adapter::new(self) {
+            Ok(_) => Ok(()),
+            Err(Error::InvalidPartner(problem)) => Err(problem),
+            Err(other) => Err(other.to_string()),
+        }
     }
 }
 
@@ -335,6 +343,17 @@ pub async fn apply(conn: &mut PgConnection, partner: &PartnerConfig) -> Result<(
         queue::create_with_dead_letter_queue(conn, &queue).await?;
     }
     Ok(())
+}
+
+/// Turns delivery to partner `name` on or off (deliver reads only enabled partners' queues);
+/// `false` when there is no such partner.
+pub async fn set_enabled<'e>(executor: impl PgExecutor<'e>, name: &str, enabled: bool) -> Result<bool> {
+    let done = sqlx::query("UPDATE partners SET enabled = $2, updated_at = now() WHERE name = $1")
+        .bind(name)
+        .bind(enabled)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// How many partners are stored (enabled or not): the daemon seeds the partners file only

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use pipeline::adapter::{Adapter, Answer, excerpt};
 use pipeline::consumer::{Envelope, Handler, Outcome};
 use pipeline::message::PartnerLead;
 use pipeline::partners::{PartnerConfig, Verdict};
@@ -140,154 +141,23 @@ pub struct DeliverContext {
 
 /// The handler of one partner's queue.
 pub struct Deliver {
-    partner: PartnerConfig,
+    adapter: Adapter,
     context: DeliverContext,
-    method: reqwest::Method,
-    templates: minijinja::Environment<'static>,
     rng: Mutex<rand::rngs::StdRng>,
-}
-
-/// What one HTTP call came to.
-#[derive(Debug)]
-struct Answer {
-    status: Option<u16>,
-    body: String,
-    retry_after: Option<Duration>,
-    verdict: Verdict,
-    error: Option<String>,
-    elapsed: Duration,
 }
 
 impl Deliver {
     /// A handler for `partner`; its method is parsed and its templates compiled now (an invalid
     /// one is an error).
     pub fn new(partner: PartnerConfig, context: DeliverContext) -> Result<Self> {
-        let method = reqwest::Method::from_bytes(partner.request.method.as_bytes())
-            .map_err(|_| Error::Method { partner: partner.name.clone(), method: partner.request.method.clone() })?;
-        let mut sources = vec![("url".to_owned(), partner.request.url.clone())];
-        for (name, value) in &partner.request.headers {
-            sources.push((format!("header:{name}"), value.clone()));
-        }
-        let mut body = Vec::new();
-        collect_templates(&partner.request.body, String::new(), &mut body);
-        sources.extend(body.into_iter().map(|(path, text)| (format!("body:{path}"), text)));
-        let mut templates = minijinja::Environment::new();
-        for (template, source) in sources {
-            templates.add_template_owned(template.clone(), source).map_err(|source| Error::Template {
-                partner: partner.name.clone(),
-                template,
-                source,
-            })?;
-        }
-        Ok(Self { partner, context, method, templates, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
+        let adapter = Adapter::new(&partner)?;
+        Ok(Self { adapter, context, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
     }
 
     /// The partner this handler serves.
     pub fn partner(&self) -> &PartnerConfig {
-        &self.partner
+        self.adapter.partner()
     }
-
-    fn render(&self, name: &str, ctx: &Value) -> Result<String, minijinja::Error> {
-        self.templates.get_template(name)?.render(ctx)
-    }
-
-    fn render_body(&self, node: &Value, path: String, ctx: &Value) -> Result<Value, minijinja::Error> {
-        Ok(match node {
-            Value::String(_) => Value::String(self.render(&format!("body:{path}"), ctx)?),
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| Ok((k.clone(), self.render_body(v, format!("{path}/{k}"), ctx)?)))
-                    .collect::<Result<_, minijinja::Error>>()?,
-            ),
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| self.render_body(v, format!("{path}/{i}"), ctx))
-                    .collect::<Result<_, minijinja::Error>>()?,
-            ),
-            other => other.clone(),
-        })
-    }
-
-    /// Builds and sends the request for one lead; never fails, the answer says what happened.
-    async fn call(&self, lead: &PartnerLead, person: Value) -> Answer {
-        let started = Instant::now();
-        let ctx = json!({ "lead": lead, "person": person, "env": &*self.context.env });
-        let request = (|| -> Result<reqwest::RequestBuilder, minijinja::Error> {
-            let url = self.render("url", &ctx)?;
-            let mut builder = self
-                .context
-                .client
-                .request(self.method.clone(), url)
-                .timeout(Duration::from_millis(u64::from(self.partner.timeout_ms)))
-                .header("Idempotency-Key", format!("{}:{}", lead.lead.submission_id, self.partner.name));
-            for name in self.partner.request.headers.keys() {
-                builder = builder.header(name.as_str(), self.render(&format!("header:{name}"), &ctx)?);
-            }
-            let body = self.render_body(&self.partner.request.body, String::new(), &ctx)?;
-            Ok(if self.partner.request.encoding == "form" {
-                let form: Vec<(String, String)> = body
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                builder.form(&form)
-            } else {
-                builder.json(&body)
-            })
-        })();
-        let failed = |verdict, error: String| Answer {
-            status: None,
-            body: String::new(),
-            retry_after: None,
-            verdict,
-            error: Some(error),
-            elapsed: started.elapsed(),
-        };
-        let request = match request {
-            Ok(request) => request,
-            Err(error) => return failed(Verdict::Permanent, format!("cannot build the request: {error}")),
-        };
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let body = response.text().await.unwrap_or_default();
-                let verdict = self.partner.classify(status, &body);
-                let error = matches!(verdict, Verdict::Retryable | Verdict::Permanent)
-                    .then(|| format!("HTTP {status}: {}", excerpt(&body, 200)));
-                Answer { status: Some(status), body, retry_after, verdict, error, elapsed: started.elapsed() }
-            }
-            Err(error) if error.is_timeout() => {
-                failed(Verdict::Retryable, format!("timed out after {} ms", self.partner.timeout_ms))
-            }
-            Err(error) => failed(Verdict::Retryable, format!("request failed: {error}")),
-        }
-    }
-}
-
-fn collect_templates(node: &Value, path: String, out: &mut Vec<(String, String)>) {
-    match node {
-        Value::String(text) => out.push((path, text.clone())),
-        Value::Object(map) => map.iter().for_each(|(k, v)| collect_templates(v, format!("{path}/{k}"), out)),
-        Value::Array(items) => {
-            items.iter().enumerate().for_each(|(i, v)| collect_templates(v, format!("{path}/{i}"), out))
-        }
-        _ => {}
-    }
-}
-
-fn excerpt(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
 }
 
 /// The dedupe key of a lead: the partner's fields, from the person (`email`, `phone`,
@@ -316,6 +186,9 @@ struct RowUpdate {
     status: Option<i32>,
     excerpt: String,
     error: Option<String>,
+    /// How the answer was classified, and how long the call took: the attempt's own record.
+    verdict: Verdict,
+    elapsed_ms: i32,
 }
 
 /// What to do with one message before any call.
@@ -448,6 +321,8 @@ fn settle(
             status: answer.status.map(i32::from),
             excerpt: excerpt(&answer.body, EXCERPT),
             error: answer.error.clone(),
+            verdict: answer.verdict,
+            elapsed_ms: i32::try_from(answer.elapsed.as_millis()).unwrap_or(i32::MAX),
         });
         outcomes[i] = Some(outcome);
     }
@@ -482,11 +357,11 @@ impl Handler for Deliver {
     type Error = Error;
 
     fn ready(&self) -> bool {
-        self.context.breakers.readable(&self.partner.name)
+        self.context.breakers.readable(&self.partner().name)
     }
 
     async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>> {
-        let span = tracing::info_span!("deliver.batch", partner = %self.partner.name, leads = batch.len());
+        let span = tracing::info_span!("deliver.batch", partner = %self.partner().name, leads = batch.len());
         self.deliver(tx, batch).instrument(span).await
     }
 }
@@ -501,7 +376,7 @@ impl Deliver {
             Gate::All => usize::MAX,
             Gate::Probe => 1,
             Gate::Wait(wait) => {
-                let reason = format!("circuit of {} is open", self.partner.name);
+                let reason = format!("circuit of {} is open", self.partner().name);
                 return Ok(claimed
                     .plans
                     .into_iter()
@@ -516,16 +391,16 @@ impl Deliver {
         let answers = self.send(batch, &claimed, &sends).await;
         let settlement = {
             let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-            settle(&RetryRules::of(&self.partner), &claimed.plans, &sends, &answers, &mut *rng)
+            settle(&RetryRules::of(self.partner()), &claimed.plans, &sends, &answers, &mut *rng)
         };
         for ((&i, answer), update) in sends.iter().zip(&answers).zip(&settlement.updates) {
-            emit_call(&self.partner.name, &batch[i], answer, update.attempts, update.state == DeliveryState::Failed);
+            emit_call(&self.partner().name, &batch[i], answer, update.attempts, update.state == DeliveryState::Failed);
         }
-        record(tx, &settlement.updates).await?;
+        record(tx, &self.partner().name, &settlement.updates).await?;
         self.update_breaker(settlement.successes, settlement.failures, settlement.open_for).await?;
         sentry::metrics::distribution("deliver.batch.duration", started.elapsed().as_secs_f64() * 1e3)
             .unit(sentry::protocol::Unit::Millisecond)
-            .attribute("partner", self.partner.name.clone())
+            .attribute("partner", self.partner().name.clone())
             .capture();
         Ok(settlement.outcomes)
     }
@@ -540,9 +415,11 @@ impl Deliver {
         let mut claim = self.context.pool.begin().await?;
         let persons = identities(&mut claim, batch).await?;
         let mut claimed = Claimed { plans: Vec::new(), persons };
-        let keys: Vec<String> =
-            batch.iter().map(|m| dedupe_key(&self.partner.dedupe_fields, &m.body, &claimed.person(&m.body))).collect();
-        let locks = keys.iter().map(|k| pipeline::db::advisory_key(&self.partner.name, k)).collect();
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|m| dedupe_key(&self.partner().dedupe_fields, &m.body, &claimed.person(&m.body)))
+            .collect();
+        let locks = keys.iter().map(|k| pipeline::db::advisory_key(&self.partner().name, k)).collect();
         pipeline::db::lock_in_order(&mut claim, locks).await?;
         claimed.plans = self.prepare(&mut claim, batch, &keys).await?;
         claim.commit().await?;
@@ -553,7 +430,7 @@ impl Deliver {
     /// replica wins the lease.
     async fn gate(&self) -> Result<Gate> {
         self.context.breakers.refresh(&self.context.pool).await?;
-        let Some(breaker) = self.context.breakers.get(&self.partner.name).filter(|b| b.state != CircuitState::Closed)
+        let Some(breaker) = self.context.breakers.get(&self.partner().name).filter(|b| b.state != CircuitState::Closed)
         else {
             return Ok(Gate::All);
         };
@@ -574,11 +451,13 @@ impl Deliver {
                 // The lead's span (sampled batches only) times its call.
                 let span = spans.start("deliver.lead", lead.lead.submission_id);
                 span.record("msg_id", batch[i].msg_id);
-                span.record("partner", self.partner.name.as_str());
+                span.record("partner", self.partner().name.as_str());
                 if let Plan::Send { attempts, .. } = claimed.plans[i] {
                     span.record("attempt", attempts + 1);
                 }
-                let call = self.call(lead, claimed.person(lead));
+                let person = claimed.person(lead);
+                let call =
+                    async move { self.adapter.call(&self.context.client, lead, &person, &self.context.env).await };
                 async move {
                     let answer = call.await;
                     span.record("status", answer.status);
@@ -602,7 +481,7 @@ impl Deliver {
         batch: &[Envelope<PartnerLead>],
         keys: &[String],
     ) -> Result<Vec<Plan>> {
-        let partner = &self.partner.name;
+        let partner = &self.partner().name;
         let ids: Vec<uuid::Uuid> = batch.iter().map(|m| m.body.lead.submission_id).collect();
         let existing: HashMap<uuid::Uuid, (i64, DeliveryState, i32)> =
             sqlx::query_as::<_, (uuid::Uuid, i64, DeliveryState, i32)>(
@@ -618,7 +497,7 @@ impl Deliver {
         let mut seen: std::collections::HashSet<String> = sqlx::query_scalar(CLAIMED_KEYS)
             .bind(partner)
             .bind(keys)
-            .bind(self.partner.dedupe_window_days as i32)
+            .bind(self.partner().dedupe_window_days as i32)
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?
@@ -682,11 +561,11 @@ impl Deliver {
             let lead = |i: usize| &batch[i].body;
             let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
                 "INSERT INTO leads (submission_id, partner, person_id, alias_id, rule_name, tree_version, state, dedupe_key,
-                                    fields)
-                 SELECT s, $1, p, a, r, t, st, k, f
+                                    fields, site, submitted_at)
+                 SELECT s, $1, p, a, r, t, st, k, f, si, sa
                  FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[],
-                             $9::jsonb[])
-                      AS u(s, p, a, r, t, st, k, f)
+                             $9::jsonb[], $10::text[], $11::timestamptz[])
+                      AS u(s, p, a, r, t, st, k, f, si, sa)
                  RETURNING submission_id, id",
             )
             .bind(partner)
@@ -699,6 +578,8 @@ impl Deliver {
             .bind(new_rows.iter().map(|&(i, _)| keys[i].as_str()).collect::<Vec<_>>())
             // The routing fields the decision saw, so the stored lead can be explained.
             .bind(new_rows.iter().map(|&(i, _)| Value::Object(lead(i).lead.fields.clone())).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.site.as_str()).collect::<Vec<_>>())
+            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.submitted_at).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
             let row_of: HashMap<uuid::Uuid, i64> = rows.into_iter().collect();
@@ -721,14 +602,14 @@ impl Deliver {
 
     /// Takes the half-open probe lease (compare-and-swap on `generation`, committed at once).
     async fn take_probe(&self, seen: &BreakerState) -> Result<bool> {
-        let lease = Duration::from_millis(u64::from(self.partner.timeout_ms)) + Duration::from_secs(5);
+        let lease = Duration::from_millis(u64::from(self.partner().timeout_ms)) + Duration::from_secs(5);
         let taken = sqlx::query(
             "UPDATE circuit_breakers SET state = $5, probe_owner = $3,
                     probe_lease_until = now() + $4 * interval '1 millisecond', generation = generation + 1, updated_at = now()
              WHERE partner = $1 AND generation = $2 AND state <> $6 AND retry_at <= now()
                AND (probe_lease_until IS NULL OR probe_lease_until <= now())",
         )
-        .bind(&self.partner.name)
+        .bind(&self.partner().name)
         .bind(seen.generation)
         .bind(&self.context.owner)
         .bind(lease.as_millis() as i64)
@@ -740,8 +621,8 @@ impl Deliver {
             == 1;
         self.context.breakers.reload(&self.context.pool).await?;
         if taken {
-            tracing::info!(partner = %self.partner.name, "circuit half-open: sending one probe");
-            transition(&self.partner.name, CircuitState::HalfOpen);
+            tracing::info!(partner = %self.partner().name, "circuit half-open: sending one probe");
+            transition(&self.partner().name, CircuitState::HalfOpen);
         }
         Ok(taken)
     }
@@ -752,7 +633,7 @@ impl Deliver {
         if successes == 0 && failures == 0 {
             return Ok(());
         }
-        let b = &self.partner.breaker;
+        let b = &self.partner().breaker;
         let row: (CircuitState, i32, i32, i32) = sqlx::query_as(
             "UPDATE circuit_breakers SET
                  consecutive_failures = CASE WHEN $2 > 0 THEN 0 ELSE consecutive_failures + $3 END,
@@ -767,7 +648,7 @@ impl Deliver {
              WHERE partner = $1
              RETURNING state, consecutive_failures, window_successes, window_failures",
         )
-        .bind(&self.partner.name)
+        .bind(&self.partner().name)
         .bind(successes as i32)
         .bind(failures as i32)
         .bind(b.window_secs as f64)
@@ -790,18 +671,18 @@ impl Deliver {
                         generation = generation + 1, updated_at = now()
                  WHERE partner = $1",
             )
-            .bind(&self.partner.name)
+            .bind(&self.partner().name)
             .bind(duration.as_millis() as i64)
             .bind(CircuitState::Open)
             .execute(&self.context.pool)
             .await?;
-            tracing::warn!(partner = %self.partner.name, retry_in_s = duration.as_secs(), "circuit opened");
-            transition(&self.partner.name, CircuitState::Open);
+            tracing::warn!(partner = %self.partner().name, retry_in_s = duration.as_secs(), "circuit opened");
+            transition(&self.partner().name, CircuitState::Open);
         } else if state == CircuitState::Closed && successes > 0 {
             // closed (again): announce only a real transition
-            if self.context.breakers.get(&self.partner.name).is_some_and(|b| b.state != CircuitState::Closed) {
-                tracing::info!(partner = %self.partner.name, "circuit closed");
-                transition(&self.partner.name, CircuitState::Closed);
+            if self.context.breakers.get(&self.partner().name).is_some_and(|b| b.state != CircuitState::Closed) {
+                tracing::info!(partner = %self.partner().name, "circuit closed");
+                transition(&self.partner().name, CircuitState::Closed);
             } else {
                 // Still closed: nothing other workers need to see sooner than their cache allows.
                 return Ok(());
@@ -859,26 +740,36 @@ fn emit_call(partner: &str, message: &Envelope<PartnerLead>, answer: &Answer, at
     }
 }
 
-/// Records the calls' answers on their `leads` rows, in the batch's transaction.
-async fn record(tx: &mut PgConnection, updates: &[RowUpdate]) -> Result<()> {
+/// Records the calls' answers on their `leads` rows and each call in `delivery_attempts`, in
+/// one statement of the batch's transaction.
+async fn record(tx: &mut PgConnection, partner: &str, updates: &[RowUpdate]) -> Result<()> {
     if updates.is_empty() {
         return Ok(());
     }
     // `clock_timestamp()`, not `now()` (the batch's start, before the calls): the row records
     // when the answers came, which the end-to-end latency is measured to.
     sqlx::query(
-        "UPDATE leads SET state = u.state, attempts = u.attempts, response_status = u.status,
-                response_excerpt = u.excerpt, error = u.error, updated_at = clock_timestamp()
-         FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[])
-              AS u(id, state, attempts, status, excerpt, error)
-         WHERE leads.id = u.id",
+        "WITH u AS (
+             SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::int[], $6::text[], $7::text[], $8::text[],
+                                  $9::int[])
+                 AS u(id, state, attempts, status, excerpt, error, verdict, elapsed_ms)
+         ), updated AS (
+             UPDATE leads SET state = u.state, attempts = u.attempts, response_status = u.status,
+                    response_excerpt = u.excerpt, error = u.error, updated_at = clock_timestamp()
+             FROM u WHERE leads.id = u.id
+         )
+         INSERT INTO delivery_attempts (lead_id, partner, attempt, status, verdict, elapsed_ms, response_excerpt, error)
+         SELECT id, $1, attempts, status, verdict, elapsed_ms, excerpt, error FROM u",
     )
+    .bind(partner)
     .bind(updates.iter().map(|u| u.id).collect::<Vec<_>>())
     .bind(updates.iter().map(|u| u.state).collect::<Vec<_>>())
     .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
     .bind(updates.iter().map(|u| u.status).collect::<Vec<_>>())
     .bind(updates.iter().map(|u| u.excerpt.as_str()).collect::<Vec<_>>())
     .bind(updates.iter().map(|u| u.error.as_deref()).collect::<Vec<_>>())
+    .bind(updates.iter().map(|u| u.verdict.as_str()).collect::<Vec<_>>())
+    .bind(updates.iter().map(|u| u.elapsed_ms).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -26,24 +26,6 @@ pub enum Error {
     /// Identify: deriving `submitted_hour` and `submitted_weekday` failed.
     #[error("deriving time fields: {0}")]
     DeriveTimes(#[source] sqlx::Error),
-    /// Deliver: a partner's request template does not compile.
-    #[error("partner `{partner}`: invalid template `{template}`: {source}")]
-    Template {
-        /// The partner.
-        partner: String,
-        /// Which template (`url`, `header:<name>`, `body:<path>`).
-        template: String,
-        /// Why.
-        source: minijinja::Error,
-    },
-    /// Deliver: a partner's HTTP method is not a method.
-    #[error("partner `{partner}`: invalid HTTP method `{method}`")]
-    Method {
-        /// The partner.
-        partner: String,
-        /// The method as configured.
-        method: String,
-    },
     /// Deliver: a lead's claimed `leads` row was not returned by its insert.
     #[error("the new leads row of submission `{0}` is missing")]
     MissingLeadRow(uuid::Uuid),

@@ -1,7 +1,7 @@
 // The live dashboard: polls `GET /api/dashboard` every 2 s (Postgres's counters, so every
 // replica's work counts) and charts throughput per stage (from the counters' differences),
-// end-to-end latency percentiles and queue depths with uPlot (vendored); outcomes per partner
-// and circuit states as tables.
+// end-to-end latency percentiles and queue depths per stage with uPlot (vendored); outcomes
+// per partner and circuit states as tables.
 
 import { api, h, replace, table, num, badge, report } from "./ui.js";
 
@@ -38,7 +38,8 @@ export function mount(root) {
       width: width(), height: 180,
       series: [{}, ...labels.map((label, i) => ({ label, stroke: COLOURS[i], width: 2 }))],
       axes: [{}, { size: 56 }],
-      scales: { x: { time: true } },
+      // The last five minutes, also while there are few samples.
+      scales: { x: { time: true, range: (u, min, max) => [Math.min(min, max - KEEP * POLL_MS / 1000), max] } },
       legend: { live: false },
     };
     // eslint-disable-next-line no-undef
@@ -46,7 +47,7 @@ export function mount(root) {
   };
   const throughput = make(throughputBox, STAGES);
   const latencyChart = make(latencyBox, ["p50", "p90", "p99"]);
-  const depthChart = make(depthBox, ["intake", "routing", "partners"]);
+  const depthChart = make(depthBox, ["intake", "routing", "delivery"]);
 
   function push(series, value) {
     series.push(value);
@@ -64,9 +65,9 @@ export function mount(root) {
       push(latency[0], l.p50 ?? null); push(latency[1], l.p90 ?? null); push(latency[2], l.p99 ?? null);
       const qs = snap.queues || [];
       const sum = f => qs.filter(f).reduce((n, q) => n + (q.depth || 0), 0);
-      push(depth[0], sum(q => /^(submissions|identify|identified)/.test(q.queue) && !q.queue.endsWith("_dlq")));
-      push(depth[1], sum(q => /^(routing|compile)/.test(q.queue) && !q.queue.endsWith("_dlq")));
-      push(depth[2], sum(q => /^(deliver|partner)_/.test(q.queue) && !q.queue.endsWith("_dlq")));
+      push(depth[0], sum(q => q.stage === "intake"));
+      push(depth[1], sum(q => q.stage === "routing"));
+      push(depth[2], sum(q => q.stage === "delivery"));
       if (throughput) throughput.setData([times, ...rates]);
       if (latencyChart) latencyChart.setData([times, ...latency]);
       if (depthChart) depthChart.setData([times, ...depth]);
@@ -76,7 +77,7 @@ export function mount(root) {
         tile("Delivered", `${num(Math.round(last(3)))}/s`, "tile-deliver"),
         tile("p99 latency", l.p99 === null || l.p99 === undefined ? "–" : `${num(Math.round(l.p99))} ms`, "tile-p99"),
         tile("Open circuits", String((snap.circuits || []).filter(c => c.state !== "closed").length), "tile-open"),
-        tile("Dead letters", num(qs.filter(q => q.queue.endsWith("_dlq")).reduce((n, q) => n + (q.depth || 0), 0)), "tile-dlq"));
+        tile("Dead letters", num(sum(q => q.stage === "dead_letters")), "tile-dlq"));
     } else if (!previous) {
       replace(summary, h("p", { class: "muted" }, "Collecting the first samples…"));
     }
@@ -94,7 +95,7 @@ export function mount(root) {
       { label: "Depth", cell: q => num(q.depth), class: "num" },
       { label: "Oldest", cell: q => q.oldest_age_secs === null || q.oldest_age_secs === undefined ? "–" : `${num(q.oldest_age_secs)} s`, class: "num" },
       { label: "Sent ever", cell: q => num(q.total_messages), class: "num" },
-    ], (snap.queues || []).filter(q => q.depth > 0 || !/^(deliver|partner)_/.test(q.queue)), { empty: "No queues." }));
+    ], (snap.queues || []).filter(q => q.depth > 0 || q.stage !== "delivery" && q.stage !== "dead_letters"), { empty: "No queues." }));
   }
 
   poll().catch(report);

@@ -82,24 +82,33 @@ function story(root, id) {
       h("div", { class: "card", id: "lead-decision" },
         h("h2", {}, "Routing decision"),
         s.unmatched ? h("p", {}, badge("unmatched"), " No rule matched and there is no default route.") : null,
-        d ? h("p", {}, "Rule ", h("strong", {}, d.rule ?? "default route"), " sent it to ", h("strong", {}, d.route ?? "–"),
+        d && d.route ? h("p", {}, "Rule ", h("strong", {}, d.rule ?? "default route"), " sent it to ", h("strong", {}, d.route ?? "–"),
           ` (tree v${d.tree_version ?? "?"}, rules v${d.rules_version ?? "?"}).`) : null,
         then.reproduced !== undefined ? h("p", {}, then.reproduced ? "Replaying it under that rules version gives the same decision." : badge("replay differs", "failed")) : null,
         explanationOf(then.explanation),
         explain.now ? h("p", { class: "muted" }, nowText(explain.now)) : null),
       h("div", { class: "card", id: "lead-deliveries" },
         h("h2", {}, "Deliveries"),
-        (s.deliveries || []).length ? s.deliveries.map(del => h("div", { class: "delivery" },
+        (s.deliveries || []).length ? s.deliveries.map(del => h("div", { class: "delivery", "data-delivery": del.partner },
           h("h3", {}, del.partner, " ", badge(del.state)),
-          h("p", { class: "muted" }, `dedupe key ${del.dedupe_key ?? "–"} · ${del.attempts_count ?? (del.attempts || []).length} attempts · updated ${time(del.updated_at)}`),
+          h("p", { class: "muted" }, `${del.attempts} ${del.attempts === 1 ? "call" : "calls"} · claimed ${time(del.request_date)} · updated ${time(del.updated_at)}`),
           table([
-            { label: "Attempt", cell: a => a.attempt, class: "num" },
+            { label: "Call", cell: a => a.attempt, class: "num" },
             { label: "At", cell: a => time(a.at) },
             { label: "Status", cell: a => a.status ?? "–", class: "num" },
-            { label: "Outcome", cell: a => badge(a.outcome ?? "–") },
-            { label: "Took", cell: a => a.elapsed_ms === null || a.elapsed_ms === undefined ? "–" : `${a.elapsed_ms} ms`, class: "num" },
-            { label: "Answer", cell: a => h("code", {}, a.response_excerpt ?? a.error ?? "–") },
-          ], del.attempts || [], { empty: "No attempt yet." }))) : h("p", { class: "empty" }, "Not delivered to any partner.")));
+            { label: "Outcome", cell: a => badge(a.verdict) },
+            { label: "Took", cell: a => `${a.elapsed_ms} ms`, class: "num" },
+            { label: "Answer", cell: a => h("code", { class: "excerpt" }, a.error || a.response_excerpt || "–") },
+          ], del.calls || [], { empty: del.state === "duplicate" ? "Not sent: the partner already had this person within its dedupe window." : "No call yet." }))) : h("p", { class: "empty" }, "Not delivered to any partner.")),
+      h("div", { class: "card", id: "lead-finals" },
+        h("h2", {}, "Where it ended"),
+        table([
+          { label: "State", cell: f => badge(f.state) },
+          { label: "Partner", cell: f => f.partner ?? "–" },
+          { label: "At", cell: f => time(f.at) },
+          { label: "Dead-letter queue", cell: f => f.queue ? h("a", { href: `#/dlq/${encodeURIComponent(f.queue)}` }, f.queue) : "–" },
+          { label: "Error", cell: f => f.error ?? "–" },
+        ], s.finals || [], { empty: "Still on its way." })));
   })().catch(error => replace(box, h("p", { class: "error", role: "alert" }, error.message)));
 }
 

@@ -31,7 +31,10 @@ export function mount(root) {
     config.value = JSON.stringify(p.partner, null, 2);
     const errors = h("div", { id: "partner-errors", role: "alert" });
     const testFields = h("textarea", { id: "test-fields", rows: 5, spellcheck: "false" });
-    testFields.value = JSON.stringify({ email: "test.lead@example.com", first_name: "Test", last_name: "Lead", phone: "415 555 2671", state: "CA", age: 30 }, null, 2);
+    testFields.value = JSON.stringify({
+      email: "test.lead@example.com", full_name: "Test Lead", phone: "415 555 2671",
+      fields: { state: "CA", age: 30, program: "nursing" },
+    }, null, 2);
     const testResult = h("div", { id: "test-result" });
     replace(detail, h("div", { class: "card" },
       h("h2", {}, `Partner ${name}`),
@@ -60,19 +63,21 @@ export function mount(root) {
       }, { class: "primary", id: "save-partner" }) : null,
       h("h3", {}, "Send a test lead"),
       h("p", { class: "muted" }, "Rendered with the partner's template and sent now; no lead is recorded, dedupe and the circuit are untouched."),
-      field("Lead fields (JSON)", testFields),
+      field("Test lead (JSON: email, full_name, phone, fields)", testFields),
       canEdit() ? button("Send test lead", async () => {
-        let fields;
-        try { fields = JSON.parse(testFields.value); } catch (e) { replace(testResult, h("p", { class: "error" }, `Not JSON: ${e.message}`)); return; }
-        const answer = await api("POST", `/api/partners/${encodeURIComponent(name)}/test`, { fields });
+        let lead;
+        try { lead = JSON.parse(testFields.value); } catch (e) { replace(testResult, h("p", { class: "error" }, `Not JSON: ${e.message}`)); return; }
+        const answer = await api("POST", `/api/partners/${encodeURIComponent(name)}/test`, lead);
         replace(testResult,
           h("h4", {}, "Request"),
-          h("pre", { class: "block" }, `${answer.request.method} ${answer.request.url}\n${Object.entries(answer.request.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n")}\n\n${answer.request.body}`),
+          answer.request
+            ? h("pre", { class: "block", id: "test-request" }, `${answer.request.method} ${answer.request.url}\n${Object.entries(answer.request.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n")}\n\n${answer.request.body}`)
+            : h("p", { class: "error" }, "The templates did not render."),
           h("h4", {}, "Answer"),
           answer.response
-            ? h("pre", { class: "block" }, `HTTP ${answer.response.status} in ${answer.response.elapsed_ms} ms\n\n${answer.response.body_excerpt}`)
+            ? h("pre", { class: "block", id: "test-response" }, `HTTP ${answer.response.status} in ${answer.response.elapsed_ms} ms\n\n${answer.response.body_excerpt}`)
             : h("p", { class: "error" }, answer.error || "no answer"),
-          h("p", {}, "Outcome: ", badge(answer.outcome || "error")));
+          h("p", { id: "test-outcome" }, "Outcome: ", badge(answer.outcome || "error")));
       }, { id: "send-test" }) : null,
       testResult));
   }

@@ -125,7 +125,8 @@ async fn the_page_and_its_assets_are_served_with_a_strict_policy(pool: PgPool) {
     let script = send(&app, Request::get("/admin/assets/js/app.js").body(Body::empty()).expect("request")).await;
     assert_eq!(script.status, StatusCode::OK);
     assert!(script.headers[header::CONTENT_TYPE].to_str().expect("ascii").starts_with("text/javascript"));
-    let chart = send(&app, Request::get("/admin/assets/vendor/uplot/uPlot.iife.min.js").body(Body::empty()).expect("r")).await;
+    let chart =
+        send(&app, Request::get("/admin/assets/vendor/uplot/uPlot.iife.min.js").body(Body::empty()).expect("r")).await;
     assert_eq!(chart.status, StatusCode::OK);
     let missing = send(&app, Request::get("/admin/assets/js/nope.js").body(Body::empty()).expect("request")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
@@ -284,7 +285,8 @@ async fn a_yaml_rules_file_is_checked_as_written_and_findings_carry_their_lines(
     let dry = send_yaml("/api/rules?dry_run=true", Method::PUT, broken.clone()).await;
     assert_eq!(dry.status, StatusCode::OK, "{:?}", dry.body);
     let report = &dry.json()["report"];
-    let finding = report["findings"].as_array().and_then(|f| f.iter().find(|f| f["code"] == "type")).expect("a type error");
+    let finding =
+        report["findings"].as_array().and_then(|f| f.iter().find(|f| f["code"] == "type")).expect("a type error");
     assert_eq!(finding["location"]["line"], when_line, "{finding}");
     assert!(finding["location"]["column"].as_u64().is_some_and(|c| c > 1), "{finding}");
 

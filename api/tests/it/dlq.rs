@@ -207,3 +207,59 @@ async fn letters_replay_one_and_all(pool: PgPool) {
     let (_, body) = get(&app, "/api/dlq").await;
     assert_eq!(body[1], json!({ "queue": "submissions_dlq", "source": "submissions", "length": 1 }));
 }
+
+async fn discard(app: &Router, dlq: &str, body: Value) -> (StatusCode, Value) {
+    send(app, Some(TOKEN), Method::POST, &format!("/api/dlq/{dlq}/discard"), Some(&body.to_string())).await
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_selection_is_replayed_and_letters_are_discarded_with_a_reason_and_kept(pool: PgPool) {
+    let (app, ids) = start(&pool).await;
+
+    // A selection: two of the three letters, and one that is not there.
+    let (status, body) = replay(&app, "submissions_dlq", json!({ "msg_ids": [ids[0], ids[2]] })).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({ "replayed": 2, "skipped": [] })));
+    assert_eq!(submissions(&pool).await, [(json!({ "n": 0 }), 0), (json!({ "n": 2 }), 0)]);
+    let (status, body) = replay(&app, "submissions_dlq", json!({ "msg_ids": [ids[0]] })).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{body}");
+
+    // Discarding needs a reason; an empty selection or two selections are refused.
+    for body in [
+        json!({ "all": true }),
+        json!({ "all": true, "reason": "  " }),
+        json!({ "msg_ids": [], "reason": "x" }),
+        json!({ "all": true, "msg_id": ids[1], "reason": "x" }),
+    ] {
+        let (status, answer) = discard(&app, "submissions_dlq", body.clone()).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body")),
+            "{body}"
+        );
+    }
+    let (status, answer) = replay(&app, "submissions_dlq", json!({ "all": true, "reason": "no" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+
+    let (status, body) = discard(&app, "submissions_dlq", json!({ "msg_id": ids[1], "reason": "test traffic" })).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({ "discarded": 1, "missing": [] })));
+    let (_, left) = get(&app, "/api/dlq/submissions_dlq").await;
+    assert_eq!(left["letters"], json!([]), "the DLQ is empty");
+    let (status, kept) = get(&app, "/api/dlq/discarded?queue=submissions_dlq").await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    let letter = &kept["letters"][0];
+    assert_eq!(
+        (&letter["msg_id"], &letter["reason"], &letter["actor"]),
+        (&json!(ids[1]), &json!("test traffic"), &json!("admin-token"))
+    );
+    assert_eq!(letter["message"]["message"], json!({ "n": 1 }), "the letter is kept whole: {letter}");
+    assert_eq!(letter["message"]["error"], json!("cannot identify"));
+    let (_, again) = discard(&app, "submissions_dlq", json!({ "msg_ids": [ids[1]], "reason": "twice" })).await;
+    assert_eq!(again, json!({ "discarded": 0, "missing": [ids[1]] }), "a letter is discarded once");
+
+    // The audit log names the discard with its reason.
+    let (_, audit) = get(&app, "/api/audit?target=dlq").await;
+    let entry =
+        audit["entries"].as_array().and_then(|e| e.iter().find(|e| e["detail"]["body"]["reason"] == "test traffic"));
+    let entry = entry.unwrap_or_else(|| panic!("no audit entry of the discard: {audit}"));
+    assert_eq!((&entry["path"], &entry["actor"]), (&json!("/api/dlq/submissions_dlq/discard"), &json!("admin-token")));
+}

@@ -3,7 +3,9 @@
 //! recorded rule reproduced under the rules version that routed it; after a rule change the
 //! "now" answer changes (under the newest version, and the active tree's until it is
 //! compiled); a recorded decision the kept rules do not give is flagged, and what cannot be
-//! replayed (fields not kept, a version not kept) is said; unknown submissions are 404.
+//! replayed (fields not kept, a version not kept) is said; unknown submissions are 404. The same
+//! lead is found by the search's every filter, told whole (person, decision, each call, where it
+//! ended) and counted on the dashboard.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -102,6 +104,20 @@ async fn deliver_a_lead(app: &Router, pool: &PgPool) -> (Uuid, String) {
     (id, route.clone())
 }
 
+/// The example rules active, and a lead delivered with them: the app, its submission id and route.
+async fn with_a_delivered_lead(pool: &PgPool) -> (Router, Uuid, String) {
+    let app = start(pool).await;
+    load_example(&app, pool).await;
+    compile(pool).await;
+    // Started again, kept running (its committers), and checking offer fields against the
+    // active tree from the start.
+    let config = ApiConfig { admin_token: Some(TOKEN.to_owned()), ..Default::default() };
+    let running = Api::start(pool.clone(), config, CancellationToken::new()).await.expect("api starts");
+    let app = running.router.clone();
+    let (id, route) = deliver_a_lead(&app, pool).await;
+    (app, id, route)
+}
+
 async fn explain(app: &Router, id: Uuid) -> Value {
     let (status, body) = call(app, Method::GET, &format!("/api/leads/{id}/explain"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -121,15 +137,7 @@ fn failing_tests(explanation: &Value) -> Vec<(String, String)> {
 
 #[sqlx::test(migrations = false)]
 async fn a_delivered_lead_is_explained_then_and_now(pool: PgPool) {
-    let app = start(&pool).await;
-    load_example(&app, &pool).await;
-    compile(&pool).await;
-    // Started again, kept running (its committers), and checking offer fields against the
-    // active tree from the start.
-    let config = ApiConfig { admin_token: Some(TOKEN.to_owned()), ..Default::default() };
-    let running = Api::start(pool.clone(), config, CancellationToken::new()).await.expect("api starts");
-    let app = running.router.clone();
-    let (id, route) = deliver_a_lead(&app, &pool).await;
+    let (app, id, route) = with_a_delivered_lead(&pool).await;
     let (tree, rule): (i64, String) =
         sqlx::query_as("SELECT tree_version, rule_name FROM leads WHERE submission_id = $1")
             .bind(id)
@@ -264,6 +272,117 @@ async fn a_decision_the_kept_rules_do_not_give_is_flagged(pool: PgPool) {
     }
     let (status, _) = call_as(&app, None, Method::GET, &format!("/api/leads/{id}/explain"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// `GET path` with the admin token; the answer must be 200.
+async fn get_ok(app: &Router, path: &str) -> Value {
+    let (status, body) = call(app, Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
+/// The submission ids of a search's answer.
+fn found(answer: &Value) -> Vec<String> {
+    answer["leads"]
+        .as_array()
+        .expect("leads")
+        .iter()
+        .map(|l| l["submission_id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn leads_are_searched_told_whole_and_counted_on_the_dashboard(pool: PgPool) {
+    let (app, id, route) = with_a_delivered_lead(&pool).await;
+    let id_text = id.to_string();
+
+    // ---- search: each filter, alone and together; nothing by personal data ----
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for query in [
+        String::new(),
+        format!("submission_id={id}"),
+        "site=degreefinder".to_owned(),
+        format!("partner={route}"),
+        "state=accepted".to_owned(),
+        format!("from={}&to={}", urlencode(&hour_ago), urlencode(&in_an_hour)),
+        format!("site=degreefinder&partner={route}&state=accepted"),
+    ] {
+        let answer = get_ok(&app, &format!("/api/leads?{query}")).await;
+        assert_eq!(found(&answer), std::slice::from_ref(&id_text), "{query}");
+    }
+    let row = &get_ok(&app, "/api/leads").await["leads"][0];
+    assert_eq!(
+        (&row["partner"], &row["state"], &row["site"]),
+        (&json!(route), &json!("accepted"), &json!("degreefinder"))
+    );
+    assert!(row["rule"].is_string() && row["tree_version"].is_i64() && row["submitted_at"].is_string(), "{row}");
+    for query in [
+        "site=loanmatch".to_owned(),
+        "partner=nobody".to_owned(),
+        "state=failed".to_owned(),
+        "state=unmatched".to_owned(),
+        format!("from={}", urlencode(&in_an_hour)),
+        format!("to={}", urlencode(&hour_ago)),
+        format!("after={id}/{route}"),
+    ] {
+        assert_eq!(found(&get_ok(&app, &format!("/api/leads?{query}")).await), Vec::<String>::new(), "{query}");
+    }
+    for query in ["state=lost", "from=yesterday", "submission_id=42", "limit=0", "limit=501", "after=x", "email=a@b.c"]
+    {
+        let (status, body) = call(&app, Method::GET, &format!("/api/leads?{query}"), None).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{query}: {body}");
+    }
+
+    // ---- the whole story ----
+    let story = get_ok(&app, &format!("/api/leads/{id}")).await;
+    assert_eq!((&story["site"], &story["unmatched"]), (&json!("degreefinder"), &json!(false)));
+    assert_eq!(story["person"]["email"], json!("ann.lee@gmail.com"), "{story}");
+    assert_eq!(story["alias"], Value::Null);
+    assert_eq!(story["decision"]["route"], json!(route));
+    assert_eq!(story["explain"]["then"]["reproduced"], json!(true));
+    let delivery = &story["deliveries"][0];
+    assert_eq!(
+        (&delivery["partner"], &delivery["state"], &delivery["attempts"]),
+        (&json!(route), &json!("accepted"), &json!(1))
+    );
+    let calls = delivery["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 1, "{delivery}");
+    assert_eq!(
+        (&calls[0]["attempt"], &calls[0]["status"], &calls[0]["verdict"]),
+        (&json!(1), &json!(200), &json!("accepted"))
+    );
+    assert!(calls[0]["response_excerpt"].as_str().is_some_and(|b| b.contains("accepted")), "{delivery}");
+    assert_eq!(story["finals"][0]["state"], json!("accepted"));
+    for path in [format!("/api/leads/{}", Uuid::now_v7()), "/api/leads/not-an-id".to_owned()] {
+        let (status, body) = call(&app, Method::GET, &path, None).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{path}: {body}");
+    }
+
+    // ---- the dashboard counts it at every stage ----
+    let snapshot = get_ok(&app, "/api/dashboard").await;
+    assert_eq!(snapshot["stages"], json!({ "ingest": 1, "identify": 1, "router": 1, "deliver": 1 }), "{snapshot}");
+    assert_eq!(snapshot["latency_ms"]["answered"], json!(1), "{snapshot}");
+    assert!(snapshot["latency_ms"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{snapshot}");
+    let outcome = snapshot["outcomes"].as_array().and_then(|o| o.iter().find(|o| o["partner"] == json!(route)));
+    assert_eq!(outcome.map(|o| &o["accepted"]), Some(&json!(1)), "{snapshot}");
+    let queue = snapshot["queues"].as_array().and_then(|q| q.iter().find(|q| q["queue"] == "submissions"));
+    assert_eq!(queue.map(|q| (&q["stage"], &q["depth"])), Some((&json!("intake"), &json!(0))), "{snapshot}");
+    assert!(snapshot["circuits"].as_array().is_some_and(|c| c.iter().all(|c| c["state"] == "closed")), "{snapshot}");
+}
+
+/// Percent-encodes a query value (RFC 3339 times have `+` and `:`).
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 #[test]

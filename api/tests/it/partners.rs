@@ -1,5 +1,9 @@
 //! `/api/partners`: the partner configuration over the admin API, in the shape of a partners
-//! file: create or update with queues and breaker, list with circuit state, refusals.
+//! file: create or update with queues and breaker, list with circuit state and figures,
+//! refusals (templates included), enable/disable, and a test lead sent to a mock partner
+//! through deliver's adapter.
+
+use std::collections::BTreeMap;
 
 use api::Api;
 use axum::http::{Method, StatusCode};
@@ -7,6 +11,7 @@ use pipeline::config::ApiConfig;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use workers::mock_partner::{Behaviour, MockPartner};
 
 use crate::rules::call_as;
 
@@ -37,7 +42,11 @@ async fn partners_are_configured_over_the_admin_api(pool: PgPool) {
     let (status, body) = call_as(&app, Some(TOKEN), Method::PUT, &path, Some(partner.clone())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = call_as(&app, Some(TOKEN), Method::GET, &path, None).await;
-    assert_eq!((status, &body["partner"], &body["circuit"]), (StatusCode::OK, &partner, &json!("closed")));
+    assert_eq!((status, &body["partner"], &body["circuit"]["state"]), (StatusCode::OK, &partner, &json!("closed")));
+    assert_eq!(
+        body["stats"],
+        json!({ "queue_depth": 0, "oldest_age_secs": null, "dlq_depth": 0, "today": {}, "last_error": null })
+    );
     let (_, list) = call_as(&app, Some(TOKEN), Method::GET, "/api/partners", None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     let queue: Option<String> = sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name = $1")
@@ -58,4 +67,77 @@ async fn partners_are_configured_over_the_admin_api(pool: PgPool) {
         assert_eq!((status, answer["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(code)), "{answer}");
     }
     assert_eq!(call_as(&app, Some(TOKEN), Method::GET, "/api/partners/nobody", None).await.0, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrations = false)]
+async fn partners_are_switched_and_sent_a_test_lead_through_the_deliver_adapter(pool: PgPool) {
+    pipeline::db::migrate(&pool).await.expect("migrate");
+    let mock = MockPartner::start("127.0.0.1:0".parse().expect("addr")).await.expect("mock partner");
+    let config = ApiConfig {
+        admin_token: Some(TOKEN.into()),
+        partner_env: BTreeMap::from([
+            ("PARTNER_BASE_URL".to_owned(), format!("http://{}", mock.addr())),
+            ("PARTNER_TOKEN".to_owned(), "s3cret".to_owned()),
+        ]),
+        ..Default::default()
+    };
+    let app = Api::start(pool.clone(), config, CancellationToken::new()).await.expect("api").router;
+    let partner = example_partner();
+    let name = partner["name"].as_str().expect("a name").to_owned();
+    let path = format!("/api/partners/{name}");
+    assert_eq!(call_as(&app, Some(TOKEN), Method::PUT, &path, Some(partner.clone())).await.0, StatusCode::OK);
+
+    // Off and on again.
+    let enabled = || async {
+        sqlx::query_scalar::<_, bool>("SELECT enabled FROM partners WHERE name = $1").bind(&name).fetch_one(&pool).await
+    };
+    let (status, body) = call_as(&app, Some(TOKEN), Method::POST, &format!("{path}/disable"), None).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({ "partner": name, "enabled": false })));
+    assert!(!enabled().await.expect("row"));
+    let (_, shown) = call_as(&app, Some(TOKEN), Method::GET, &path, None).await;
+    assert_eq!(shown["partner"]["enabled"], json!(false));
+    assert_eq!(call_as(&app, Some(TOKEN), Method::POST, &format!("{path}/enable"), None).await.0, StatusCode::OK);
+    assert!(enabled().await.expect("row"));
+    let (status, _) = call_as(&app, Some(TOKEN), Method::POST, "/api/partners/nobody/disable", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A test lead: rendered by the partner's templates with the environment's secrets, sent to
+    // the partner, classified; nothing recorded.
+    let lead = json!({
+        "email": " Test.Lead@Example.com", "full_name": "Test Lead", "phone": "415 555 2671",
+        "fields": { "program": "nursing", "state": "CA", "zip": "94110" }
+    });
+    let (status, answer) = call_as(&app, Some(TOKEN), Method::POST, &format!("{path}/test"), Some(lead)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["outcome"], json!("accepted"), "{answer}");
+    assert_eq!(answer["request"]["url"], json!(format!("http://{}/partners/{name}/leads", mock.addr())));
+    assert_eq!(answer["request"]["headers"]["Authorization"], json!("Bearer s3cret"));
+    let sent: Value = serde_json::from_str(answer["request"]["body"].as_str().expect("body text")).expect("JSON body");
+    assert_eq!(
+        (&sent["email"], &sent["program"], &sent["phone"]),
+        (&json!("test.lead@example.com"), &json!("nursing"), &json!("+14155552671"))
+    );
+    assert_eq!(answer["response"]["status"], json!(200));
+    assert!(answer["response"]["body_excerpt"].as_str().is_some_and(|b| b.contains("accepted")), "{answer}");
+    let requests = mock.requests(&name);
+    assert_eq!(requests.len(), 1, "the partner got exactly the test lead");
+    assert!(answer["request"]["headers"]["Idempotency-Key"].as_str().is_some_and(|k| k.starts_with("test:")));
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM leads").fetch_one(&pool).await.expect("count");
+    assert_eq!(recorded, 0, "a test lead is not a lead");
+
+    // The partner failing: the answer and its classification are shown as they are.
+    mock.set(&name, Behaviour::ServerError);
+    let (_, answer) = call_as(&app, Some(TOKEN), Method::POST, &format!("{path}/test"), Some(json!({}))).await;
+    assert_eq!((&answer["outcome"], &answer["response"]["status"]), (&json!("retryable"), &json!(500)), "{answer}");
+
+    // A template that does not compile is refused before it is stored.
+    let mut broken = partner.clone();
+    broken["request"]["url"] = json!("{{ env.PARTNER_BASE_URL }/leads");
+    let (status, answer) = call_as(&app, Some(TOKEN), Method::PUT, &path, Some(broken)).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_partner")),
+        "{answer}"
+    );
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("template `url`")), "{answer}");
 }

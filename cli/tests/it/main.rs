@@ -7,6 +7,7 @@
 
 #![allow(clippy::expect_used, reason = "a test fails loudly, with the expectation as its message")]
 
+mod admin_ui;
 mod chaos;
 mod daemon;
 mod harness;

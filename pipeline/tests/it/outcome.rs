@@ -27,19 +27,7 @@ fn letter(message: serde_json::Value, queue: &str, error: &str) -> DeadLetter {
 #[sqlx::test(migrations = false)]
 async fn every_final_state_is_found_once_and_summarized(pool: PgPool) {
     let pgmq = pipeline::db::migrate(&pool).await.expect("migrate");
-    let person: i64 = sqlx::query_scalar("INSERT INTO persons (email, full_name) VALUES ('a@x.com', 'a') RETURNING id")
-        .fetch_one(&pool)
-        .await
-        .expect("person");
-    sqlx::query("INSERT INTO partners (name, request) VALUES ('school_a', '{}'), ('school_b', '{}')")
-        .execute(&pool)
-        .await
-        .expect("partners");
-    let tree: i64 =
-        sqlx::query_scalar("INSERT INTO decision_trees (rules_version, report) VALUES (1, '{}') RETURNING version")
-            .fetch_one(&pool)
-            .await
-            .expect("tree");
+    let (person, tree) = crate::lead_fixture(&pool).await;
     let ids: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
     for (id, state) in ids.iter().zip(["accepted", "rejected", "duplicate", "failed", "pending"]) {
         sqlx::query(

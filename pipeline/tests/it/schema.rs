@@ -4,7 +4,7 @@
 use pipeline::db;
 use sqlx::PgPool;
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 15] = [
     "sites",
     "persons",
     "rule_set",
@@ -15,6 +15,11 @@ const TABLES: [&str; 10] = [
     "leads",
     "circuit_breakers",
     "submit_idempotency",
+    "unmatched_leads",
+    "admin_sessions",
+    "audit_log",
+    "delivery_attempts",
+    "dlq_discarded",
 ];
 
 #[sqlx::test(migrations = false)]
@@ -162,6 +167,8 @@ async fn the_state_types_name_exactly_what_the_check_constraints_allow(pool: PgP
     assert_eq!(check_list(&pool, "leads_state_known").await, delivery);
     let circuit: Vec<_> = CircuitState::ALL.iter().map(|s| s.as_str()).collect();
     assert_eq!(check_list(&pool, "circuit_breakers_state_known").await, circuit);
+    let verdicts: Vec<_> = pipeline::partners::Verdict::ALL.iter().map(|v| v.as_str()).collect();
+    assert_eq!(check_list(&pool, "delivery_attempts_verdict_known").await, verdicts);
 
     // And each state reads back as itself, one by one and as an array.
     for &state in DeliveryState::ALL {
