@@ -100,10 +100,64 @@ pub struct RuleEntry {
     pub index: usize,
     /// The rule's name.
     pub name: String,
-    /// Its route.
+    /// Its route: the partner, or the canonical text of a split or shared target
+    /// ([`Target::label`]), as the analysis and the diff compare routes.
     pub route: String,
+    /// The partners it sells to, and how.
+    pub target: Target,
+    /// Whether a lead whose partners are all unavailable goes on to the next candidate rule
+    /// (`true`) or is held for this rule's partners (`false`).
+    pub fallthrough: bool,
     /// Its priority.
     pub priority: i64,
+}
+
+/// Where a rule sends the leads it decides (RULES.md, "Routes"), in the rules file's JSON
+/// shape: `"school_a"`, `{"split": {"school_a": 70, "school_b": 30}}` or
+/// `{"shared": ["a", "b", "c"], "max": 2}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Target {
+    /// One partner (an exclusive lead).
+    Partner(String),
+    /// One of several partners, chosen so the shares converge to the weights (smooth weighted
+    /// round robin over the available ones).
+    Split {
+        /// Partner → weight, by partner name.
+        split: std::collections::BTreeMap<String, u32>,
+    },
+    /// Sold to up to `max` of the partners (a shared lead), each deduplicated, capped and
+    /// delivered on its own; in the listed order.
+    Shared {
+        /// The partners, in order of preference.
+        shared: Vec<String>,
+        /// How many of them at most.
+        max: usize,
+    },
+}
+
+impl Target {
+    /// Every partner the target names, in its order.
+    pub fn partners(&self) -> Vec<&str> {
+        match self {
+            Self::Partner(p) => vec![p.as_str()],
+            Self::Split { split } => split.keys().map(String::as_str).collect(),
+            Self::Shared { shared, .. } => shared.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The canonical text of the target: the partner itself, `split(a: 70, b: 30)` or
+    /// `shared(a, b, c; max 2)`. Two rules route the same exactly when their labels are equal.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Partner(p) => p.clone(),
+            Self::Split { split } => {
+                let parts: Vec<String> = split.iter().map(|(p, w)| format!("{p}: {w}")).collect();
+                format!("split({})", parts.join(", "))
+            }
+            Self::Shared { shared, max } => format!("shared({}; max {max})", shared.join(", ")),
+        }
+    }
 }
 
 impl Manifest {

@@ -270,7 +270,7 @@ async fn test(State(state): State<AppState>, name: Result<Path<String>, PathReje
                 },
                 route: config.name.clone(),
                 rule: None,
-                tree_version: 0,
+                tree_version: 0, routing: None, reserved_at: None,
             };
             // The identity as identify would have normalized it (as typed where it does not
             // normalize: the test shows what the template makes of it).

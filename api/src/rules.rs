@@ -24,12 +24,12 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use compiler::finding::Code;
-use compiler::report::Report;
+use compiler::report::{PartnerFacts, Report};
 use pipeline::rules::{self, RuleDoc, RuleSetDoc, Schema};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::submit::{ApiError, FieldError};
 use crate::{AppState, impact};
@@ -195,8 +195,8 @@ fn is_yaml(headers: &HeaderMap) -> bool {
 
 /// A rule set sent as a rules file (YAML, RULES.md): checked as written, so the findings'
 /// lines are those of the text sent; the document stored is what it reads as.
-async fn parse_rules_file(bytes: &[u8]) -> Result<(RuleSetDoc, Report), Failure> {
-    let report = check_text("rules.yaml", bytes.to_vec()).await?;
+async fn parse_rules_file(pool: &PgPool, bytes: &[u8]) -> Result<(RuleSetDoc, Report), Failure> {
+    let report = check_text(pool, "rules.yaml", bytes.to_vec()).await?;
     if invalid_findings(&report).next().is_some() {
         return Err(Failure::Invalid(Box::new(report)));
     }
@@ -212,11 +212,11 @@ async fn parse_rules_file(bytes: &[u8]) -> Result<(RuleSetDoc, Report), Failure>
     Ok((doc, report))
 }
 
-async fn parse_rule_set(bytes: &[u8]) -> Result<RuleSetDoc, Failure> {
+async fn parse_rule_set(pool: &PgPool, bytes: &[u8]) -> Result<RuleSetDoc, Failure> {
     match serde_json::from_slice::<RuleSetDoc>(bytes) {
         Ok(doc) => Ok(doc),
         Err(error) if error.is_data() => {
-            let report = check_text("request body", bytes.to_vec()).await?;
+            let report = check_text(pool, "request body", bytes.to_vec()).await?;
             if invalid_findings(&report).next().is_some() {
                 Err(Failure::Invalid(Box::new(report)))
             } else {
@@ -238,14 +238,18 @@ async fn parse_rule_set(bytes: &[u8]) -> Result<RuleSetDoc, Failure> {
 // ---- checking ----------------------------------------------------------------------------
 
 /// Checks a rules document as `rulec check` does.
-async fn check_doc(name: &str, doc: &RuleSetDoc) -> Result<Report, Failure> {
-    check_text(name, doc.to_text().into_bytes()).await
+async fn check_doc(pool: &PgPool, name: &str, doc: &RuleSetDoc) -> Result<Report, Failure> {
+    check_text(pool, name, doc.to_text().into_bytes()).await
 }
 
-/// Checks rules-file text (Z3: on a blocking thread).
-async fn check_text(name: &str, text: Vec<u8>) -> Result<Report, Failure> {
+/// Checks rules-file text (Z3: on a blocking thread), knowing which partners can never take a
+/// lead (their caps and schedules).
+async fn check_text(pool: &PgPool, name: &str, text: Vec<u8>) -> Result<Report, Failure> {
     let name = name.to_owned();
-    match tokio::task::spawn_blocking(move || compiler::report::check(&name, &text)).await {
+    let mut conn = pool.acquire().await?;
+    let facts = PartnerFacts { never: pipeline::partners::never_take(&mut conn).await? };
+    drop(conn);
+    match tokio::task::spawn_blocking(move || compiler::report::check_with(&name, &text, &facts)).await {
         Ok(Ok(report)) => Ok(report),
         Ok(Err(error)) => Err(internal(format!("the check could not run: {error}"))),
         Err(error) => Err(internal(format!("the check panicked: {error}"))),
@@ -296,14 +300,14 @@ async fn check(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         async {
             let bytes = read_body(body).await?;
             let report = if is_yaml(&headers) && !bytes.iter().all(u8::is_ascii_whitespace) {
-                check_text("rules.yaml", bytes.to_vec()).await?
+                check_text(&state.pool, "rules.yaml", bytes.to_vec()).await?
             } else if bytes.iter().all(u8::is_ascii_whitespace) {
                 let mut conn = state.pool.acquire().await?;
                 let (version, doc) = rules::load(&mut conn).await?;
-                check_doc(&format!("rules v{version}"), &doc).await?
+                check_doc(&state.pool, &format!("rules v{version}"), &doc).await?
             } else {
-                match parse_rule_set(&bytes).await {
-                    Ok(doc) => check_doc("request body", &doc).await?,
+                match parse_rule_set(&state.pool, &bytes).await {
+                    Ok(doc) => check_doc(&state.pool, "request body", &doc).await?,
                     Err(Failure::Invalid(report)) => *report,
                     Err(other) => return Err(other),
                 }
@@ -347,8 +351,8 @@ impl Change {
         match self {
             Self::Replace(doc) => Ok((doc, Write::Replace)),
             Self::Schema(schema) => {
-                let Schema { timezone, default_route, routes, fields } = schema.clone();
-                let doc = RuleSetDoc { timezone, default_route, routes, fields, ..stored };
+                let Schema { timezone, default_route, routes, candidates, fields } = schema.clone();
+                let doc = RuleSetDoc { timezone, default_route, routes, candidates, fields, ..stored };
                 Ok((doc, Write::Schema(schema)))
             }
             Self::Delete(name) => {
@@ -413,7 +417,7 @@ async fn change_checked(state: &AppState, dry_run: bool, change: Change, checked
     let proposed_name = format!("rules v{} (proposed)", version + 1);
     let report = match checked {
         Some(report) => report,
-        None => check_doc(&proposed_name, &proposed).await?,
+        None => check_doc(&state.pool, &proposed_name, &proposed).await?,
     };
     if dry_run {
         let impact = impact_on_active(&mut tx, (&proposed_name, &proposed)).await?;
@@ -473,7 +477,7 @@ async fn put_rule_set(
             let dry_run = dry_run(query)?;
             let bytes = read_body(body).await?;
             if is_yaml(&headers) {
-                return match parse_rules_file(&bytes).await {
+                return match parse_rules_file(&state.pool, &bytes).await {
                     Ok((doc, report)) => change_checked(&state, dry_run, Change::Replace(doc), Some(report)).await,
                     Err(Failure::Invalid(report)) if dry_run => {
                         Ok(Json(json!({ "dry_run": true, "report": report.to_json_located() })).into_response())
@@ -481,7 +485,7 @@ async fn put_rule_set(
                     Err(other) => Err(other),
                 };
             }
-            match parse_rule_set(&bytes).await {
+            match parse_rule_set(&state.pool, &bytes).await {
                 Ok(doc) => change(&state, dry_run, Change::Replace(doc)).await,
                 Err(Failure::Invalid(report)) if dry_run => {
                     Ok(Json(json!({ "dry_run": true, "report": report.to_json_located() })).into_response())
@@ -505,10 +509,18 @@ struct RuleBody {
     name: Option<String>,
     priority: i32,
     when: String,
-    route: String,
+    /// A partner, `{"split": {...}}` or `{"shared": [...], "max": n}` (checked by the compiler).
+    route: Value,
+    /// Omitted: on (leads fall through when its partners are unavailable).
+    #[serde(default = "yes")]
+    fallthrough: bool,
     /// Omitted: unchanged for an existing rule, on for a new one.
     #[serde(default)]
     enabled: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `PUT /api/rules/{name}`: create or update a rule.
@@ -537,7 +549,14 @@ async fn put_rule(
                     format!("`{name}` names an endpoint under /api/rules; choose another rule name"),
                 )));
             }
-            let rule = RuleDoc { name, priority: body.priority, when: body.when, route: body.route, enabled: true };
+            let rule = RuleDoc {
+                name,
+                priority: body.priority,
+                when: body.when,
+                route: body.route,
+                fallthrough: body.fallthrough,
+                enabled: true,
+            };
             change(&state, dry_run, Change::Upsert(rule, body.enabled)).await
         }
         .await,

@@ -182,6 +182,7 @@ fn spawn_workers(
             env: Arc::new(config.deliver.env.clone()),
             breakers: Arc::new(Breakers::new(config.deliver.breaker_cache)),
             owner: format!("{}-{}", hostname(), std::process::id()),
+            clock: pipeline::distribution::system_clock(),
         };
         spawn_until_shutdown(
             tasks,

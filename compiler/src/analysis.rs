@@ -1,6 +1,8 @@
 //! The analysis behind `rulec check`: unsatisfiable, conflicting, shadowed (also by a union
-//! of rules), duplicate, redundant and overlapping rules, and gaps, each with a witness lead
-//! where one exists, re-checked by the reference interpreter before it is reported.
+//! of rules), duplicate, redundant and overlapping rules, partners a rule can never sell to
+//! and rules that can never deliver (`unreachable`), and gaps (also per partner unavailable:
+//! leads whose fall-through chain ends nowhere), each with a witness lead where one exists,
+//! re-checked by the reference interpreter before it is reported.
 //!
 //! Rules are compared over atoms ([`crate::atoms`]). Cheap per-field bounds (each rule's
 //! projection on every field, indexed per atom) settle most questions: rules whose bounds do
@@ -11,9 +13,18 @@
 
 use crate::atoms::{AtomSet, Atoms, Encoded, Formula};
 use crate::finding::{Code, Finding};
-use crate::model::RuleSet;
+use crate::model::{RuleSet, Target};
 use crate::solver::{Answer, Lit, Solver};
 use crate::{Error, Result};
+
+/// What the analysis knows of the partners beyond the rules file: the ones that can never take
+/// a lead (a cap of 0, a schedule that never opens), each with why. Empty when nothing is
+/// known (`rulec check` without `--partners`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartnerFacts {
+    /// Partner → why it never takes a lead ("its daily cap is 0").
+    pub never: std::collections::BTreeMap<String, String>,
+}
 
 /// Figures of one analysis run (for `rulec check --stats` and the benchmark).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -82,6 +93,15 @@ impl<'a> Ctx<'a> {
 
     fn route(&self, k: usize) -> &str {
         &self.rules.rules[self.order[k]].route
+    }
+
+    /// Whether the earlier rule at `e` keeps the rule at `k` from deciding the leads it takes:
+    /// it holds them (`fallthrough: false`), or `k` sells only to partners of `e`, which are
+    /// unavailable whenever `e`'s leads fall through.
+    fn blocks(&self, e: usize, k: usize) -> bool {
+        let (earlier, rule) = (&self.rules.rules[self.order[e]], &self.rules.rules[self.order[k]]);
+        let theirs = earlier.target.partners();
+        !earlier.fallthrough || rule.target.partners().iter().all(|p| theirs.contains(p))
     }
 
     fn priority(&self, k: usize) -> i64 {
@@ -266,7 +286,12 @@ fn minimize(solver: &mut dyn Solver, k: usize, core: Vec<usize>) -> Result<Vec<u
 /// Analyzes the type-correct, enabled rules of `rules`, lowered as `encoded` (the rule
 /// set's [`Encoded`], which the compile lowers the same way), asking `solver` (made for
 /// `encoded.formulas`) only what the bounds cannot settle.
-pub fn analyze(rules: &RuleSet, encoded: &Encoded, solver: &mut dyn Solver) -> Result<(Vec<Finding>, Stats)> {
+pub fn analyze(
+    rules: &RuleSet,
+    encoded: &Encoded,
+    solver: &mut dyn Solver,
+    partners: &PartnerFacts,
+) -> Result<(Vec<Finding>, Stats)> {
     let calls_before = solver.calls();
     let mut ctx = Ctx::new(rules, encoded);
     let n = ctx.order.len();
@@ -277,8 +302,10 @@ pub fn analyze(rules: &RuleSet, encoded: &Encoded, solver: &mut dyn Solver) -> R
     for k in live.iter().collect::<Vec<_>>() {
         stats.candidate_pairs += examine(&ctx, solver, &live, k, &mut findings)?;
     }
+    unreachable(&ctx, &live, partners, &mut findings);
     if rules.default_route.is_none() {
         gap(&ctx, solver, &live, &mut findings)?;
+        fall_through_gaps(&ctx, solver, &live, partners, &mut findings)?;
     }
     stats.solver_calls = solver.calls() - calls_before;
     Ok((findings, stats))
@@ -328,10 +355,30 @@ fn examine(
     let earlier: Vec<usize> = candidates.iter().filter(|&e| e < k).collect();
     let later: Vec<usize> = candidates.iter().filter(|&l| l > k).collect();
     let conflicting = conflicts(ctx, solver, k, &earlier, findings)?;
-    let point = match decides(ctx, solver, k, &earlier)? {
+    // Under fall-through, an earlier rule keeps `k` from deciding only where it blocks it.
+    let blocking: Vec<usize> = earlier.iter().copied().filter(|&e| ctx.blocks(e, k)).collect();
+    let first = match decides(ctx, solver, k, &blocking)? {
+        Decides::Never { covering } => {
+            report_never_decides(ctx, solver, findings, k, &blocking, &covering, &conflicting)?;
+            return Ok(earlier.len());
+        }
+        Decides::Lead(point) if blocking.len() == earlier.len() => Decides::Lead(point),
+        Decides::Lead(_) => decides(ctx, solver, k, &earlier)?,
+    };
+    let point = match first {
         Decides::Lead(point) => point,
         Decides::Never { covering } => {
-            report_never_decides(ctx, solver, findings, k, &earlier, &covering, &conflicting)?;
+            // A backup: it decides only leads that fall through from earlier rules.
+            let message = format!(
+                "rule `{}` decides only leads that fall through from {} (when their partners are unavailable)",
+                ctx.name(k),
+                ctx.quote(&covering)
+            );
+            let mut f = Finding::new(Code::Overlap, message).rule(ctx.name(k));
+            for &c in &covering {
+                f = f.rule(ctx.name(c));
+            }
+            findings.push(f.label(ctx.when_span(k), "matches only leads taken first by earlier rules"));
             return Ok(earlier.len());
         }
     };
@@ -585,6 +632,111 @@ fn gap(ctx: &Ctx<'_>, solver: &mut dyn Solver, live: &AtomSet, findings: &mut Ve
     Ok(())
 }
 
+/// Why partner `partner` of the rule at position `k` never gets a lead from it, if it does not.
+fn never_gets(ctx: &Ctx<'_>, k: usize, partner: &str, partners: &PartnerFacts) -> Option<String> {
+    let rule = &ctx.rules.rules[ctx.order[k]];
+    if let Target::Split { split } = &rule.target
+        && split.get(partner) == Some(&0)
+    {
+        return Some("its split weight is 0".to_owned());
+    }
+    partners.never.get(partner).cloned()
+}
+
+/// `unreachable`: each partner of a live rule that never gets a lead from it, and each live rule
+/// none of whose partners ever does (its leads fall through, or wait forever if it holds them).
+fn unreachable(ctx: &Ctx<'_>, live: &AtomSet, partners: &PartnerFacts, findings: &mut Vec<Finding>) {
+    for k in live.iter() {
+        let rule = &ctx.rules.rules[ctx.order[k]];
+        let names = rule.target.partners();
+        let never: Vec<(&str, String)> =
+            names.iter().filter_map(|&p| never_gets(ctx, k, p, partners).map(|why| (p, why))).collect();
+        if never.is_empty() {
+            continue;
+        }
+        if never.len() == names.len() {
+            let whys: Vec<String> = never.iter().map(|(p, why)| format!("`{p}`: {why}")).collect();
+            let then = if rule.fallthrough {
+                "every lead it decides falls through to the next matching rule"
+            } else {
+                "it holds every lead it decides (`fallthrough: false`) for partners that never take one"
+            };
+            findings.push(
+                Finding::new(
+                    Code::Unreachable,
+                    format!("rule `{}` can never deliver ({}): {then}", rule.name, whys.join("; ")),
+                )
+                .rule(&rule.name)
+                .label(rule.raw.route.span.clone(), "no partner here takes a lead"),
+            );
+        } else {
+            for (partner, why) in never {
+                findings.push(
+                    Finding::new(
+                        Code::Unreachable,
+                        format!("partner `{partner}` never gets a lead from rule `{}`: {why}", rule.name),
+                    )
+                    .rule(&rule.name)
+                    .label(rule.raw.route.span.clone(), "in this route"),
+                );
+            }
+        }
+    }
+}
+
+/// `gap` per partner unavailable (capped, closed by its schedule, paused or its circuit open):
+/// leads every matching rule of which falls through and sells only to that partner (or to
+/// partners that never take a lead), so their chain ends nowhere, with no default route.
+fn fall_through_gaps(
+    ctx: &Ctx<'_>,
+    solver: &mut dyn Solver,
+    live: &AtomSet,
+    partners: &PartnerFacts,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let all: Vec<usize> = live.iter().collect();
+    let mut names: Vec<&str> = all.iter().flat_map(|&k| ctx.rules.rules[ctx.order[k]].target.partners()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for partner in names {
+        // The rules that leave a lead nowhere to go while `partner` is unavailable.
+        let stuck: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&k| {
+                let rule = &ctx.rules.rules[ctx.order[k]];
+                rule.fallthrough
+                    && rule.target.partners().contains(&partner)
+                    && rule.target.partners().iter().all(|&p| p == partner || never_gets(ctx, k, p, partners).is_some())
+            })
+            .collect();
+        if stuck.is_empty() {
+            continue;
+        }
+        let others: Vec<usize> = all.iter().copied().filter(|k| !stuck.contains(k)).collect();
+        let some_stuck = Formula::or(stuck.iter().map(|&k| ctx.formulas[k].clone()).collect());
+        let query: Vec<Lit> = others.iter().map(|&k| Lit::Misses(k)).collect();
+        let Answer::Sat(point) = solver.check(&query, Some(&some_stuck))? else { continue };
+        let matching: Vec<usize> = stuck.iter().copied().filter(|&k| ctx.formulas[k].eval(&point)).collect();
+        ctx.verify(Code::Gap, &point, &matching, &others)?;
+        let mut f = Finding::new(
+            Code::Gap,
+            format!(
+                "while `{partner}` is unavailable (capped, closed by its schedule, paused or its circuit open), some \
+                 leads have no rule to fall through to from {} and there is no `default_route`: they wait for \
+                 `{partner}`",
+                ctx.quote(&matching)
+            ),
+        );
+        for &k in &matching {
+            f = f.rule(ctx.name(k));
+        }
+        f.witness = Some(ctx.witness(&point));
+        findings.push(f);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,7 +781,8 @@ mod tests {
         let encoded = Encoded::new(&rules);
         let z3 = Z3Solver::new(&encoded.atoms.domains(), encoded.formulas.clone());
         let mut solver = Recording { z3, queries: Vec::new() };
-        let (findings, stats) = analyze(&rules, &encoded, &mut solver).expect("the analysis runs");
+        let (findings, stats) =
+            analyze(&rules, &encoded, &mut solver, &PartnerFacts::default()).expect("the analysis runs");
         assert_eq!(stats.solver_calls, solver.queries.len(), "every call goes through the seam");
         (findings, stats, solver.queries)
     }
@@ -647,7 +800,7 @@ mod tests {
     #[test]
     fn a_union_shadow_is_proven_by_the_solver() {
         let (findings, _, queries) = analyzed(
-            "  - { name: young, priority: 10, when: age < 40, route: x }\n  - { name: older, priority: 20, when: age >= 30, route: y }\n  - { name: adults, priority: 30, when: age between 18 and 60, route: z }\n",
+            "  - { name: young, priority: 10, when: age < 40, route: x, fallthrough: false }\n  - { name: older, priority: 20, when: age >= 30, route: y, fallthrough: false }\n  - { name: adults, priority: 30, when: age between 18 and 60, route: z }\n",
         );
         let shadowed: Vec<&Finding> = findings.iter().filter(|f| f.code == Code::Shadowed).collect();
         assert_eq!(shadowed.len(), 1, "{findings:?}");
@@ -655,5 +808,68 @@ mod tests {
         assert!(queries.contains(&vec![Lit::Matches(2), Lit::Misses(0), Lit::Misses(1)]), "{queries:?}");
         let overlap = findings.iter().find(|f| f.code == Code::Overlap).expect("young and older overlap");
         assert_eq!(overlap.rules, ["older", "young"]);
+    }
+
+    #[test]
+    fn a_covered_rule_of_another_partner_is_a_fall_through_backup_not_shadowed() {
+        let (findings, _, _) = analyzed(
+            "  - { name: young, priority: 10, when: age < 40, route: x }\n  - { name: older, priority: 20, when: age >= 30, route: y }\n  - { name: adults, priority: 30, when: age between 18 and 60, route: z }\n  - { name: again, priority: 40, when: age < 20, route: x }\n",
+        );
+        assert!(findings.iter().all(|f| f.code != Code::Shadowed || f.rules[0] == "again"), "{findings:?}");
+        let backup = findings.iter().find(|f| f.rules.first().is_some_and(|r| r == "adults")).expect("adults");
+        assert_eq!((backup.code, &backup.rules[1..]), (Code::Overlap, &["young".to_owned(), "older".to_owned()][..]));
+        // `again` sells only to `x`, unavailable whenever `young`'s leads fall through.
+        let again = findings.iter().find(|f| f.rules.first().is_some_and(|r| r == "again")).expect("again");
+        assert_eq!(again.code, Code::Redundant, "{again:?}");
+    }
+
+    fn with_partner_facts(rules_yaml: &str, never: &[(&str, &str)], default_route: bool) -> Vec<Finding> {
+        let text = format!(
+            "version: 1\n{}routes: [x, y, z, unsold]\nfields:\n  state: {{ type: enum, values: [CA, NY] }}\nrules:\n{rules_yaml}",
+            if default_route { "default_route: unsold\n" } else { "" }
+        );
+        let facts = PartnerFacts { never: never.iter().map(|(p, why)| ((*p).to_owned(), (*why).to_owned())).collect() };
+        crate::report::check_rules_with("t.yaml", text.as_bytes(), &facts).expect("runs").1
+    }
+
+    #[test]
+    fn partners_that_never_take_a_lead_are_unreachable_and_a_rule_of_only_such_never_delivers() {
+        let findings = with_partner_facts(
+            "  - { name: ca, priority: 10, when: 'state == \"CA\"', route: { split: { x: 1, y: 1 } } }\n  - { name: ny, priority: 20, when: 'state == \"NY\"', route: { shared: [y, z] }, fallthrough: false }\n",
+            &[("y", "its daily cap is 0"), ("z", "its schedule never opens")],
+            true,
+        );
+        let messages: Vec<(&str, &str)> = findings
+            .iter()
+            .map(|f| (f.code.as_str(), f.message.as_str()))
+            .filter(|(c, _)| *c == "unreachable")
+            .collect();
+        assert_eq!(messages.len(), 2, "{findings:?}");
+        assert!(
+            messages[0].1.contains("partner `y` never gets a lead from rule `ca`: its daily cap is 0"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].1.contains("rule `ny` can never deliver") && messages[1].1.contains("holds every lead"),
+            "{messages:?}"
+        );
+    }
+
+    #[test]
+    fn a_fall_through_chain_that_ends_nowhere_is_a_gap_for_that_partner() {
+        let rules = "  - { name: ca, priority: 10, when: 'state == \"CA\"', route: x }\n  - { name: any, priority: 20, when: 'state == \"CA\" or state == \"NY\"', route: y }\n";
+        let gaps = |findings: &[Finding]| -> Vec<String> {
+            findings.iter().filter(|f| f.code == Code::Gap).map(|f| f.message.clone()).collect()
+        };
+        // CA leads fall from `ca` (x) to `any` (y); NY leads have only `any`: y down leaves them nowhere.
+        let findings = with_partner_facts(rules, &[], false);
+        let found = gaps(&findings);
+        assert_eq!(found.len(), 2, "{findings:?}"); // the plain gap (no state) and y's
+        assert!(found.iter().any(|m| m.starts_with("while `y` is unavailable")), "{found:?}");
+        assert!(!found.iter().any(|m| m.starts_with("while `x`")), "{found:?}");
+        let witness = findings.iter().find(|f| f.message.starts_with("while `y`")).and_then(|f| f.witness.clone());
+        assert_eq!(witness.and_then(|w| w.get("state").cloned()), Some(serde_json::json!("NY")));
+        // A default route catches them.
+        assert!(gaps(&with_partner_facts(rules, &[], true)).is_empty());
     }
 }

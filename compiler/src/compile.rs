@@ -171,6 +171,8 @@ fn manifest(rules: &RuleSet, lowered: &Lowered, wasm: &[u8], source: &[u8], stat
                 index,
                 name: rules.rules[i].name.clone(),
                 route: rules.rules[i].route.clone(),
+                target: rules.rules[i].target.clone(),
+                fallthrough: rules.rules[i].fallthrough,
                 priority: rules.rules[i].priority,
             })
             .collect(),

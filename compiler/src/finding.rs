@@ -26,7 +26,11 @@ pub enum Code {
     Redundant,
     /// Different priorities and routes, overlapping: priority decides.
     Overlap,
-    /// Some leads match no rule and there is no default route.
+    /// A partner of a rule never gets a lead from it (a split weight of 0, capped at 0, a
+    /// schedule that never opens), or none of the rule's partners can.
+    Unreachable,
+    /// Some leads match no rule and there is no default route (or, with a partner
+    /// unavailable, their fall-through chain ends nowhere).
     Gap,
 }
 
@@ -42,6 +46,7 @@ impl Code {
             Code::Duplicate => "duplicate",
             Code::Redundant => "redundant",
             Code::Overlap => "overlap",
+            Code::Unreachable => "unreachable",
             Code::Gap => "gap",
         }
     }
@@ -50,13 +55,13 @@ impl Code {
     pub fn severity(self) -> Severity {
         match self {
             Code::Syntax | Code::Type | Code::Unsatisfiable | Code::Conflict | Code::Shadowed => Severity::Error,
-            Code::Duplicate | Code::Redundant | Code::Gap => Severity::Warning,
+            Code::Duplicate | Code::Redundant | Code::Unreachable | Code::Gap => Severity::Warning,
             Code::Overlap => Severity::Info,
         }
     }
 
     /// Every code, in report order.
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::Syntax,
         Code::Type,
         Code::Unsatisfiable,
@@ -65,6 +70,7 @@ impl Code {
         Code::Duplicate,
         Code::Redundant,
         Code::Overlap,
+        Code::Unreachable,
         Code::Gap,
     ];
 }

@@ -6,8 +6,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::finding::{Code, Finding};
-use crate::syntax::document::{Document, RawField, RawRule};
+use crate::syntax::document::{Document, RawField, RawRule, RawTarget, Spanned};
+
 use crate::syntax::expr::{self, CmpOp, Expr, LitValue, Literal, TestOp};
+pub use abi::manifest::Target;
 
 /// A field's type, with its domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,8 +117,14 @@ pub struct Rule {
     pub priority: i64,
     /// Position in the file (ties in priority go by it).
     pub position: usize,
-    /// Where a match goes.
+    /// Where a match goes: the partner, or the canonical text of a split or shared target
+    /// (`Target::label`); rules route the same exactly when their routes are equal.
     pub route: String,
+    /// The partners it sells to, and how.
+    pub target: Target,
+    /// Whether a lead whose partners are all unavailable falls through to the next matching
+    /// rule (`true`, the default) or is held for them.
+    pub fallthrough: bool,
     /// Disabled rules are checked for type errors but never route.
     pub enabled: bool,
     /// The condition; `None` when the rule has a type error.
@@ -138,7 +146,15 @@ pub struct RuleSet {
     pub fields: Vec<Field>,
     /// Every rule, in file order.
     pub rules: Vec<Rule>,
+    /// How many matching rules, in first-match order, the decision module returns per lead:
+    /// the candidates a lead falls through when a rule's partners are unavailable.
+    pub max_candidates: usize,
 }
+
+/// Candidates per lead when the rules file does not say (`candidates:`).
+pub const DEFAULT_CANDIDATES: usize = 3;
+/// The most candidates a rules file may ask for.
+pub const MAX_CANDIDATES: usize = 8;
 
 impl RuleSet {
     /// Indices of the rules that take part in routing (enabled, type-correct), in first-match
@@ -559,17 +575,8 @@ pub fn check(doc: &Document) -> (RuleSet, Vec<Finding>) {
         } else {
             names.insert(name, raw);
         }
-        if !routes.contains(&raw.route.value) {
-            findings.push(
-                Finding::new(
-                    Code::Type,
-                    format!("unknown route `{}`; routes are: {}", raw.route.value, routes.join(", ")),
-                )
-                .rule(name)
-                .label(raw.route.span.clone(), "not in `routes`"),
-            );
-            ok = false;
-        }
+        let target = target(name, &raw.route, &routes, &mut findings);
+        ok &= target.is_some();
         let cond = match expr::parse(&raw.when.value) {
             Ok(expr) => Checker { findings: &mut findings, fields: &fields }.cond(raw, &expr),
             Err(error) => {
@@ -583,15 +590,85 @@ pub fn check(doc: &Document) -> (RuleSet, Vec<Finding>) {
             name: name.to_owned(),
             priority: raw.priority.value,
             position,
-            route: raw.route.value.clone(),
+            route: target.as_ref().map_or_else(String::new, Target::label),
+            target: target.unwrap_or_else(|| Target::Partner(String::new())),
+            fallthrough: raw.fallthrough,
             enabled: raw.enabled,
             cond: cond.filter(|_| ok),
             raw: raw.clone(),
         });
     }
     let timezone = doc.timezone.as_ref().map_or_else(|| "UTC".to_owned(), |t| t.value.clone());
-    (
-        RuleSet { timezone, default_route: doc.default_route.as_ref().map(|d| d.value.clone()), routes, fields, rules },
-        findings,
-    )
+    let max_candidates = match &doc.candidates {
+        None => DEFAULT_CANDIDATES,
+        Some(n) => match usize::try_from(n.value) {
+            Ok(n @ 1..=MAX_CANDIDATES) => n,
+            _ => {
+                findings.push(
+                    Finding::new(Code::Type, format!("`candidates` must be 1 to {MAX_CANDIDATES}, not {}", n.value))
+                        .label(n.span.clone(), "here"),
+                );
+                DEFAULT_CANDIDATES
+            }
+        },
+    };
+    let default_route = doc.default_route.as_ref().map(|d| d.value.clone());
+    (RuleSet { timezone, default_route, routes, fields, rules, max_candidates }, findings)
+}
+
+/// Type-checks a rule's `route:`: every partner a route of the rule set, named once; split
+/// weights not negative (a weight of 0 is `unreachable`); `max` of a shared route 1 to the
+/// number of its partners (default: all).
+fn target(rule: &str, raw: &Spanned<RawTarget>, routes: &[String], findings: &mut Vec<Finding>) -> Option<Target> {
+    let mut ok = true;
+    let mut bad = |span: &std::ops::Range<usize>, message: String, label: &str| {
+        findings.push(Finding::new(Code::Type, message).rule(rule).label(span.clone(), label));
+        ok = false;
+    };
+    let partners = raw.value.partners();
+    for (i, partner) in partners.iter().enumerate() {
+        if !routes.contains(&partner.value) {
+            let message = format!("unknown route `{}`; routes are: {}", partner.value, routes.join(", "));
+            bad(&partner.span, message, "not in `routes`");
+        } else if partners[..i].iter().any(|p| p.value == partner.value) {
+            bad(&partner.span, format!("`{}` is named twice in this route", partner.value), "again here");
+        }
+    }
+    let target = match &raw.value {
+        RawTarget::Partner(partner) => Target::Partner(partner.value.clone()),
+        RawTarget::Split(weights) => {
+            let mut split = std::collections::BTreeMap::new();
+            for (partner, weight) in weights {
+                match u32::try_from(weight.value) {
+                    Ok(w) => {
+                        split.insert(partner.value.clone(), w);
+                    }
+                    Err(_) => bad(&weight.span, format!("a split weight is 0 or more, not {}", weight.value), "here"),
+                }
+            }
+            if weights.iter().all(|(_, w)| w.value <= 0) {
+                bad(&raw.span, "a split needs a partner with a weight above 0".to_owned(), "every weight is 0");
+            }
+            Target::Split { split }
+        }
+        RawTarget::Shared { partners, max } => {
+            let max = match max {
+                None => partners.len(),
+                Some(max) => match usize::try_from(max.value) {
+                    Ok(n) if (1..=partners.len()).contains(&n) => n,
+                    _ => {
+                        let message =
+                            format!("`max` must be 1 to {} (the partners named), not {}", partners.len(), max.value);
+                        bad(&max.span, message, "here");
+                        partners.len()
+                    }
+                },
+            };
+            if partners.is_empty() {
+                bad(&raw.span, "a shared route names at least one partner".to_owned(), "here");
+            }
+            Target::Shared { shared: partners.iter().map(|p| p.value.clone()).collect(), max }
+        }
+    };
+    ok.then_some(target)
 }

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+pub use crate::analysis::PartnerFacts;
 use crate::analysis::{self, Stats};
 use crate::atoms::Encoded;
 use crate::finding::{Code, Finding, Severity};
@@ -31,7 +32,12 @@ pub struct Report {
 /// type errors, analyzes it. `Err` only when the analysis itself fails (a solver `unknown` or
 /// a witness the interpreter does not confirm: a bug).
 pub fn check(name: &str, bytes: &[u8]) -> Result<Report> {
-    let (checked, findings, stats) = check_rules(name, bytes)?;
+    check_with(name, bytes, &PartnerFacts::default())
+}
+
+/// [`check`], knowing which partners can never take a lead (see [`PartnerFacts`]).
+pub fn check_with(name: &str, bytes: &[u8], partners: &PartnerFacts) -> Result<Report> {
+    let (checked, findings, stats) = check_rules_with(name, bytes, partners)?;
     let rules_checked = checked.as_ref().map_or(0, |(rules, _)| rules.rules.len());
     let source = checked.map_or_else(|| Source::new(name, String::from_utf8_lossy(bytes).into_owned()), |(_, s)| s);
     Ok(Report { source, rules_checked, findings, stats })
@@ -41,6 +47,11 @@ type Checked = (Option<(model::RuleSet, Source)>, Vec<Finding>, Stats);
 
 /// Like [`check`], also returning the checked rule set (for `compile`, `eval`, `explain`).
 pub fn check_rules(name: &str, bytes: &[u8]) -> Result<Checked> {
+    check_rules_with(name, bytes, &PartnerFacts::default())
+}
+
+/// [`check_rules`], knowing which partners can never take a lead (see [`PartnerFacts`]).
+pub fn check_rules_with(name: &str, bytes: &[u8], partners: &PartnerFacts) -> Result<Checked> {
     let (checked, mut findings) = read_rules(name, bytes);
     let mut stats = Stats::default();
     if let Some((rules, _)) = &checked
@@ -48,7 +59,7 @@ pub fn check_rules(name: &str, bytes: &[u8]) -> Result<Checked> {
     {
         let encoded = Encoded::new(rules);
         let mut solver = Z3Solver::new(&encoded.atoms.domains(), encoded.formulas.clone());
-        let (analysis, s) = analysis::analyze(rules, &encoded, &mut solver)?;
+        let (analysis, s) = analysis::analyze(rules, &encoded, &mut solver, partners)?;
         findings.extend(analysis);
         stats = s;
     }

@@ -11,6 +11,7 @@ pub mod adapter;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod distribution;
 pub mod dlq;
 mod error;
 pub mod identity;

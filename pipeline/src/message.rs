@@ -66,6 +66,38 @@ pub struct PartnerLead {
     pub rule: Option<String>,
     /// The decision tree (`decision_trees.version`) that decided it.
     pub tree_version: i64,
+    /// The candidates tried and why those before the winner were skipped (absent from messages
+    /// routed before distribution existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+    /// When the router counted it against the partner's caps (`None`: not counted; deliver
+    /// counts it before the call if the partner has caps, as for a lead held for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_at: Option<DateTime<Utc>>,
+}
+
+/// Why a lead went where it went: every candidate (rule and partner) tried, in order, and
+/// whether it is held for its partner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// The candidates tried, in order: the deciding rules' partners, then the default route.
+    pub candidates: Vec<Tried>,
+    /// Set when no candidate was available and the lead waits for its partner: why (the rule
+    /// does not fall through, or nothing else took it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+}
+
+/// One candidate tried for a lead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tried {
+    /// The rule (`None`: the default route).
+    pub rule: Option<String>,
+    /// The partner.
+    pub partner: String,
+    /// Why it was passed over (`None`: it took the lead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// Names of the routing fields the service derives (RULES.md); a site may not send them.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::distribution::{Cents, Limits, Schedule};
 use crate::queue::{self, QueueName};
 use crate::state::CircuitState;
 use crate::{Error, Result};
@@ -163,6 +164,28 @@ pub struct PartnerConfig {
     /// Circuit breaker.
     #[serde(default)]
     pub breaker: Breaker,
+    /// Time zone of its schedule and cap periods (IANA name, default UTC).
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// When it takes leads (none: always).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// How many leads it takes per period (`daily`, `weekly`, `monthly`, `total`).
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub caps: Limits<u32>,
+    /// Caps per rule: how many leads each named rule may send it per period.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rule_caps: BTreeMap<String, Limits<u32>>,
+    /// What it spends per period, at `price` per lead.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub budget: Limits<Cents>,
+    /// What a lead costs it (for `budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Cents>,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
 }
 
 fn yes() -> bool {
@@ -251,6 +274,7 @@ impl PartnerConfig {
         if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
             return Err(format!("{}: breaker.failure_rate must be between 0 and 1", self.name));
         }
+        crate::distribution::Availability::of(self).map_err(|e| format!("{}: {e}", self.name))?;
         // The templates compile (and the method parses) as deliver will compile them.
         match crate::adapter::Adapter::new(self) {
             Ok(_) => Ok(()),
@@ -307,15 +331,21 @@ pub async fn apply(conn: &mut PgConnection, partner: &PartnerConfig) -> Result<(
     let request = serde_json::to_value(&partner.request)?;
     let classification = serde_json::to_value(&partner.classify)?;
     let breaker = serde_json::to_value(&partner.breaker)?;
+    let distribution = serde_json::json!({
+        "timezone": partner.timezone, "schedule": partner.schedule, "caps": partner.caps,
+        "rule_caps": partner.rule_caps, "budget": partner.budget, "price": partner.price,
+    });
     sqlx::query(
         "INSERT INTO partners (name, enabled, dedupe_fields, dedupe_window, request, classification, timeout_ms,
-                               max_retries, backoff_base_ms, backoff_cap_ms, breaker)
-         VALUES ($1, $2, $3, make_interval(days => $4), $5, jsonb_build_object('rules', $6::jsonb), $7, $8, $9, $10, $11)
+                               max_retries, backoff_base_ms, backoff_cap_ms, breaker, distribution)
+         VALUES ($1, $2, $3, make_interval(days => $4), $5, jsonb_build_object('rules', $6::jsonb), $7, $8, $9, $10, $11,
+                 $12)
          ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, dedupe_fields = excluded.dedupe_fields,
              dedupe_window = excluded.dedupe_window, request = excluded.request,
              classification = excluded.classification, timeout_ms = excluded.timeout_ms,
              max_retries = excluded.max_retries, backoff_base_ms = excluded.backoff_base_ms,
-             backoff_cap_ms = excluded.backoff_cap_ms, breaker = excluded.breaker, updated_at = now()",
+             backoff_cap_ms = excluded.backoff_cap_ms, breaker = excluded.breaker,
+             distribution = excluded.distribution, updated_at = now()",
     )
     .bind(&partner.name)
     .bind(partner.enabled)
@@ -328,6 +358,7 @@ pub async fn apply(conn: &mut PgConnection, partner: &PartnerConfig) -> Result<(
     .bind(partner.backoff_base_ms as i32)
     .bind(partner.backoff_cap_ms.max(partner.backoff_base_ms) as i32)
     .bind(&breaker)
+    .bind(&distribution)
     .execute(&mut *conn)
     .await?;
     sqlx::query("INSERT INTO circuit_breakers (partner) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -356,6 +387,20 @@ pub async fn set_enabled<'e>(executor: impl PgExecutor<'e>, name: &str, enabled:
     Ok(done.rows_affected() == 1)
 }
 
+/// The partners that can never take a lead (a cap or budget of 0, a schedule that never
+/// opens), each with why: what the rules' analysis reports as `unreachable`.
+pub async fn never_take(conn: &mut PgConnection) -> Result<BTreeMap<String, String>> {
+    Ok(never_taking(&load_all(conn).await?))
+}
+
+/// Of `partners`, those that can never take a lead, each with why.
+pub fn never_taking(partners: &[PartnerConfig]) -> BTreeMap<String, String> {
+    partners
+        .iter()
+        .filter_map(|p| crate::distribution::Availability::of(p).ok()?.never().map(|why| (p.name.clone(), why)))
+        .collect()
+}
+
 /// How many partners are stored (enabled or not): the daemon seeds the partners file only
 /// into an empty table.
 pub async fn count<'e>(executor: impl PgExecutor<'e>) -> Result<i64> {
@@ -382,10 +427,22 @@ pub async fn load_all(conn: &mut PgConnection) -> Result<Vec<PartnerConfig>> {
         backoff_base_ms: i32,
         backoff_cap_ms: i32,
         breaker: Value,
+        distribution: Value,
+    }
+    /// The distribution settings as stored (`partners.distribution`).
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Distribution {
+        timezone: Option<String>,
+        schedule: Option<Schedule>,
+        caps: Limits<u32>,
+        rule_caps: BTreeMap<String, Limits<u32>>,
+        budget: Limits<Cents>,
+        price: Option<Cents>,
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT name, enabled, dedupe_fields, extract(day FROM dedupe_window)::int AS days, request, classification,
-                timeout_ms, max_retries, backoff_base_ms, backoff_cap_ms, breaker
+                timeout_ms, max_retries, backoff_base_ms, backoff_cap_ms, breaker, distribution
          FROM partners ORDER BY name",
     )
     .fetch_all(&mut *conn)
@@ -393,7 +450,14 @@ pub async fn load_all(conn: &mut PgConnection) -> Result<Vec<PartnerConfig>> {
     rows.into_iter()
         .map(|r| {
             let u = |v: i32| u32::try_from(v).unwrap_or(0);
+            let d: Distribution = serde_json::from_value(r.distribution)?;
             Ok(PartnerConfig {
+                timezone: d.timezone.unwrap_or_else(utc),
+                schedule: d.schedule,
+                caps: d.caps,
+                rule_caps: d.rule_caps,
+                budget: d.budget,
+                price: d.price,
                 name: r.name,
                 enabled: r.enabled,
                 dedupe_fields: r.dedupe_fields,

@@ -29,15 +29,25 @@ pub struct RuleDoc {
     pub priority: i32,
     /// The condition (RULES.md, "Expressions").
     pub when: String,
-    /// A route of the rule set.
-    pub route: String,
+    /// Where its leads go, as in a rules file: a route of the rule set (`"school_a"`), a split
+    /// (`{"split": {"school_a": 70, "school_b": 30}}`) or a shared sale (`{"shared": [...],
+    /// "max": 2}`). Kept as written; the compiler is what checks it.
+    pub route: Value,
+    /// Whether a lead whose partners are all unavailable goes on to the next matching rule
+    /// (the default) or is held for them.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub fallthrough: bool,
     /// Disabled rules are kept but never match.
-    #[serde(default = "enabled_default")]
+    #[serde(default = "yes")]
     pub enabled: bool,
 }
 
-fn enabled_default() -> bool {
+fn yes() -> bool {
     true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// A whole rule set, as in a rules file.
@@ -56,6 +66,9 @@ pub struct RuleSetDoc {
     /// Every route a rule may name.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// How many matching rules a lead may fall through (RULES.md `candidates`; unset: 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<i32>,
     /// The lead schema: field name → `{type, values | min, max, scale}`.
     #[serde(default)]
     pub fields: Map<String, Value>,
@@ -85,6 +98,7 @@ impl Default for RuleSetDoc {
             timezone: utc(),
             default_route: None,
             routes: Vec::new(),
+            candidates: None,
             fields: Map::new(),
             rules: Vec::new(),
         }
@@ -110,6 +124,9 @@ impl RuleSetDoc {
             out.push_str(&format!("default_route: {}\n", json(route)));
         }
         out.push_str(&format!("routes: {}\n", json(&self.routes)));
+        if let Some(candidates) = self.candidates {
+            out.push_str(&format!("candidates: {candidates}\n"));
+        }
         if self.fields.is_empty() {
             out.push_str("fields: {}\n");
         } else {
@@ -126,12 +143,15 @@ impl RuleSetDoc {
                 let when =
                     if rule.when.contains(['\'', '\n', '\r']) { json(&rule.when) } else { format!("'{}'", rule.when) };
                 out.push_str(&format!(
-                    "  - name: {}\n    priority: {}\n    when: {when}\n    route: {}\n    enabled: {}\n",
+                    "  - name: {}\n    priority: {}\n    when: {when}\n    route: {}\n",
                     json(&rule.name),
                     rule.priority,
                     json(&rule.route),
-                    rule.enabled
                 ));
+                if !rule.fallthrough {
+                    out.push_str("    fallthrough: false\n");
+                }
+                out.push_str(&format!("    enabled: {}\n", rule.enabled));
             }
         }
         out
@@ -143,6 +163,7 @@ impl RuleSetDoc {
             timezone: self.timezone.clone(),
             default_route: self.default_route.clone(),
             routes: self.routes.clone(),
+            candidates: self.candidates,
             fields: self.fields.clone(),
         }
     }
@@ -161,6 +182,9 @@ pub struct Schema {
     /// Every route a rule may name.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// How many matching rules a lead may fall through (unset: 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<i32>,
     /// The lead schema.
     #[serde(default)]
     pub fields: Map<String, Value>,
@@ -193,23 +217,32 @@ impl CompileRequest {
 
 /// The stored rule set and its version.
 pub async fn load(conn: &mut PgConnection) -> Result<(i64, RuleSetDoc)> {
-    let (version, timezone, default_route, routes, fields): (i64, String, Option<String>, Vec<String>, Value) =
-        sqlx::query_as("SELECT version, timezone, default_route, routes, fields FROM rule_set")
+    type Header = (i64, String, Option<String>, Vec<String>, Option<i32>, Value);
+    let (version, timezone, default_route, routes, candidates, fields): Header =
+        sqlx::query_as("SELECT version, timezone, default_route, routes, candidates, fields FROM rule_set")
             .fetch_one(&mut *conn)
             .await?;
-    let rows: Vec<(String, i32, String, String, bool)> =
-        sqlx::query_as("SELECT name, priority, when_expr, route, enabled FROM rules ORDER BY priority, position")
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<(String, i32, String, Value, bool, bool)> = sqlx::query_as(
+        "SELECT name, priority, when_expr, route, fallthrough, enabled FROM rules ORDER BY priority, position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let rules = rows
         .into_iter()
-        .map(|(name, priority, when, route, enabled)| RuleDoc { name, priority, when, route, enabled })
+        .map(|(name, priority, when, route, fallthrough, enabled)| RuleDoc {
+            name,
+            priority,
+            when,
+            route,
+            fallthrough,
+            enabled,
+        })
         .collect();
     let fields = match fields {
         Value::Object(fields) => fields,
         _ => Map::new(),
     };
-    Ok((version, RuleSetDoc { version: 1, timezone, default_route, routes, fields, rules }))
+    Ok((version, RuleSetDoc { version: 1, timezone, default_route, routes, candidates, fields, rules }))
 }
 
 /// The stored version alone.
@@ -234,18 +267,20 @@ pub async fn replace(conn: &mut PgConnection, doc: &RuleSetDoc) -> Result<i64> {
     let names: Vec<&str> = doc.rules.iter().map(|r| r.name.as_str()).collect();
     let priorities: Vec<i32> = doc.rules.iter().map(|r| r.priority).collect();
     let whens: Vec<&str> = doc.rules.iter().map(|r| r.when.as_str()).collect();
-    let routes: Vec<&str> = doc.rules.iter().map(|r| r.route.as_str()).collect();
+    let routes: Vec<&Value> = doc.rules.iter().map(|r| &r.route).collect();
+    let fallthrough: Vec<bool> = doc.rules.iter().map(|r| r.fallthrough).collect();
     let enabled: Vec<bool> = doc.rules.iter().map(|r| r.enabled).collect();
     sqlx::query(
-        "INSERT INTO rules (name, priority, position, when_expr, route, enabled)
-         SELECT name, priority, ord::int, when_expr, route, enabled
-         FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bool[])
-              WITH ORDINALITY AS r(name, priority, when_expr, route, enabled, ord)",
+        "INSERT INTO rules (name, priority, position, when_expr, route, fallthrough, enabled)
+         SELECT name, priority, ord::int, when_expr, route, fallthrough, enabled
+         FROM unnest($1::text[], $2::int[], $3::text[], $4::jsonb[], $5::bool[], $6::bool[])
+              WITH ORDINALITY AS r(name, priority, when_expr, route, fallthrough, enabled, ord)",
     )
     .bind(&names)
     .bind(&priorities)
     .bind(&whens)
     .bind(&routes)
+    .bind(&fallthrough)
     .bind(&enabled)
     .execute(&mut *conn)
     .await?;
@@ -257,15 +292,17 @@ pub async fn replace(conn: &mut PgConnection, doc: &RuleSetDoc) -> Result<i64> {
 pub async fn upsert_rule(conn: &mut PgConnection, rule: &RuleDoc) -> Result<i64> {
     lock(conn).await?;
     sqlx::query(
-        "INSERT INTO rules (name, priority, position, when_expr, route, enabled)
-         VALUES ($1, $2, (SELECT coalesce(max(position), 0) + 1 FROM rules), $3, $4, $5)
+        "INSERT INTO rules (name, priority, position, when_expr, route, fallthrough, enabled)
+         VALUES ($1, $2, (SELECT coalesce(max(position), 0) + 1 FROM rules), $3, $4, $5, $6)
          ON CONFLICT (name) DO UPDATE SET priority = excluded.priority, when_expr = excluded.when_expr,
-             route = excluded.route, enabled = excluded.enabled, updated_at = now()",
+             route = excluded.route, fallthrough = excluded.fallthrough, enabled = excluded.enabled,
+             updated_at = now()",
     )
     .bind(&rule.name)
     .bind(rule.priority)
     .bind(&rule.when)
     .bind(&rule.route)
+    .bind(rule.fallthrough)
     .bind(rule.enabled)
     .execute(&mut *conn)
     .await?;
@@ -292,11 +329,12 @@ pub async fn set_schema(conn: &mut PgConnection, schema: &Schema) -> Result<i64>
 async fn write_schema(conn: &mut PgConnection, schema: &Schema) -> Result<()> {
     // The table's CHECK keeps the default route among the routes; the compiler says so too,
     // with a better message, before anything is written.
-    sqlx::query("UPDATE rule_set SET timezone = $1, default_route = $2, routes = $3, fields = $4")
+    sqlx::query("UPDATE rule_set SET timezone = $1, default_route = $2, routes = $3, fields = $4, candidates = $5")
         .bind(&schema.timezone)
         .bind(&schema.default_route)
         .bind(&schema.routes)
         .bind(Value::Object(schema.fields.clone()))
+        .bind(schema.candidates)
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -146,8 +146,8 @@ async fn main() -> Result<(), BoxError> {
     for round in 0..options.reloads {
         let routes = doc.routes.clone();
         let rule = doc.rules.iter_mut().find(|r| r.enabled).ok_or("no enabled rule")?;
-        let at = routes.iter().position(|r| *r == rule.route).unwrap_or(0);
-        rule.route = routes[(at + 1 + round) % routes.len()].clone();
+        let at = routes.iter().position(|r| rule.route == r.as_str()).unwrap_or(0);
+        rule.route = serde_json::Value::String(routes[(at + 1 + round) % routes.len()].clone());
         let changed = rule.clone();
         let started = Instant::now();
         let mut tx = pool.begin().await?;

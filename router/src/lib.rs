@@ -3,6 +3,13 @@
 //! `partner_<route>` with the rule and tree version that decided it. A lead no rule matches
 //! goes to the rule set's default route, or is recorded in `unmatched_leads`.
 //!
+//! Each decided lead is allocated (`allocate`): its candidate rules (the module's first matching
+//! rules, in order) are tried until one whose partners can take it now, by their schedule,
+//! circuit and caps, counted in the batch's transaction so no replica ever takes a lead over a
+//! cap; splits share the batch's locked round-robin positions; a shared rule sends the lead to
+//! several partners. What was tried, and why each partner was passed over, travels with the
+//! lead (`PartnerLead::routing`) into its `leads` row.
+//!
 //! Hot reload: [`ActiveTree`] holds the current module; [`ActiveTree::watch`] listens for
 //! `NOTIFY decision_trees` (sent by the compile worker when it activates a tree) and checks
 //! the active version every few seconds as a fallback, loading a new module off the async
@@ -27,9 +34,13 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod allocate;
 mod error;
 
 pub use error::{Error, Result};
+
+use allocate::{Allocator, RuleTarget};
+use pipeline::distribution::{Clock, Ledger, PartnerStates, Splits};
 
 /// The channel the compile worker notifies on when it activates a tree.
 pub const CHANNEL: &str = "decision_trees";
@@ -41,27 +52,29 @@ pub struct Tree {
     /// The rules version it was compiled from.
     pub rules_version: i64,
     program: Arc<Program>,
-    /// Per rule (manifest order): its name, route and the route's queue.
-    rules: Vec<(String, String, QueueName)>,
-    /// The default route and its queue.
-    default: Option<(String, QueueName)>,
+    /// Per rule (manifest order): its name, partners and fall-through.
+    rules: Vec<RuleTarget>,
+    /// The default route.
+    default: Option<String>,
+    /// Every partner's queue, by partner.
+    queues: HashMap<String, QueueName>,
 }
 
 impl Tree {
     /// Loads a module and its manifest (compiles the Wasm: call it off the async threads).
     pub fn load(engine: &Engine, version: i64, rules_version: i64, wasm: &[u8], manifest: &str) -> Result<Self> {
         let program = Program::load_json(engine, wasm, manifest).map_err(|source| Error::Load { version, source })?;
-        let rules = program
-            .manifest()
-            .rules
-            .iter()
-            .map(|r| Ok((r.name.clone(), r.route.clone(), QueueName::partner(&r.route)?)))
-            .collect::<pipeline::Result<Vec<_>>>()?;
-        let default = match &program.manifest().default_route {
-            Some(route) => Some((route.clone(), QueueName::partner(route)?)),
-            None => None,
-        };
-        Ok(Self { version, rules_version, program: Arc::new(program), rules, default })
+        let manifest = program.manifest();
+        let rules: Vec<RuleTarget> =
+            manifest.rules.iter().map(|r| RuleTarget::new(r.name.clone(), r.target.clone(), r.fallthrough)).collect();
+        let default = manifest.default_route.clone();
+        let mut queues = HashMap::new();
+        for partner in rules.iter().flat_map(|r| r.target.partners()).chain(default.as_deref()) {
+            if !queues.contains_key(partner) {
+                queues.insert(partner.to_owned(), QueueName::partner(partner)?);
+            }
+        }
+        Ok(Self { version, rules_version, program: Arc::new(program), rules, default, queues })
     }
 
     /// The program.
@@ -161,16 +174,29 @@ impl ActiveTree {
     }
 }
 
+/// How long a router trusts its reading of the partners' settings and circuits by default.
+pub const PARTNER_STATES_TTL: Duration = Duration::from_secs(1);
+
 /// The router handler: one per consumer (it keeps its own module instance).
 pub struct Router {
     tree: Arc<ActiveTree>,
     session: Mutex<Option<Session>>,
+    partners: Arc<PartnerStates>,
+    clock: Clock,
 }
 
 impl Router {
-    /// A router deciding with `tree`'s current module.
+    /// A router deciding with `tree`'s current module, reading the partners' availability at
+    /// most [`PARTNER_STATES_TTL`] old, on the system clock.
     pub fn new(tree: Arc<ActiveTree>) -> Self {
-        Self { tree, session: Mutex::new(None) }
+        let partners = Arc::new(PartnerStates::new(PARTNER_STATES_TTL));
+        Self::with(tree, partners, pipeline::distribution::system_clock())
+    }
+
+    /// A router with the partners' states (shared by a process's routers) and a clock of its
+    /// own (a driven one in tests).
+    pub fn with(tree: Arc<ActiveTree>, partners: Arc<PartnerStates>, clock: Clock) -> Self {
+        Self { tree, session: Mutex::new(None), partners, clock }
     }
 
     /// Encodes and decides each lead of `batch` on `tree` (see `Session::decide_leads`),
@@ -224,8 +250,32 @@ impl Router {
         }
 
         let mut unmatched: Vec<&RoutingLead> = Vec::new();
-        let mut per_route: HashMap<&str, (usize, f64)> = HashMap::new();
-        let now = chrono::Utc::now();
+        let mut per_route: HashMap<String, (usize, f64)> = HashMap::new();
+        let now = (self.clock)();
+        let partners = self.partners.current(tx).await?;
+        // Lock what the batch's candidates may count against, and the splits they may use.
+        let candidates =
+            |answer: &Option<usize>| -> Vec<&RuleTarget> { answer.iter().filter_map(|&r| tree.rules.get(r)).collect() };
+        let mut wanted = Vec::new();
+        let mut split_pairs = Vec::new();
+        for (_, answer) in &decided {
+            for rule in candidates(answer) {
+                for partner in rule.target.partners() {
+                    if let Some(state) = partners.get(partner).filter(|s| s.availability.capped(Some(&rule.name))) {
+                        wanted.push((&state.availability, Some(rule.name.as_str())));
+                    }
+                }
+                split_pairs.extend(rule.weights.iter().map(|(p, _)| (rule.name.as_str(), p.as_str())));
+            }
+        }
+        if let Some(state) =
+            tree.default.as_deref().and_then(|d| partners.get(d)).filter(|s| s.availability.capped(None))
+        {
+            wanted.push((&state.availability, None));
+        }
+        let mut ledger = Ledger::lock(tx, &wanted, now).await?;
+        let mut splits = Splits::lock(tx, &split_pairs).await?;
+        let mut allocator = Allocator { partners: &partners, ledger: &mut ledger, splits: &mut splits, now };
         // One span per lead (sampled batches only): the decision is one module call for the
         // whole batch, so a lead's span times its forwarding and records what decided it.
         let spans = LeadSpans::current();
@@ -234,35 +284,41 @@ impl Router {
             let span = spans.start("router.lead", lead.submission_id);
             span.record("msg_id", batch[i].msg_id);
             span.record("tree", tree.version);
-            let target = match answer {
-                Some(rule) => tree.rules.get(rule).map(|(name, route, queue)| (Some(name), route, queue)),
-                None => tree.default.as_ref().map(|(route, queue)| (None, route, queue)),
-            };
-            if let Some((rule, route, _)) = target {
-                span.record("route", route.as_str());
-                span.record("rule", rule.map(String::as_str));
-            } else {
+            let allocation = allocator.allocate(&candidates(&answer), tree.default.as_deref());
+            if allocation.unmatched() {
                 span.record("unmatched", true);
+                unmatched.push(lead);
+                outcomes[i] = Some(Outcome::Done(Vec::new()));
+                continue;
             }
-            outcomes[i] = Some(match target {
-                Some((rule, route, queue)) => {
-                    let entry = per_route.entry(route.as_str()).or_default();
-                    entry.0 += 1;
-                    entry.1 += (now - lead.submitted_at).num_microseconds().unwrap_or(0) as f64 / 1e3;
-                    let forwarded = PartnerLead {
-                        lead: lead.clone(),
-                        route: route.clone(),
-                        rule: rule.cloned(),
-                        tree_version: tree.version,
-                    };
-                    Outcome::Done(vec![Output::new(queue.clone(), &forwarded)?])
-                }
-                None => {
-                    unmatched.push(lead);
-                    Outcome::Done(Vec::new())
-                }
-            });
+            if allocation.routing.held.is_some() {
+                span.record("held", true);
+            }
+            let mut outputs = Vec::with_capacity(allocation.sends.len());
+            for (route, rule, counted) in &allocation.sends {
+                span.record("route", route.as_str());
+                span.record("rule", rule.as_deref());
+                let entry = per_route.entry(route.clone()).or_default();
+                entry.0 += 1;
+                entry.1 += (now - lead.submitted_at).num_microseconds().unwrap_or(0) as f64 / 1e3;
+                let forwarded = PartnerLead {
+                    lead: lead.clone(),
+                    route: route.clone(),
+                    rule: rule.clone(),
+                    tree_version: tree.version,
+                    routing: Some(allocation.routing.clone()),
+                    reserved_at: counted.then_some(now),
+                };
+                let queue = match tree.queues.get(route) {
+                    Some(queue) => queue.clone(),
+                    None => QueueName::partner(route)?,
+                };
+                outputs.push(Output::new(queue, &forwarded)?);
+            }
+            outcomes[i] = Some(Outcome::Done(outputs));
         }
+        ledger.save(tx).await?;
+        splits.save(tx).await?;
         record_unmatched(tx, tree.version, &unmatched).await?;
 
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;

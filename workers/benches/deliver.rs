@@ -40,6 +40,12 @@ fn partner(name: &str) -> PartnerConfig {
         backoff_base_ms: 100,
         backoff_cap_ms: 1_000,
         breaker: Default::default(),
+        timezone: "UTC".to_owned(),
+        schedule: None,
+        caps: Default::default(),
+        rule_caps: BTreeMap::new(),
+        budget: Default::default(),
+        price: None,
     }
 }
 
@@ -94,6 +100,8 @@ async fn main() -> Result<(), BoxError> {
                     route: config.name.clone(),
                     rule: None,
                     tree_version: 1,
+                    routing: None,
+                    reserved_at: None,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -107,6 +115,7 @@ async fn main() -> Result<(), BoxError> {
         env: Arc::new(BTreeMap::from([("PARTNER_BASE_URL".to_owned(), format!("http://{}", mock.addr()))])),
         breakers: Arc::new(Breakers::new(Duration::from_secs(1))),
         owner: "bench".to_owned(),
+        clock: pipeline::distribution::system_clock(),
     };
     let consumers = configs
         .iter()

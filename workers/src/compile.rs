@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use compiler::report::Report;
+use compiler::report::{PartnerFacts, Report};
 use pipeline::consumer::{Envelope, Handler, Outcome};
 use pipeline::queue::{self, QueueName};
 use pipeline::rules::{self, CompileRequest, RecompileRequest, RuleSetDoc};
@@ -49,12 +49,13 @@ pub struct CompileOutcome {
     pub report: Value,
 }
 
-/// Checks and compiles `doc` (CPU-bound: call it off the async threads).
-pub fn compile_document(doc: &RuleSetDoc, rules_version: i64) -> Result<CompileOutcome> {
+/// Checks and compiles `doc` (CPU-bound: call it off the async threads), knowing which
+/// `partners` can never take a lead.
+pub fn compile_document(doc: &RuleSetDoc, rules_version: i64, partners: &PartnerFacts) -> Result<CompileOutcome> {
     let text = doc.to_text();
     let name = format!("rules v{rules_version}");
     let started = Instant::now();
-    let (checked, findings, stats) = compiler::report::check_rules(&name, text.as_bytes())?;
+    let (checked, findings, stats) = compiler::report::check_rules_with(&name, text.as_bytes(), partners)?;
     let rules_checked = checked.as_ref().map_or(0, |(rules, _)| rules.rules.len());
     let (rules, source) = match checked {
         Some((rules, source)) => (Some(rules), source),
@@ -193,7 +194,8 @@ async fn compile_newest(tx: &mut PgConnection) -> Result<()> {
     let started = Instant::now();
     let outcome = {
         let doc = doc.clone();
-        tokio::task::spawn_blocking(move || compile_document(&doc, version)).await??
+        let partners = PartnerFacts { never: pipeline::partners::never_take(&mut *tx).await? };
+        tokio::task::spawn_blocking(move || compile_document(&doc, version, &partners)).await??
     };
     store(tx, version, &doc, outcome, true).await?;
     sentry::metrics::distribution("compile.duration", started.elapsed().as_secs_f64() * 1e3)
@@ -238,7 +240,8 @@ async fn recompile(tx: &mut PgConnection, version: i64, requested_at: DateTime<U
     let started = Instant::now();
     let mut outcome = {
         let doc = doc.clone();
-        tokio::task::spawn_blocking(move || compile_document(&doc, version)).await??
+        let partners = PartnerFacts { never: pipeline::partners::never_take(&mut *tx).await? };
+        tokio::task::spawn_blocking(move || compile_document(&doc, version, &partners)).await??
     };
     let active = rules::active_tree(&mut *tx).await?;
     let go_live = active.is_some_and(|(_, rules_version)| rules_version == version);

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use pipeline::adapter::{Adapter, Answer, excerpt};
 use pipeline::consumer::{Envelope, Handler, Outcome};
+use pipeline::distribution::{Availability, Clock, Ledger};
 use pipeline::message::PartnerLead;
 use pipeline::partners::{PartnerConfig, Verdict};
 use pipeline::retry::{ExponentialBackoff, RetryPolicy};
@@ -137,11 +138,15 @@ pub struct DeliverContext {
     pub breakers: Arc<Breakers>,
     /// This worker's name, the owner of probe leases.
     pub owner: String,
+    /// The time: partners' schedules and cap periods are read on it.
+    pub clock: Clock,
 }
 
 /// The handler of one partner's queue.
 pub struct Deliver {
     adapter: Adapter,
+    /// The partner's schedule, caps and budget.
+    availability: Availability,
     context: DeliverContext,
     rng: Mutex<rand::rngs::StdRng>,
 }
@@ -151,7 +156,8 @@ impl Deliver {
     /// one is an error).
     pub fn new(partner: PartnerConfig, context: DeliverContext) -> Result<Self> {
         let adapter = Adapter::new(&partner)?;
-        Ok(Self { adapter, context, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
+        let availability = Availability::of(&partner).map_err(pipeline::Error::InvalidPartner)?;
+        Ok(Self { adapter, availability, context, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
     }
 
     /// The partner this handler serves.
@@ -356,8 +362,11 @@ impl Handler for Deliver {
     type Message = PartnerLead;
     type Error = Error;
 
+    /// Not while its circuit is open, nor while it is paused or closed by its schedule: its
+    /// queue waits (attempts untouched) until it takes leads again.
     fn ready(&self) -> bool {
         self.context.breakers.readable(&self.partner().name)
+            && self.availability.closed((self.context.clock)()).is_none()
     }
 
     async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>> {
@@ -513,6 +522,21 @@ impl Deliver {
             }
         }
 
+        // A new lead the router did not count against the partner's caps (one held for it, or
+        // routed before it had caps) is counted here, before it is sent; the counters are locked
+        // in this transaction, as the routers lock them.
+        let now = (self.context.clock)();
+        let uncounted = |message: &Envelope<PartnerLead>| {
+            message.body.reserved_at.is_none()
+                && !existing.contains_key(&message.body.lead.submission_id)
+                && self.availability.capped(message.body.rule.as_deref())
+        };
+        let wanted: Vec<_> =
+            batch.iter().filter(|m| uncounted(m)).map(|m| (&self.availability, m.body.rule.as_deref())).collect();
+        let mut ledger = Ledger::lock(tx, &wanted, now).await?;
+        // Leads counted by the router that turn out to be duplicates give their count back.
+        let mut released: Vec<&PartnerLead> = Vec::new();
+
         // Decide in message order: a key sent by an earlier lead of the batch is a duplicate too.
         let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
         let mut new_rows: Vec<(usize, DeliveryState)> = Vec::new();
@@ -537,15 +561,36 @@ impl Deliver {
                 }
                 Some(_) => plans.push(done()),
                 None if seen.contains(key) => {
+                    if message.body.reserved_at.is_some() {
+                        released.push(&message.body);
+                    }
                     new_rows.push((i, DeliveryState::Duplicate));
                     plans.push(done());
                 }
                 None => {
+                    if uncounted(message) {
+                        let rule = message.body.rule.as_deref();
+                        if let Err(why) = ledger.room(&self.availability, rule, now) {
+                            // It waits (no row, no claim on its key) until the cap has room.
+                            let wait = why.wait(now);
+                            plans.push(Some(Plan::Settled(Outcome::RetryIn(
+                                wait,
+                                format!("{}: {why}", self.partner().name),
+                            ))));
+                            continue;
+                        }
+                        ledger.take(&self.availability, rule, now);
+                    }
                     seen.insert(key.clone());
                     new_rows.push((i, DeliveryState::Pending));
                     plans.push(None);
                 }
             }
+        }
+        ledger.save(tx).await?;
+        for lead in released {
+            let reserved_at = lead.reserved_at.unwrap_or(now);
+            Ledger::release(tx, &self.availability, lead.rule.as_deref(), reserved_at, 1).await?;
         }
         if !replayed.is_empty() {
             sqlx::query(
@@ -561,11 +606,11 @@ impl Deliver {
             let lead = |i: usize| &batch[i].body;
             let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
                 "INSERT INTO leads (submission_id, partner, person_id, alias_id, rule_name, tree_version, state, dedupe_key,
-                                    fields, site, submitted_at)
-                 SELECT s, $1, p, a, r, t, st, k, f, si, sa
+                                    fields, site, submitted_at, routing)
+                 SELECT s, $1, p, a, r, t, st, k, f, si, sa, ro
                  FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[],
-                             $9::jsonb[], $10::text[], $11::timestamptz[])
-                      AS u(s, p, a, r, t, st, k, f, si, sa)
+                             $9::jsonb[], $10::text[], $11::timestamptz[], $12::jsonb[])
+                      AS u(s, p, a, r, t, st, k, f, si, sa, ro)
                  RETURNING submission_id, id",
             )
             .bind(partner)
@@ -580,6 +625,13 @@ impl Deliver {
             .bind(new_rows.iter().map(|&(i, _)| Value::Object(lead(i).lead.fields.clone())).collect::<Vec<_>>())
             .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.site.as_str()).collect::<Vec<_>>())
             .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.submitted_at).collect::<Vec<_>>())
+            // Why it came here: the candidates tried before this partner, and why each was skipped.
+            .bind(
+                new_rows
+                    .iter()
+                    .map(|&(i, _)| lead(i).routing.as_ref().and_then(|r| serde_json::to_value(r).ok()))
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&mut *tx)
             .await?;
             let row_of: HashMap<uuid::Uuid, i64> = rows.into_iter().collect();

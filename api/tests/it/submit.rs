@@ -524,7 +524,7 @@ fn manifest() -> Value {
             { "name": "age", "slot": 4, "kind": "number", "value_offset": 16, "scale": 0, "min": 18, "max": 99 },
             { "name": "veteran", "slot": 8, "kind": "bool" },
         ],
-        "rules": [{ "index": 0, "name": "california", "route": "acme", "priority": 0 }],
+        "rules": [{ "index": 0, "name": "california", "route": "acme", "target": "acme", "fallthrough": true, "priority": 0 }],
     });
     let parsed: runtime::manifest::Manifest = serde_json::from_value(manifest.clone()).expect("a manifest");
     parsed.check().expect("a consistent manifest");

@@ -39,6 +39,10 @@ enum Command {
         /// Print analysis figures (rules, candidate pairs, solver calls) to stderr.
         #[arg(long)]
         stats: bool,
+        /// A partners file: partners whose caps or schedule never let them take a lead are
+        /// reported (`unreachable`) with the rules that sell to them.
+        #[arg(long)]
+        partners: Option<PathBuf>,
     },
     /// Show which leads a rules change sends elsewhere: the exact difference of the two rule
     /// sets' decisions, one finding per (old decision -> new decision) pair with an example
@@ -186,7 +190,9 @@ fn main() -> Exit {
         }
     };
     match cli.command {
-        Command::Check { file, format, deny, stats } => check(&file, format, deny.contains(&Deny::Warnings), stats),
+        Command::Check { file, format, deny, stats, partners } => {
+            check(&file, partners.as_deref(), format, deny.contains(&Deny::Warnings), stats)
+        }
         Command::Diff { files, base, format, stats } => {
             let run = match (&base, &files[..]) {
                 (Some(revision), [file]) => diff::run(diff::Old::Revision(revision), file, format, stats),
@@ -226,7 +232,13 @@ fn main() -> Exit {
     }
 }
 
-fn check(file: &std::path::Path, format: Format, deny_warnings: bool, stats: bool) -> Exit {
+fn check(
+    file: &std::path::Path,
+    partners: Option<&std::path::Path>,
+    format: Format,
+    deny_warnings: bool,
+    stats: bool,
+) -> Exit {
     let bytes = match read_limited(file) {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -234,7 +246,14 @@ fn check(file: &std::path::Path, format: Format, deny_warnings: bool, stats: boo
             return Exit::CannotRun;
         }
     };
-    let report = match compiler::report::check(&file.display().to_string(), &bytes) {
+    let facts = match partners.map(partner_facts).transpose() {
+        Ok(facts) => facts.unwrap_or_default(),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Exit::CannotRun;
+        }
+    };
+    let report = match compiler::report::check_with(&file.display().to_string(), &bytes, &facts) {
         Ok(report) => report,
         Err(error) => {
             eprintln!("error: {error}");
@@ -283,4 +302,12 @@ fn exit(result: anyhow::Result<Exit>) -> Exit {
             Exit::CannotRun
         }
     }
+}
+
+/// The partners of a partners file that can never take a lead, with why.
+fn partner_facts(path: &std::path::Path) -> anyhow::Result<compiler::report::PartnerFacts> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let file = pipeline::partners::parse_file(&text).with_context(|| format!("`{}`", path.display()))?;
+    Ok(compiler::report::PartnerFacts { never: pipeline::partners::never_taking(&file.partners) })
 }

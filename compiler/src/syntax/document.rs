@@ -47,12 +47,62 @@ pub struct RawRule {
     /// File offset of the first byte of the `when` text when the text stands verbatim in
     /// the file (plain or simply quoted scalars), so carets can point inside it.
     pub when_base: Option<usize>,
-    /// `route:`
-    pub route: Spanned<String>,
+    /// `route:`: a partner, a weighted split or a shared sale (its span is the whole value).
+    pub route: Spanned<RawTarget>,
+    /// `fallthrough:` (default true): whether a lead whose partners are all unavailable goes on
+    /// to the next matching rule, or is held for them.
+    pub fallthrough: bool,
     /// `enabled:` (default true)
     pub enabled: bool,
     /// The whole rule.
     pub span: Range<usize>,
+}
+
+/// A rule's `route:` as written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawTarget {
+    /// `route: school_a`
+    Partner(Spanned<String>),
+    /// `route: {split: {school_a: 70, school_b: 30}}`: partners with their weights, in file order.
+    Split(Vec<(Spanned<String>, Spanned<i64>)>),
+    /// `route: {shared: [a, b, c], max: 2}`
+    Shared {
+        /// The partners, in order.
+        partners: Vec<Spanned<String>>,
+        /// `max:` (default: all of them).
+        max: Option<Spanned<i64>>,
+    },
+}
+
+impl RawTarget {
+    /// Every partner named, with its span, in file order.
+    pub fn partners(&self) -> Vec<&Spanned<String>> {
+        match self {
+            Self::Partner(p) => vec![p],
+            Self::Split(weights) => weights.iter().map(|(p, _)| p).collect(),
+            Self::Shared { partners, .. } => partners.iter().collect(),
+        }
+    }
+
+    /// The JSON shape of a rules file's `route:`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Self::Partner(p) => json!(p.value),
+            Self::Split(weights) => {
+                let split: serde_json::Map<String, serde_json::Value> =
+                    weights.iter().map(|(p, w)| (p.value.clone(), json!(w.value))).collect();
+                json!({ "split": split })
+            }
+            Self::Shared { partners, max } => {
+                let mut shared = json!({ "shared": partners.iter().map(|p| &p.value).collect::<Vec<_>>() });
+                if let Some(max) = max {
+                    shared["max"] = json!(max.value);
+                }
+                shared
+            }
+        }
+    }
 }
 
 impl RawRule {
@@ -74,6 +124,8 @@ pub struct Document {
     pub default_route: Option<Spanned<String>>,
     /// `routes:`
     pub routes: Vec<Spanned<String>>,
+    /// `candidates:`: how many matching rules a lead may fall through (default 3).
+    pub candidates: Option<Spanned<i64>>,
     /// `fields:`
     pub fields: Vec<RawField>,
     /// `rules:`
@@ -110,10 +162,14 @@ impl Document {
             .rules
             .iter()
             .map(|r| {
-                json!({
+                let mut rule = json!({
                     "name": r.name.value, "priority": r.priority.value, "when": r.when.value,
-                    "route": r.route.value, "enabled": r.enabled,
-                })
+                    "route": r.route.value.to_json(), "enabled": r.enabled,
+                });
+                if !r.fallthrough {
+                    rule["fallthrough"] = json!(false);
+                }
+                rule
             })
             .collect();
         let mut doc = json!({
@@ -125,6 +181,9 @@ impl Document {
         });
         if let Some(default) = &self.default_route {
             doc["default_route"] = json!(default.value);
+        }
+        if let Some(candidates) = &self.candidates {
+            doc["candidates"] = json!(candidates.value);
         }
         doc
     }
@@ -297,8 +356,9 @@ impl Reader<'_> {
         self.expect(node, &what, "mapping")?;
         let span = self.span(node);
         let (mut name, mut priority, mut when, mut route, mut enabled) = (None, None, None, None, true);
-        let mut when_base = None;
-        for (key, _, value) in self.entries(node, &what, &["name", "priority", "when", "route", "enabled"]) {
+        let (mut when_base, mut fallthrough) = (None, true);
+        let keys = ["name", "priority", "when", "route", "fallthrough", "enabled"];
+        for (key, _, value) in self.entries(node, &what, &keys) {
             match key.as_str() {
                 "name" => name = self.string(value, "`name`"),
                 "priority" => priority = self.integer(value, "`priority`"),
@@ -308,7 +368,8 @@ impl Reader<'_> {
                         when_base = verbatim_offset(self.text, &w.span, &w.value);
                     }
                 }
-                "route" => route = self.string(value, "`route`"),
+                "route" => route = self.target(value),
+                "fallthrough" => fallthrough = self.boolean(value, "`fallthrough`").unwrap_or(true),
                 _ => enabled = self.boolean(value, "`enabled`").unwrap_or(true),
             }
         }
@@ -332,7 +393,67 @@ impl Reader<'_> {
             }
             return None;
         }
-        Some(RawRule { name: name?, priority: priority?, when: when?, when_base, route: route?, enabled, span })
+        Some(RawRule {
+            name: name?,
+            priority: priority?,
+            when: when?,
+            when_base,
+            route: route?,
+            fallthrough,
+            enabled,
+            span,
+        })
+    }
+
+    /// A `route:`: a partner's name, `{split: {partner: weight, ...}}` or
+    /// `{shared: [partner, ...], max: n}`.
+    fn target(&mut self, node: &MarkedYaml<'_>) -> Option<Spanned<RawTarget>> {
+        let span = self.span(node);
+        if !matches!(node.data, YamlData::Mapping(_)) {
+            return self.string(node, "`route`").map(|p| Spanned { value: RawTarget::Partner(p), span });
+        }
+        let what = "`route` (a partner, `{split: {partner: weight}}` or `{shared: [partners], max: n}`)";
+        let entries = self.entries(node, what, &["split", "shared", "max"]);
+        let (mut split, mut shared, mut max) = (None, None, None);
+        for (key, key_span, value) in entries {
+            match key.as_str() {
+                "split" => {
+                    if self.expect(value, "`split`", "mapping").is_some() {
+                        let weights: Vec<_> = self
+                            .entries(value, "`split`", &[])
+                            .into_iter()
+                            .filter_map(|(partner, partner_span, weight)| {
+                                let weight = self.integer(weight, &format!("the weight of `{partner}`"))?;
+                                Some((Spanned { value: partner, span: partner_span }, weight))
+                            })
+                            .collect();
+                        split = Some(weights);
+                    }
+                }
+                "shared" => shared = Some(self.string_list(value, "`shared`")),
+                _ => max = Some((key_span, self.integer(value, "`max`"))),
+            }
+        }
+        match (split, shared) {
+            (Some(weights), None) => {
+                if let Some((key_span, _)) = max {
+                    self.error(key_span, "`max` belongs to `shared`, not `split`".to_owned(), "here");
+                }
+                Some(Spanned { value: RawTarget::Split(weights), span })
+            }
+            (None, Some(partners)) => {
+                let max = max.and_then(|(_, max)| max);
+                Some(Spanned { value: RawTarget::Shared { partners, max }, span })
+            }
+            (Some(_), Some(_)) => {
+                self.error(span, "a `route` is either a `split` or `shared`, not both".to_owned(), "here");
+                None
+            }
+            (None, None) => {
+                self.error(span, format!("{what} names no partner"), "here");
+                None
+            }
+        }
     }
 }
 
@@ -387,7 +508,7 @@ pub fn read(text: &str) -> (Document, Vec<Finding>) {
         return (doc, reader.findings);
     }
     let mut seen_version = false;
-    let known = ["version", "timezone", "default_route", "routes", "fields", "rules"];
+    let known = ["version", "timezone", "default_route", "routes", "candidates", "fields", "rules"];
     for (key, key_span, value) in reader.entries(root, "the file", &known) {
         match key.as_str() {
             "version" => {
@@ -405,6 +526,7 @@ pub fn read(text: &str) -> (Document, Vec<Finding>) {
             "timezone" => doc.timezone = reader.string(value, "`timezone`"),
             "default_route" => doc.default_route = reader.string(value, "`default_route`"),
             "routes" => doc.routes = reader.string_list(value, "`routes`"),
+            "candidates" => doc.candidates = reader.integer(value, "`candidates`"),
             "fields" => {
                 if reader.expect(value, "`fields`", "mapping").is_some() {
                     for (name, name_span, def) in reader.entries(value, "`fields`", &[]) {

@@ -211,7 +211,13 @@ proptest! {
                 Code::Conflict | Code::Overlap => {
                     prop_assert!(rules.matches(index(&f.rules[0]), &lead) && rules.matches(index(&f.rules[1]), &lead), "{f:?}\n{text}");
                 }
-                Code::Gap => prop_assert!(rules.decide(&lead).rule.is_none(), "{f:?}\n{text}"),
+                Code::Gap if f.rules.is_empty() => prop_assert!(rules.decide(&lead).rule.is_none(), "{f:?}\n{text}"),
+                // A fall-through gap: every rule the lead matches sells to the one partner named.
+                Code::Gap => {
+                    let partner = &rules.rules[index(&f.rules[0])].route;
+                    let matching: Vec<&str> = rules.order().into_iter().filter(|&i| rules.matches(i, &lead)).map(|i| rules.rules[i].route.as_str()).collect();
+                    prop_assert!(!matching.is_empty() && matching.iter().all(|r| r == partner), "{f:?}\n{text}");
+                }
                 _ => {}
             }
         }

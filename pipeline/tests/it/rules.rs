@@ -59,7 +59,8 @@ async fn every_write_keeps_its_version(pool: PgPool) {
         name: "c".to_owned(),
         priority: 5,
         when: "state == \"NY\"".to_owned(),
-        route: "school_b".to_owned(),
+        route: serde_json::json!("school_b"),
+        fallthrough: true,
         enabled: true,
     };
     let mut tx = pool.begin().await.expect("tx");

@@ -188,8 +188,8 @@ async fn five_rule_versions_go_live_while_leads_flow(pool: PgPool) {
         }
         let routes = doc.routes.clone();
         for rule in &mut doc.rules {
-            let at = routes.iter().position(|r| *r == rule.route).expect("a known route");
-            rule.route = routes[(at + 1) % routes.len()].clone();
+            let at = routes.iter().position(|r| rule.route == r.as_str()).expect("a known route");
+            rule.route = serde_json::Value::String(routes[(at + 1) % routes.len()].clone());
         }
         versions.insert(activate(&pool, &doc).await, checked(&doc));
     }

@@ -49,6 +49,12 @@ fn partner(max_retries: u32, timeout_ms: u32) -> PartnerConfig {
         backoff_base_ms: 0,
         backoff_cap_ms: 0,
         breaker: pipeline::partners::Breaker { consecutive_failures: 3, open_secs: 60, ..Default::default() },
+        timezone: "UTC".to_owned(),
+        schedule: None,
+        caps: Default::default(),
+        rule_caps: BTreeMap::new(),
+        budget: Default::default(),
+        price: None,
     }
 }
 
@@ -74,6 +80,7 @@ async fn setup(pool: PgPool, config: PartnerConfig) -> Setup {
         env: Arc::new(env),
         breakers: Arc::new(Breakers::new(Duration::ZERO)),
         owner: "test".to_owned(),
+        clock: pipeline::distribution::system_clock(),
     };
     Setup { pool, mock, context, config }
 }
@@ -109,6 +116,8 @@ impl Setup {
             route: ROUTE.to_owned(),
             rule: Some("r1".to_owned()),
             tree_version: 1,
+            routing: None,
+            reserved_at: None,
         };
         // tree_version references decision_trees: a stored (inactive) tree row.
         sqlx::query("INSERT INTO decision_trees (version, rules_version, report) OVERRIDING SYSTEM VALUE VALUES (1, 1, '{}') ON CONFLICT DO NOTHING")
