@@ -26,7 +26,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
 use pipeline::adapter::{Adapter, excerpt};
+use pipeline::distribution::{Availability, CapCount, Unavailable};
 use pipeline::identity;
 use pipeline::message::{PartnerLead, RoutingLead};
 use pipeline::outcome::{self, PartnerOutcomes};
@@ -83,6 +86,11 @@ struct Stats {
     today: BTreeMap<String, i64>,
     /// Its last failed call.
     last_error: Option<LastError>,
+    /// Its caps and budget now: what each has used in the running period.
+    caps: Vec<CapCount>,
+    /// Whether it is taking leads now (`None`), else why not (paused, closed by its schedule,
+    /// with when it opens).
+    closed: Option<Unavailable>,
 }
 
 /// A partner's last failed call (`delivery_attempts`).
@@ -133,10 +141,19 @@ async fn partners_shown(state: &AppState, only: Option<&str>) -> Result<Vec<Show
     .await
     .map_err(internal)?;
     let queue = |name: &str| -> Option<&QueueMetrics> { summary.queues.iter().find(|q| q.queue_name == name) };
+    let now = Utc::now();
+    let mut availability = HashMap::new();
+    for config in configs.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
+        if let Ok(a) = Availability::of(config) {
+            let counts = a.counts(&mut conn, now).await.map_err(internal)?;
+            availability.insert(config.name.clone(), (counts, a.closed(now)));
+        }
+    }
     Ok(configs
         .into_iter()
         .filter(|c| only.is_none_or(|o| o == c.name))
         .map(|config| {
+            let (caps, closed) = availability.remove(&config.name).unwrap_or_default();
             let partner_queue = QueueName::partner(&config.name).ok();
             let metrics = partner_queue.as_ref().and_then(|q| queue(q.as_str()));
             let dlq = partner_queue.as_ref().and_then(|q| q.dead_letter_queue().ok());
@@ -149,6 +166,8 @@ async fn partners_shown(state: &AppState, only: Option<&str>) -> Result<Vec<Show
                     .map(|o| o.leads.iter().map(|(state, n)| (state.as_str().to_owned(), *n)).collect())
                     .unwrap_or_default(),
                 last_error: errors.iter().find(|e| e.partner == config.name).map(|e| e.error.clone()),
+                caps,
+                closed,
             };
             let circuit = outcomes.map(|o| CircuitShown { state: o.circuit, retry_at: o.retry_at });
             Shown { partner: config, circuit, stats }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use pipeline::distribution::{Availability, CapCount, Unavailable};
 use pipeline::outcome::{self, Summary};
 use pipeline::queue::Pgmq;
 use pipeline::state::{CircuitState, DeliveryState};
@@ -267,7 +268,9 @@ async fn stream(
             }
             _ = show.tick() => {
                 let view = match live(pool, pgmq, started).await {
-                    Ok((summary, latest)) => render(&summary, &latest, demo, started, (posted, refused)),
+                    Ok((summary, distribution, latest)) => {
+                        render(&summary, &distribution, &latest, demo, started, (posted, refused))
+                    }
                     Err(error) => format!("(summary unavailable: {error:#})\n"),
                 };
                 // On a terminal: clear the screen and draw at the top; otherwise one block per
@@ -285,8 +288,28 @@ async fn stream(
 /// One of the latest final outcomes: when, person, partner, rule, state, HTTP status.
 type Latest = (DateTime<Utc>, i64, String, Option<String>, DeliveryState, Option<i32>);
 
-async fn live(pool: &PgPool, pgmq: &Pgmq, since: DateTime<Utc>) -> anyhow::Result<(Summary, Vec<Latest>)> {
+/// A partner with caps or a schedule: what each cap has used now, and why it takes no leads
+/// now, if it does not.
+type Distribution = (String, Vec<CapCount>, Option<Unavailable>);
+
+async fn live(
+    pool: &PgPool,
+    pgmq: &Pgmq,
+    since: DateTime<Utc>,
+) -> anyhow::Result<(Summary, Vec<Distribution>, Vec<Latest>)> {
     let summary = outcome::summary(pool, pgmq, Some(since)).await?;
+    let mut conn = pool.acquire().await?;
+    let mut distribution = Vec::new();
+    let now = Utc::now();
+    for partner in pipeline::partners::load_all(&mut conn).await? {
+        let Ok(availability) = Availability::of(&partner) else { continue };
+        let counts = availability.counts(&mut conn, now).await?;
+        let closed = availability.closed(now);
+        if !counts.is_empty() || partner.schedule.is_some() {
+            distribution.push((partner.name, counts, closed));
+        }
+    }
+    drop(conn);
     let latest = sqlx::query_as(
         "SELECT updated_at, person_id, partner, rule_name, state, response_status FROM leads
          WHERE state <> $2 AND updated_at >= $1 ORDER BY updated_at DESC LIMIT 8",
@@ -295,13 +318,14 @@ async fn live(pool: &PgPool, pgmq: &Pgmq, since: DateTime<Utc>) -> anyhow::Resul
     .bind(DeliveryState::Pending)
     .fetch_all(pool)
     .await?;
-    Ok((summary, latest))
+    Ok((summary, distribution, latest))
 }
 
 /// The live summary as text: totals, the pipeline's queues (partner queues only when not
 /// empty), every partner with leads or a circuit that is not closed, and the latest outcomes.
 fn render(
     summary: &Summary,
+    distribution: &[Distribution],
     latest: &[Latest],
     demo: &Demo,
     started: DateTime<Utc>,
@@ -349,6 +373,33 @@ fn render(
             let _ = write!(out, " {:>9}", partner.leads.get(state).copied().unwrap_or(0));
         }
         out.push('\n');
+    }
+    if !distribution.is_empty() {
+        let _ = writeln!(out, "\n{:<28} {:<22} caps now (used/limit)", "partner", "taking leads");
+        for (partner, counts, closed) in distribution {
+            let taking = match closed {
+                None if counts.iter().any(|c| c.cap.is_some_and(|cap| c.leads >= i64::from(cap))) => {
+                    "capped".to_owned()
+                }
+                None => "yes".to_owned(),
+                Some(Unavailable::Schedule { opens_at: Some(at) }) => {
+                    format!("closed, opens {}", at.format("%a %H:%M"))
+                }
+                Some(why) => why.to_string(),
+            };
+            let caps: Vec<String> = counts
+                .iter()
+                .map(|c| {
+                    let rule = c.rule.as_deref().map_or_else(String::new, |r| format!("{r} "));
+                    match (c.cap, c.budget) {
+                        (Some(cap), _) => format!("{rule}{} {}/{cap}", c.period.as_str(), c.leads),
+                        (None, Some(budget)) => format!("{rule}{} spend {}/{budget}", c.period.as_str(), c.spend),
+                        (None, None) => String::new(),
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "{partner:<28} {taking:<22} {}", caps.join("  "));
+        }
     }
     let _ = writeln!(
         out,
@@ -445,7 +496,22 @@ mod tests {
             summary_every: Duration::from_secs(2),
             mock_partners: Some(SocketAddr::from(([127, 0, 0, 1], 18181))),
         };
-        let text = render(&summary, &latest, &demo, Utc::now(), (100, 1));
+        let distribution = vec![
+            (
+                "capped_one".to_owned(),
+                vec![CapCount {
+                    rule: None,
+                    period: pipeline::distribution::Period::Day,
+                    leads: 40,
+                    cap: Some(40),
+                    spend: pipeline::distribution::Cents(0),
+                    budget: None,
+                }],
+                None,
+            ),
+            ("night_owl".to_owned(), Vec::new(), Some(Unavailable::Paused)),
+        ];
+        let text = render(&summary, &distribution, &latest, &demo, Utc::now(), (100, 1));
         assert!(text.contains("100 posted, 1 refused; in the queues 7, dead letters 2, unmatched 3"), "{text}");
         let lines: Vec<&str> = text.lines().collect();
         let line = |start: &str| lines.iter().find(|l| l.starts_with(start)).map(|l| l.split_whitespace().collect());
@@ -458,6 +524,8 @@ mod tests {
         assert_eq!(line("idle"), None, "a closed partner without leads is left out");
         assert_eq!(line("quiet_but_open"), Some(vec!["quiet_but_open", "half_open", "0", "0", "0", "0", "0"]));
         assert!(text.contains("r1"), "{text}");
+        assert_eq!(line("capped_one"), Some(vec!["capped_one", "capped", "day", "40/40"]));
+        assert_eq!(line("night_owl"), Some(vec!["night_owl", "paused"]));
         assert!(text.contains("http://127.0.0.1:18181/control/<partner>"), "{text}");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pipeline::config::{ConsumerConfig, ServiceConfig};
 use pipeline::consumer::{Consumer, Handler};
+use pipeline::distribution::{PartnerStates, system_clock};
 use pipeline::queue::{self, Pgmq, QueueName};
 use router::{ActiveTree, Router};
 use sqlx::PgPool;
@@ -165,10 +166,14 @@ fn spawn_workers(
     if config.router_workers > 0 {
         let tree = Arc::new(ActiveTree::new().context("starting the decision-module engine")?);
         spawn_until_shutdown(tasks, Arc::clone(&tree).watch(pool.clone(), config.tree_poll, shutdown.clone()));
+        // The routers' view of partner availability (settings and circuits), trusted as long
+        // as deliver trusts its breakers.
+        let partners = Arc::new(PartnerStates::new(config.deliver.breaker_cache));
         for _ in 0..config.router_workers {
             let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
             router_config.defaults.batch_size = config.router_batch_size;
-            let consumer = Consumer::new(pool.clone(), router_config, Router::new(Arc::clone(&tree)));
+            let router = Router::with(Arc::clone(&tree), Arc::clone(&partners), system_clock());
+            let consumer = Consumer::new(pool.clone(), router_config, router);
             spawn_consumer(tasks, registry, consumer, shutdown.clone());
         }
     }
@@ -182,7 +187,7 @@ fn spawn_workers(
             env: Arc::new(config.deliver.env.clone()),
             breakers: Arc::new(Breakers::new(config.deliver.breaker_cache)),
             owner: format!("{}-{}", hostname(), std::process::id()),
-            clock: pipeline::distribution::system_clock(),
+            clock: system_clock(),
         };
         spawn_until_shutdown(
             tasks,

@@ -715,6 +715,70 @@ async fn add_usage(conn: &mut PgConnection, mut deltas: Vec<(&CapKey, Usage)>) -
     Ok(())
 }
 
+/// A partner's counters for the periods running at `now`, in its local calendar: what its caps
+/// and budget have used (for the admin API and the demo). Partners without caps have none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapCount {
+    /// The rule whose cap it is (`None`: the partner's own caps and budget).
+    pub rule: Option<String>,
+    /// The period.
+    pub period: Period,
+    /// Leads counted.
+    pub leads: i64,
+    /// Its lead cap, if it has one.
+    pub cap: Option<u32>,
+    /// Spend counted.
+    pub spend: Cents,
+    /// Its budget, if it has one.
+    pub budget: Option<Cents>,
+}
+
+impl Availability {
+    /// The counters of the partner's caps (and of its rule caps) for the periods running at
+    /// `now`, read without locking; a period not counted yet reads 0.
+    pub async fn counts(&self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<CapCount>> {
+        let date = self.local(now).date();
+        let count = |rule: Option<String>, period, cap, budget| CapCount {
+            rule,
+            period,
+            leads: 0,
+            cap,
+            spend: Cents(0),
+            budget,
+        };
+        let mut counts: Vec<CapCount> = Period::ALL
+            .into_iter()
+            .filter(|&p| self.caps.get(p).is_some() || self.budget.get(p).is_some())
+            .map(|p| count(None, p, self.caps.get(p), self.budget.get(p)))
+            .collect();
+        for (rule, limits) in &self.rule_caps {
+            counts.extend(limits.iter().map(|(p, cap)| count(Some(rule.clone()), p, Some(cap), None)));
+        }
+        if counts.is_empty() {
+            return Ok(counts);
+        }
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT rule, period, leads::bigint, spend_cents FROM cap_usage
+             WHERE partner = $1 AND (period, period_start) IN (SELECT * FROM unnest($2::text[], $3::date[]))",
+        )
+        .bind(&self.partner)
+        .bind(Period::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>())
+        .bind(Period::ALL.iter().map(|p| p.start(date)).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+        for (rule, period, leads, spend) in rows {
+            let found = counts
+                .iter_mut()
+                .find(|c| c.rule.as_deref().unwrap_or_default() == rule && c.period.as_str() == period);
+            if let Some(c) = found {
+                c.leads = leads;
+                c.spend = Cents(spend);
+            }
+        }
+        Ok(counts)
+    }
+}
+
 // ---- weighted splits -------------------------------------------------------------------------
 
 /// The positions of the weighted splits a batch uses (smooth weighted round robin, as nginx

@@ -52,6 +52,9 @@ pub struct Delivery {
     pub request_date: DateTime<Utc>,
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
+    /// The candidates tried before this partner took it, and why each passed-over one was
+    /// skipped (`pipeline::message::Routing`); `None` for rows stored before it was kept.
+    pub routing: Option<Value>,
 }
 
 /// One call deliver made for a lead (`delivery_attempts`).
@@ -132,7 +135,7 @@ pub async fn load(conn: &mut PgConnection, submission_id: Uuid) -> Result<Option
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT l.id, l.partner, l.state, l.rule_name AS rule, l.tree_version, t.rules_version, l.person_id, l.alias_id,
                 l.site, l.submitted_at, l.dedupe_key, l.attempts, l.response_status, l.response_excerpt, l.error,
-                l.request_date, l.updated_at, l.fields
+                l.request_date, l.updated_at, l.routing, l.fields
          FROM leads l LEFT JOIN decision_trees t ON t.version = l.tree_version
          WHERE l.submission_id = $1 ORDER BY l.partner",
     )

@@ -95,18 +95,40 @@ pub struct Final {
     pub error: Option<String>,
     /// The dead-letter queue holding it, for `failed` and `dead_lettered`.
     pub queue: Option<String>,
+    /// How many partners the lead was sold to (a shared lead: more than one), each reaching a
+    /// final state of its own; 1 where it was not routed or not recorded.
+    pub shares: u32,
 }
 
-/// The final states reached by the given submissions, in no particular order. A submission
-/// with none is still on its way; a submission with more than one would be a bug (first-match
-/// routing sends a lead to one partner), which is what the chaos tests look for.
+/// The submissions among `finals` that are settled: every partner a lead was sold to has its
+/// final state (a shared lead waits for all of them), or it ended before routing.
+pub fn settled(finals: &[Final]) -> std::collections::HashSet<Uuid> {
+    let mut per_lead: HashMap<Uuid, (std::collections::HashSet<Option<&str>>, u32)> = HashMap::new();
+    for f in finals {
+        let entry = per_lead.entry(f.submission_id).or_default();
+        entry.0.insert(f.partner.as_deref());
+        entry.1 = entry.1.max(f.shares);
+    }
+    per_lead
+        .into_iter()
+        .filter(|(_, (partners, shares))| partners.contains(&None) || partners.len() as u32 >= *shares)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// The final states reached by the given submissions, in no particular order: one per partner
+/// a lead reached (a shared lead has one per partner it was sold to, see [`settled`]). A
+/// submission with none is still on its way; two at one partner would be a bug, which is what
+/// the chaos tests look for.
 pub async fn finals(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Final>> {
     let mut out = Vec::new();
     let rows = sqlx::query(
-        "SELECT l.submission_id, l.partner, l.state, l.updated_at, l.error
+        "SELECT l.submission_id, l.partner, l.state, l.updated_at, l.error,
+                greatest(1, (SELECT count(*) FROM jsonb_array_elements(coalesce(l.routing->'candidates', '[]')) c
+                             WHERE c->>'skipped' IS NULL))::int
          FROM leads l WHERE l.submission_id = ANY($1) AND l.state <> $2
          UNION ALL
-         SELECT u.submission_id, NULL, NULL, u.created_at, NULL
+         SELECT u.submission_id, NULL, NULL, u.created_at, NULL, 1
          FROM unmatched_leads u WHERE u.submission_id = ANY($1)",
     )
     .bind(ids)
@@ -124,7 +146,16 @@ pub async fn finals(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Final>> {
         if let Some(partner) = &partner {
             with_row.insert((submission_id, partner.clone()), out.len());
         }
-        out.push(Final { submission_id, partner, state, at: row.try_get(3)?, error: row.try_get(4)?, queue: None });
+        let shares = u32::try_from(row.try_get::<i32, _>(5)?).unwrap_or(1);
+        out.push(Final {
+            submission_id,
+            partner,
+            state,
+            at: row.try_get(3)?,
+            error: row.try_get(4)?,
+            queue: None,
+            shares,
+        });
     }
     for letter in letters(pool, ids).await? {
         let row = letter.partner.as_ref().and_then(|p| with_row.get(&(letter.submission_id, p.clone())));
@@ -141,6 +172,7 @@ pub async fn finals(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Final>> {
                 at: letter.at,
                 error: letter.error,
                 queue: Some(letter.queue),
+                shares: 1,
             }),
         }
     }

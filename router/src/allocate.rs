@@ -135,9 +135,10 @@ impl Allocator<'_> {
                     let picked = self.splits.pick(&rule.name, weights, |p| {
                         weights.iter().position(|(q, _)| q == p).is_some_and(|i| available[i])
                     });
-                    match picked {
-                        Some(partner) => sends.push(partner.to_owned()),
-                        None => unavailable.iter().for_each(|(p, why)| skip(&mut tried, name, p, why)),
+                    // The partners passed over are recorded whether or not another took it.
+                    unavailable.iter().for_each(|(p, why)| skip(&mut tried, name, p, why));
+                    if let Some(partner) = picked {
+                        sends.push(partner.to_owned());
                     }
                 }
                 Target::Shared { shared, max } => {

@@ -92,6 +92,7 @@ function story(root, id) {
         (s.deliveries || []).length ? s.deliveries.map(del => h("div", { class: "delivery", "data-delivery": del.partner },
           h("h3", {}, del.partner, " ", badge(del.state)),
           h("p", { class: "muted" }, `${del.attempts} ${del.attempts === 1 ? "call" : "calls"} · claimed ${time(del.request_date)} · updated ${time(del.updated_at)}`),
+          routingOf(del.routing),
           table([
             { label: "Call", cell: a => a.attempt, class: "num" },
             { label: "At", cell: a => time(a.at) },
@@ -125,4 +126,14 @@ function explanationOf(explanation) {
 function nowText(now) {
   const part = (label, x) => x ? `${label} rules v${x.rules_version}: ${x.changed ? "would decide differently" : "same decision"}` : null;
   return ["Now: ", [part("newest", now.newest), part("active", now.active)].filter(Boolean).join("; ")].join("");
+}
+
+/** Why the lead came to this partner: the candidates tried in order, and why each skipped one was. */
+function routingOf(routing) {
+  if (!routing || !(routing.candidates || []).length) return null;
+  return h("div", { class: "routing" },
+    h("ol", { class: "trace candidates" }, routing.candidates.map(c => h("li", { class: c.skipped ? "" : "matched" },
+      h("code", {}, c.rule ?? "default route"), " → ", h("strong", {}, c.partner),
+      c.skipped ? [" skipped: ", c.skipped] : " took it"))),
+    routing.held ? h("p", {}, badge("held", "half_open"), ` ${routing.held}: it waits for its partner.`) : null);
 }

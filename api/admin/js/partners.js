@@ -20,6 +20,8 @@ export function mount(root) {
       { label: "Queue", cell: p => stat(p, s => `${num(s.queue_depth)}${s.oldest_age_secs ? ` (oldest ${s.oldest_age_secs}s)` : ""}`), class: "num" },
       { label: "Dead letters", cell: p => stat(p, s => num(s.dlq_depth)), class: "num" },
       { label: "Today", cell: p => stat(p, s => outcomes(s.today)) },
+      { label: "Caps", cell: p => stat(p, s => caps(s.caps)), class: "caps" },
+      { label: "Taking leads", cell: p => stat(p, s => s.closed ? badge(closedText(s.closed), "open") : badge("yes", "closed")) },
       { label: "Last error", cell: p => stat(p, s => s.last_error ? h("span", { title: time(s.last_error.at) }, `${s.last_error.status ?? ""} ${s.last_error.error}`.trim()) : "–") },
     ], partners, { empty: "No partners configured.", rowAttrs: p => ({ "data-partner-row": p.partner.name }) }));
   }
@@ -91,6 +93,24 @@ function circuitOf(p) {
   const c = p.circuit;
   if (!c) return "closed";
   return typeof c === "string" ? c : (c.state || "closed");
+}
+
+/** A partner's caps and budget now: "daily 37/100", "monthly 12.50/500.00", per rule. */
+function caps(list) {
+  if (!list || !list.length) return "–";
+  return h("span", { class: "caps-list" }, list.map(c => {
+    const what = `${c.rule ? `${c.rule} ` : ""}${c.period}`;
+    const used = c.cap !== null && c.cap !== undefined ? `${num(c.leads)}/${num(c.cap)}` : "";
+    const spent = c.budget ? `${c.spend}/${c.budget}` : "";
+    const full = (c.cap !== null && c.cap !== undefined && c.leads >= c.cap);
+    return h("span", { class: full ? "cap full" : "cap", title: full ? "reached: leads fall through" : "" }, `${what} ${[used, spent].filter(Boolean).join(" · ")} `);
+  }));
+}
+
+function closedText(closed) {
+  if (closed.why === "paused") return "paused";
+  if (closed.why === "schedule") return closed.opens_at ? `closed until ${time(closed.opens_at)}` : "closed";
+  return closed.why;
 }
 
 function stat(p, f) {

@@ -304,9 +304,10 @@ async fn a_yaml_rules_file_is_checked_as_written_and_findings_carry_their_lines(
     assert_eq!(saved.status, StatusCode::OK, "{:?}", saved.body);
     let saved = saved.json();
     assert_eq!(saved["version"], 2);
-    // Every lead of the new rule's region moves to it, from each rule that had it: five pairs.
+    // Every lead of the new rule's region moves to it, from each rule that had it: six pairs
+    // (also from the degreefinder fallback's split, which is another route than Westbrook alone).
     let changes = saved["impact"]["changes"].as_array().expect("changes");
-    assert_eq!(saved["impact"]["moves"], 5, "{}", saved["impact"]);
+    assert_eq!(saved["impact"]["moves"], 6, "{}", saved["impact"]);
     assert!(changes.iter().all(|c| c["to"]["rule"] == "ui-typo" && c["witness"]["program"] == "ui_test"));
     let (_, stored) = call(&app, Method::GET, "/api/rules", None).await;
     assert_eq!(stored["rule_set"]["rules"][0]["name"], "ui-typo", "priority 1 sorts first");

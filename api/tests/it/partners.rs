@@ -17,11 +17,13 @@ use crate::rules::call_as;
 
 const TOKEN: &str = "partners-admin";
 
+/// An example partner without caps or a schedule.
 fn example_partner() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/partners.yaml"))
         .expect("examples/partners.yaml");
     let file = pipeline::partners::parse_file(&text).expect("valid");
-    serde_json::to_value(&file.partners[0]).expect("json")
+    let plain = file.partners.iter().find(|p| p.name == "pacific_state_u").expect("an example partner");
+    serde_json::to_value(plain).expect("json")
 }
 
 #[sqlx::test(migrations = false)]
@@ -45,7 +47,10 @@ async fn partners_are_configured_over_the_admin_api(pool: PgPool) {
     assert_eq!((status, &body["partner"], &body["circuit"]["state"]), (StatusCode::OK, &partner, &json!("closed")));
     assert_eq!(
         body["stats"],
-        json!({ "queue_depth": 0, "oldest_age_secs": null, "dlq_depth": 0, "today": {}, "last_error": null })
+        json!({
+            "queue_depth": 0, "oldest_age_secs": null, "dlq_depth": 0, "today": {}, "last_error": null,
+            "caps": [], "closed": null,
+        })
     );
     let (_, list) = call_as(&app, Some(TOKEN), Method::GET, "/api/partners", None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
@@ -129,6 +134,43 @@ async fn partners_are_switched_and_sent_a_test_lead_through_the_deliver_adapter(
     mock.set(&name, Behaviour::ServerError);
     let (_, answer) = call_as(&app, Some(TOKEN), Method::POST, &format!("{path}/test"), Some(json!({}))).await;
     assert_eq!((&answer["outcome"], &answer["response"]["status"]), (&json!("retryable"), &json!(500)), "{answer}");
+
+    // Caps and a schedule: what each cap has used in the running period, and whether it takes
+    // leads now.
+    let mut capped = partner.clone();
+    capped["timezone"] = json!("America/Chicago");
+    capped["caps"] = json!({ "daily": 5, "total": 1000 });
+    capped["schedule"] = json!({ "hours": { "daily": "closed" } });
+    assert_eq!(call_as(&app, Some(TOKEN), Method::PUT, &path, Some(capped.clone())).await.0, StatusCode::OK);
+    sqlx::query(
+        "INSERT INTO cap_usage (partner, period, period_start, leads)
+         VALUES ($1, 'day', (now() AT TIME ZONE 'America/Chicago')::date, 2)",
+    )
+    .bind(&name)
+    .execute(&pool)
+    .await
+    .expect("a count");
+    let (_, shown) = call_as(&app, Some(TOKEN), Method::GET, &path, None).await;
+    assert_eq!(shown["partner"]["caps"], json!({ "daily": 5, "total": 1000 }));
+    let caps = &shown["stats"]["caps"];
+    assert_eq!(
+        (&caps[0]["period"], &caps[0]["leads"], &caps[0]["cap"]),
+        (&json!("day"), &json!(2), &json!(5)),
+        "{shown}"
+    );
+    assert_eq!((&caps[1]["period"], &caps[1]["leads"]), (&json!("total"), &json!(0)));
+    assert_eq!(shown["stats"]["closed"]["why"], json!("schedule"), "{shown}");
+    for (key, value, says) in [
+        ("timezone", json!("Mars/Olympus"), "not a time zone"),
+        ("schedule", json!({ "hours": { "mon": "18:00-08:00" } }), "ends before it starts"),
+        ("budget", json!({ "daily": "100.00" }), "needs a `price`"),
+    ] {
+        let mut bad = partner.clone();
+        bad[key] = value;
+        let (status, answer) = call_as(&app, Some(TOKEN), Method::PUT, &path, Some(bad)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{key}: {answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| m.contains(says)), "{key}: {answer}");
+    }
 
     // A template that does not compile is refused before it is stored.
     let mut broken = partner.clone();

@@ -60,8 +60,9 @@ pub(crate) struct Posts {
 pub(crate) struct Reached {
     /// µs since the Unix epoch.
     pub(crate) at_us: i64,
-    /// One per partner that reached a state (one, unless a lead was routed twice: a bug).
-    pub(crate) states: Vec<FinalState>,
+    /// One per partner that reached a state, with the partner (several for a shared lead; two
+    /// at one partner would be a bug).
+    pub(crate) states: Vec<(Option<String>, FinalState)>,
 }
 
 /// What became of the accepted posts (`end_to_end` in the JSON summary).
@@ -110,10 +111,12 @@ impl EndToEnd {
         for post in sent {
             match reached.get(&post.id) {
                 Some(found) => {
-                    for state in &found.states {
+                    for (_, state) in &found.states {
                         *states.entry(state.as_str().to_owned()).or_default() += 1;
                     }
-                    several_finals += u64::from(found.states.len() > 1);
+                    let partners: std::collections::HashSet<&Option<String>> =
+                        found.states.iter().map(|(p, _)| p).collect();
+                    several_finals += u64::from(partners.len() < found.states.len());
                     let micros = (found.at_us - post.at_us).max(0);
                     latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
                     final_times.push(found.at_us);
@@ -240,10 +243,12 @@ impl Watch {
         while !outstanding.is_empty() {
             let chunk = &outstanding[..outstanding.len().min(POLL_CHUNK)];
             let finals = outcome::finals(&self.pool, chunk).await.context("reading final states")?;
-            for f in finals {
+            // A shared lead is done when every partner it was sold to is.
+            let settled = outcome::settled(&finals);
+            for f in finals.into_iter().filter(|f| settled.contains(&f.submission_id)) {
                 let entry = reached.entry(f.submission_id).or_default();
                 entry.at_us = entry.at_us.max(f.at.timestamp_micros());
-                entry.states.push(f.state);
+                entry.states.push((f.partner, f.state));
             }
             let chunk_len = chunk.len();
             let before = outstanding.len();
@@ -321,10 +326,14 @@ mod tests {
         // 0: accepted 40 ms after its post; 1: duplicate after 20 ms; 2: routed twice (a bug),
         // the later state 90 ms after; 3: failed before its post's clock (clamped to 0);
         // 4: lost.
-        reached.insert(id(0), Reached { at_us: 1_040_000, states: vec![FinalState::Accepted] });
-        reached.insert(id(1), Reached { at_us: 1_120_000, states: vec![FinalState::Duplicate] });
-        reached.insert(id(2), Reached { at_us: 1_290_000, states: vec![FinalState::Accepted, FinalState::Failed] });
-        reached.insert(id(3), Reached { at_us: 1_250_000, states: vec![FinalState::Failed] });
+        let at = |state| (Some("a".to_owned()), state);
+        reached.insert(id(0), Reached { at_us: 1_040_000, states: vec![at(FinalState::Accepted)] });
+        reached.insert(id(1), Reached { at_us: 1_120_000, states: vec![at(FinalState::Duplicate)] });
+        reached.insert(
+            id(2),
+            Reached { at_us: 1_290_000, states: vec![at(FinalState::Accepted), at(FinalState::Failed)] },
+        );
+        reached.insert(id(3), Reached { at_us: 1_250_000, states: vec![at(FinalState::Failed)] });
         let e2e = EndToEnd::new(&sent, &reached);
         assert_eq!((e2e.leads, e2e.finished, e2e.lost, e2e.several_finals), (5, 4, 1, 1));
         assert_eq!(e2e.lost_examples, vec![id(4)]);

@@ -63,7 +63,8 @@ async fn e2e_mode_waits_for_every_final_state_and_reports_the_lost(pool: PgPool)
     assert_eq!((e2e["several_finals"].as_u64(), e2e["untracked"].as_u64()), (Some(0), Some(0)), "{e2e:#}");
     let states = e2e["states"].as_object().expect("states");
     assert_eq!(states.len(), 6, "every state is listed: {e2e:#}");
-    assert_eq!(states.values().filter_map(Value::as_u64).sum::<u64>(), 300, "{e2e:#}");
+    // One final state per lead, and one more per extra partner a shared lead was sold to.
+    assert!(states.values().filter_map(Value::as_u64).sum::<u64>() >= 300, "{e2e:#}");
     assert!(states["accepted"].as_u64() > Some(0), "the mock partners accept: {e2e:#}");
     // The database agrees: a final `leads` row per lead delivered or deduplicated.
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM leads WHERE state <> 'pending'")

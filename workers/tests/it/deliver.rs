@@ -458,3 +458,66 @@ async fn a_replayed_letter_is_delivered_again_unless_its_key_went_elsewhere(pool
     assert_eq!(s.mock.calls(ROUTE), calls + 1, "one call: the first lead's");
     assert_eq!(s.count("SELECT count(*) FROM pgmq.q_partner_acme_dlq").await, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn leads_the_router_did_not_count_are_counted_before_the_call_and_wait_while_capped(pool: PgPool) {
+    let mut config = partner(3, 2_000);
+    config.caps = pipeline::distribution::Limits { total: Some(2), ..Default::default() };
+    let s = setup(pool, config).await;
+    // Three held leads (uncounted): two fit the cap, the third waits, with no row and no call.
+    let ids = [s.lead("a@x.com").await, s.lead("b@x.com").await, s.lead("c@x.com").await];
+    let consumer = s.consumer();
+    let report = consumer.run_once().await.expect("batch");
+    assert_eq!((report.done, report.retried), (2, 1), "{report:?}");
+    assert_eq!(s.mock.calls(ROUTE), 2);
+    assert_eq!(s.count("SELECT count(*) FROM leads").await, 2, "the waiting lead has no row");
+    assert_eq!(s.count("SELECT sum(leads)::bigint FROM cap_usage WHERE period = 'total'").await, 2);
+    let waiting: Vec<Uuid> = sqlx::query_scalar("SELECT (message->>'submission_id')::uuid FROM pgmq.q_partner_acme")
+        .fetch_all(&s.pool)
+        .await
+        .expect("queue");
+    assert_eq!(waiting.len(), 1);
+    assert!(ids.contains(&waiting[0]));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_counted_duplicate_gives_its_count_back_and_a_closed_partner_is_not_read(pool: PgPool) {
+    let mut config = partner(3, 2_000);
+    config.caps = pipeline::distribution::Limits { daily: Some(10), ..Default::default() };
+    let s = setup(pool, config.clone()).await;
+    let first = s.lead("same@x.com").await;
+    s.drain(&s.consumer()).await;
+    assert_eq!(s.state(first).await.0, "accepted");
+    // The router counted the second lead (same person): deliver finds it a duplicate and gives
+    // the count back.
+    let second = s.lead("same@x.com").await;
+    let person: i64 = sqlx::query_scalar("SELECT person_id FROM leads WHERE submission_id = $1")
+        .bind(first)
+        .fetch_one(&s.pool)
+        .await
+        .expect("person");
+    sqlx::query(
+        "UPDATE pgmq.q_partner_acme SET message = message || jsonb_build_object('reserved_at', now(), 'person_id', $2::bigint)
+         WHERE (message->>'submission_id')::uuid = $1",
+    )
+    .bind(second)
+    .bind(person)
+    .execute(&s.pool)
+    .await
+    .expect("counted by the router");
+    sqlx::query("UPDATE cap_usage SET leads = leads + 1 WHERE period = 'day'").execute(&s.pool).await.expect("count");
+    assert_eq!(s.count("SELECT leads::bigint FROM cap_usage WHERE period = 'day'").await, 2);
+    s.drain(&s.consumer()).await;
+    assert_eq!(s.state(second).await.0, "duplicate");
+    assert_eq!(s.count("SELECT leads::bigint FROM cap_usage WHERE period = 'day'").await, 1, "given back");
+
+    // Closed all week: its queue is not read at all.
+    config.schedule = Some(serde_json::from_value(json!({ "hours": { "daily": "closed" } })).expect("schedule"));
+    let closed = Setup { config, ..s };
+    let third = closed.lead("other@x.com").await;
+    let report = closed.consumer().run_once().await.expect("batch");
+    assert_eq!(report.read, 0, "a partner closed by its schedule is not read: {report:?}");
+    let waiting: i64 = closed.count("SELECT count(*) FROM pgmq.q_partner_acme").await;
+    assert_eq!(waiting, 1);
+    let _ = third;
+}
