@@ -138,7 +138,16 @@ pub struct RuleSet {
     pub fields: Vec<Field>,
     /// Every rule, in file order.
     pub rules: Vec<Rule>,
+    /// How many candidates the decision module answers per lead: the first
+    /// `max_candidates` matching rules, in first-match order (the first decides). In
+    /// [`CANDIDATES`]; [`DEFAULT_CANDIDATES`] unless the rule set says otherwise.
+    pub max_candidates: usize,
 }
+
+/// The candidates a decision module may answer per lead ([`RuleSet::max_candidates`]).
+pub const CANDIDATES: std::ops::RangeInclusive<usize> = 1..=abi::MAX_CANDIDATES;
+/// [`RuleSet::max_candidates`] of a rule set that does not choose.
+pub const DEFAULT_CANDIDATES: usize = 3;
 
 impl RuleSet {
     /// Indices of the rules that take part in routing (enabled, type-correct), in first-match
@@ -591,7 +600,14 @@ pub fn check(doc: &Document) -> (RuleSet, Vec<Finding>) {
     }
     let timezone = doc.timezone.as_ref().map_or_else(|| "UTC".to_owned(), |t| t.value.clone());
     (
-        RuleSet { timezone, default_route: doc.default_route.as_ref().map(|d| d.value.clone()), routes, fields, rules },
+        RuleSet {
+            timezone,
+            default_route: doc.default_route.as_ref().map(|d| d.value.clone()),
+            routes,
+            fields,
+            rules,
+            max_candidates: DEFAULT_CANDIDATES,
+        },
         findings,
     )
 }

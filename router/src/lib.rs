@@ -20,7 +20,7 @@ use pipeline::consumer::{Envelope, Handler, Outcome, Output};
 use pipeline::message::{PartnerLead, RoutingLead};
 use pipeline::queue::QueueName;
 use pipeline::telemetry::LeadSpans;
-use runtime::host::{Engine, Program, Session};
+use runtime::host::{Candidates, Engine, Program, Session};
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
@@ -175,7 +175,7 @@ impl Router {
 
     /// Encodes and decides each lead of `batch` on `tree` (see `Session::decide_leads`),
     /// re-instantiating the module after a swap.
-    fn decide(&self, tree: &Tree, batch: &[Envelope<RoutingLead>]) -> Result<Vec<runtime::Result<Option<usize>>>> {
+    fn decide(&self, tree: &Tree, batch: &[Envelope<RoutingLead>]) -> Result<Vec<runtime::Result<Candidates>>> {
         // A poisoned lock means a panic mid-decision; the session is rebuilt below anyway.
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         if !session.as_ref().is_some_and(|s| Arc::ptr_eq(s.program(), &tree.program)) {
@@ -234,7 +234,8 @@ impl Router {
             let span = spans.start("router.lead", lead.submission_id);
             span.record("msg_id", batch[i].msg_id);
             span.record("tree", tree.version);
-            let target = match answer {
+            // The first candidate decides (the first match).
+            let target = match tree.program.first_candidate(answer) {
                 Some(rule) => tree.rules.get(rule).map(|(name, route, queue)| (Some(name), route, queue)),
                 None => tree.default.as_ref().map(|(route, queue)| (None, route, queue)),
             };

@@ -114,6 +114,10 @@ enum Command {
         /// Rules changed per set, with `--diff`.
         #[arg(long, default_value_t = 10)]
         changes: usize,
+        /// Candidates per lead the modules answer (1 to 8; default: the rule set's, 3), to
+        /// compare the costs of `k`.
+        #[arg(long)]
+        candidates: Option<usize>,
     },
     /// Print a generated, realistic rules file (for benchmarks and trying the tools).
     Generate {
@@ -212,9 +216,9 @@ fn main() -> Exit {
             let sizes = if rules.is_empty() { vec![1000, 10000] } else { rules };
             exit(diff::bench(&sizes, changes).map(|()| Exit::Clean))
         }
-        Command::Bench { file, rules, leads, .. } => {
+        Command::Bench { file, rules, leads, candidates, .. } => {
             let rules = if rules.is_empty() { vec![100, 1000, 10000] } else { rules };
-            exit(tools::bench(file.as_deref(), &rules, leads).map(|()| Exit::Clean))
+            exit(tools::bench(file.as_deref(), &rules, leads, candidates).map(|()| Exit::Clean))
         }
         Command::Generate { rules, seed } => {
             let text = compiler::generate::rule_set(rules, seed);

@@ -65,6 +65,14 @@ fn eval_with_the_module_agrees_with_the_interpreter_line_for_line() {
     let answers: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(answers.len(), 40);
     assert!(answers.iter().all(|a| a.get("route").is_some() && a.get("rule").is_some()));
+    // The candidates: up to three rule names, the first the deciding rule (so the engines
+    // agree on them too, line for line above).
+    for answer in &answers {
+        let candidates = answer["candidates"].as_array().expect("candidates");
+        assert!(candidates.len() <= 3, "{answer}");
+        assert_eq!(candidates.first().unwrap_or(&serde_json::Value::Null), &answer["rule"], "{answer}");
+    }
+    assert!(answers.iter().any(|a| a["candidates"].as_array().is_some_and(|c| c.len() > 1)));
     assert!(
         answers.iter().any(|a| a["rule"].is_null() && a["route"] == "unsold"),
         "some lead falls to the default route"
@@ -83,8 +91,14 @@ fn compile_writes_module_and_manifest_and_refuses_errors() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tree.manifest.json")).expect("manifest written"))
             .expect("JSON");
-    assert_eq!(manifest["abi_version"], 2);
+    assert_eq!(manifest["abi_version"], 3);
     assert_eq!(manifest["rules"].as_array().map(Vec::len), Some(38));
+    // Three candidates per lead by default; list 0 is "no rule matched".
+    assert_eq!(manifest["max_candidates"], 3);
+    let lists = manifest["candidate_lists"].as_array().expect("candidate lists");
+    assert_eq!(lists[0], serde_json::json!([]));
+    assert!(lists[1..].iter().all(|l| l.as_array().is_some_and(|l| (1..=3).contains(&l.len()))));
+    assert!(lists.iter().any(|l| l.as_array().is_some_and(|l| l.len() == 3)));
     assert!(manifest["dag"]["nodes"].as_u64().is_some());
 
     let refused = rulec(&["compile", &fixture("conflict"), "-o", dir.join("x.wasm").to_str().expect("utf-8")]);
