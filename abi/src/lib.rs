@@ -6,14 +6,16 @@
 //! `compiler` emits against it and `api` checks leads with it without linking a Wasm engine;
 //! `runtime` re-exports it and adds the wasmtime host.
 //!
-//! ## The ABI, version 2
+//! ## The ABI, version 3
 //!
 //! A module imports nothing and exports:
 //! - `memory`: its linear memory, at least `manifest.memory_bytes()` long;
 //! - `abi_version() -> i32`: [`ABI_VERSION`];
 //! - `decide(record: i32) -> i32`: decides the lead whose input record starts at byte
-//!   `record`; returns 0 for "no rule matched", else 1 + the rule's index in the manifest's
-//!   rule table (first-match order);
+//!   `record`; returns the index of the lead's candidate list in the manifest's
+//!   `candidate_lists`: 0 (the empty list) when no rule matched, else `n >= 1`, and
+//!   `candidate_lists[n]` holds the first `max_candidates` (or fewer) matching rules as
+//!   indices into the manifest's rule table, in first-match order; the first decides;
 //! - `decide_batch(records: i32, count: i32, out: i32)`: decides `count` consecutive records
 //!   and writes one little-endian i32 result per lead at `out`.
 //!
@@ -22,12 +24,16 @@
 //! then one i64 slot per number field (its value in units of `10^-scale`). The host writes
 //! records from byte 0 and reads batch results at `manifest.output_offset`.
 //!
-//! Version 2 (the decision DAG as tables in the module's memory, walked without branches):
-//! a call may overwrite the records it decides (a number field's slots become its interval),
-//! so the host writes them anew for every call; a class id outside its field's classes gives
-//! an unspecified answer or a trap, never an out-of-module access. Version 1 modules compiled
-//! the DAG to branches and left the records alone; this host refuses them (the service
-//! recompiles the active rules at start, `workers::compile::recompile_if_stale`).
+//! The decision DAG is tables in the module's memory, walked without branches: a call may
+//! overwrite the records it decides (a number field's slots become its interval), so the
+//! host writes them anew for every call; a class id outside its field's classes gives an
+//! unspecified answer or a trap, never an out-of-module access.
+//!
+//! Version 3 answers a candidate list (the waterfall's fall-through) where version 2
+//! answered 1 + the first matching rule's index, with the same exports and records;
+//! version 1 compiled the DAG to branches and left the records alone. This host refuses
+//! both (the service recompiles the active rules at start,
+//! `workers::compile::recompile_if_stale`).
 
 use sha2::{Digest, Sha256};
 
@@ -39,7 +45,9 @@ mod error;
 pub use error::{Error, Result};
 
 /// The ABI version this host speaks.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
+/// The most candidates a module may answer per lead (a manifest's `max_candidates`).
+pub const MAX_CANDIDATES: usize = 8;
 /// Export names.
 pub const EXPORT_MEMORY: &str = "memory";
 /// Export names.

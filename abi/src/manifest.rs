@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ABI_VERSION, Layout};
+use crate::{ABI_VERSION, Layout, MAX_CANDIDATES};
 use crate::{Error, Result};
 
 /// The manifest of one compiled module.
@@ -27,8 +27,20 @@ pub struct Manifest {
     pub default_route: Option<String>,
     /// The input layout, in slot order.
     pub fields: Vec<FieldLayout>,
-    /// The rules in first-match order; `decide` answers 1 + an index into this table.
+    /// The rules in first-match order; the candidate lists index this table.
     pub rules: Vec<RuleEntry>,
+    /// The most candidates a list holds (`k`, 1 to [`MAX_CANDIDATES`]).
+    #[serde(default)]
+    pub max_candidates: usize,
+    /// What `decide` answers: its answer `n` names list `n`, the lead's first
+    /// `max_candidates` (or fewer) matching rules as indices into `rules`, in first-match
+    /// order. List 0 is the empty list (no rule matched), and only it is empty.
+    ///
+    /// This field and `max_candidates` default to empty so that a manifest of an older ABI
+    /// still parses (`api` reads the active tree's fields from it until the recompile);
+    /// [`Manifest::check`] refuses such a manifest.
+    #[serde(default)]
+    pub candidate_lists: Vec<Vec<u32>>,
     /// Figures of the decision DAG behind the module (nodes, edges, depths).
     #[serde(default)]
     pub dag: serde_json::Value,
@@ -213,6 +225,44 @@ impl Manifest {
         if self.rules.iter().enumerate().any(|(i, r)| r.index != i) {
             return Err(Error::Manifest("rule indices are not 0, 1, 2, ...".to_owned()));
         }
+        self.check_candidates()
+    }
+
+    /// Checks the candidate lists: list 0 and only it empty, each list at most
+    /// `max_candidates` rules of the table, in first-match order without repeats.
+    fn check_candidates(&self) -> Result<()> {
+        if !(1..=MAX_CANDIDATES).contains(&self.max_candidates) {
+            return Err(Error::Manifest(format!(
+                "max_candidates is {}, not between 1 and {MAX_CANDIDATES}",
+                self.max_candidates
+            )));
+        }
+        if self.candidate_lists.first().is_none_or(|none| !none.is_empty()) {
+            return Err(Error::Manifest("candidate list 0 must be the empty list".to_owned()));
+        }
+        let rules = self.rules.len();
+        for (n, list) in self.candidate_lists.iter().enumerate().skip(1) {
+            let in_order = list.windows(2).all(|w| w[0] < w[1]);
+            if list.is_empty()
+                || list.len() > self.max_candidates
+                || !in_order
+                || list.iter().any(|&i| usize::try_from(i).map_or(true, |i| i >= rules))
+            {
+                return Err(Error::Manifest(format!(
+                    "candidate list {n} is not 1 to {} rules of the table in first-match order: {list:?}",
+                    self.max_candidates
+                )));
+            }
+        }
+        if u32::try_from(self.candidate_lists.len()).is_err() {
+            return Err(Error::Manifest("too many candidate lists".to_owned()));
+        }
         Ok(())
+    }
+
+    /// The rule indices (into [`Manifest::rules`], first-match order) of the candidate list a
+    /// module answered; empty for 0 and for an answer outside the table.
+    pub fn candidates(&self, answer: usize) -> &[u32] {
+        self.candidate_lists.get(answer).map_or(&[], Vec::as_slice)
     }
 }

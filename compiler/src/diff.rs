@@ -538,7 +538,7 @@ pub fn diff_with_budget(old_side: &Side, new_side: &Side, budget: usize) -> Resu
             .chain(new.rules.iter().zip(&new_conds))
             .map(|(rule, cond)| crate::model::Rule { cond: cond.clone(), ..rule.clone() })
             .collect(),
-        max_candidates: 1,
+        max_candidates: new.max_candidates,
     };
     let atoms = Atoms::new(&carrier);
     let domains = atoms.domains();

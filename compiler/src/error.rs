@@ -28,6 +28,9 @@ pub enum Error {
     /// The decision DAG is too large for the module's table format.
     #[error("the rule set is too large to compile: {0}")]
     TooLarge(String),
+    /// The rule set asks for a number of candidates per lead outside `model::CANDIDATES`.
+    #[error("a decision module answers 1 to {max} candidates per lead, not {0}", max = abi::MAX_CANDIDATES)]
+    Candidates(usize),
     /// The rule set has error-level findings and cannot be compiled.
     #[error("the rule set has {0} error-level findings; fix them first (`rulec check`)")]
     NotCompilable(usize),

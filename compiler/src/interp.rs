@@ -165,6 +165,19 @@ impl RuleSet {
     pub fn decide(&self, lead: &Lead) -> Decision<'_> {
         self.decide_in(&self.order(), lead)
     }
+
+    /// The first `k` rules over `order` (from [`RuleSet::order`]) that match `lead`: their
+    /// indices in [`RuleSet::rules`], in first-match order (the first decides).
+    pub fn candidates_in(&self, order: &[usize], lead: &Lead, k: usize) -> Vec<usize> {
+        order.iter().copied().filter(|&i| self.matches(i, lead)).take(k).collect()
+    }
+
+    /// The lead's candidates, as a decision module answers them: the first
+    /// [`RuleSet::max_candidates`] matching rules (indices in [`RuleSet::rules`]), in
+    /// first-match order.
+    pub fn candidates(&self, lead: &Lead) -> Vec<usize> {
+        self.candidates_in(&self.order(), lead, self.max_candidates)
+    }
 }
 
 /// Why a condition is false for a lead: the span of the first test that fails it (for a

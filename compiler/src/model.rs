@@ -146,15 +146,17 @@ pub struct RuleSet {
     pub fields: Vec<Field>,
     /// Every rule, in file order.
     pub rules: Vec<Rule>,
-    /// How many matching rules, in first-match order, the decision module returns per lead:
-    /// the candidates a lead falls through when a rule's partners are unavailable.
+    /// How many candidates the decision module answers per lead: the first
+    /// `max_candidates` matching rules, in first-match order (the first decides; the others
+    /// are where a lead falls through when a rule's partners are unavailable). In
+    /// [`CANDIDATES`]; [`DEFAULT_CANDIDATES`] unless the rule set says otherwise (`candidates:`).
     pub max_candidates: usize,
 }
 
-/// Candidates per lead when the rules file does not say (`candidates:`).
+/// The candidates a decision module may answer per lead ([`RuleSet::max_candidates`]).
+pub const CANDIDATES: std::ops::RangeInclusive<usize> = 1..=abi::MAX_CANDIDATES;
+/// [`RuleSet::max_candidates`] of a rule set that does not choose.
 pub const DEFAULT_CANDIDATES: usize = 3;
-/// The most candidates a rules file may ask for.
-pub const MAX_CANDIDATES: usize = 8;
 
 impl RuleSet {
     /// Indices of the rules that take part in routing (enabled, type-correct), in first-match
@@ -602,10 +604,11 @@ pub fn check(doc: &Document) -> (RuleSet, Vec<Finding>) {
     let max_candidates = match &doc.candidates {
         None => DEFAULT_CANDIDATES,
         Some(n) => match usize::try_from(n.value) {
-            Ok(n @ 1..=MAX_CANDIDATES) => n,
+            Ok(n) if CANDIDATES.contains(&n) => n,
             _ => {
+                let most = abi::MAX_CANDIDATES;
                 findings.push(
-                    Finding::new(Code::Type, format!("`candidates` must be 1 to {MAX_CANDIDATES}, not {}", n.value))
+                    Finding::new(Code::Type, format!("`candidates` must be 1 to {most}, not {}", n.value))
                         .label(n.span.clone(), "here"),
                 );
                 DEFAULT_CANDIDATES

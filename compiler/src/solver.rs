@@ -2,8 +2,8 @@
 //! asks [`Solver::check`] whether some lead makes a set of rules match or miss (plus an
 //! optional extra formula), and gets a point (one atom per field) or an unsat core; the
 //! compile's translation validation asks [`Solver::dag_counterexample`] for a lead on which
-//! the decision DAG and first match disagree. Both take the trait, so they can run behind
-//! another solver; only this file knows Z3.
+//! the decision DAG's candidates and the first `k` matches disagree. Both take the trait,
+//! so they can run behind another solver; only this file knows Z3.
 //!
 //! Encoding: one integer per field, `0 <= x_f < atoms(f)`; each rule `i` gets two indicator
 //! literals `m_i => φ_i` and `n_i => ¬φ_i`, asserted once, the first time they are used, so
@@ -43,8 +43,8 @@ pub enum Answer {
 pub trait Solver {
     /// Is there a point satisfying `assumptions` (and `extra`, when given)?
     fn check(&mut self, assumptions: &[Lit], extra: Option<&Formula>) -> Result<Answer>;
-    /// Looks for a point where `dag` and first match over the rules (in order) disagree;
-    /// `None` proves them equal.
+    /// Looks for a point where `dag`'s candidates and the first `dag.max_candidates` matches
+    /// over the rules (in order) disagree; `None` proves them equal.
     fn dag_counterexample(&mut self, dag: &Dag) -> Result<Option<Vec<usize>>>;
     /// Looks for a point where first match over two lists of this solver's formulas gives
     /// differently labelled decisions. Each side is (formula indices in first-match order, a
@@ -189,32 +189,61 @@ impl Solver for Z3Solver {
     }
 
     fn dag_counterexample(&mut self, dag: &Dag) -> Result<Option<Vec<usize>>> {
-        let mut terms: HashMap<petgraph::graph::NodeIndex, Int> = HashMap::new();
+        let k = dag.max_candidates.max(1);
+        // Per node, its candidates as `k` terms: the `j`th candidate's position, -1 for none
+        // (-2 for a leaf naming no list, which no position equals).
+        let mut terms: HashMap<petgraph::graph::NodeIndex, Vec<Int>> = HashMap::new();
         let mut order: Vec<petgraph::graph::NodeIndex> = petgraph::algo::toposort(&dag.graph, None)
             .map_err(|_| Error::SolverUnknown("the decision DAG has a cycle".to_owned()))?;
         order.reverse();
         for node in order {
             let term = match dag.graph[node] {
-                Node::Leaf(decision) => Int::from_i64(decision.map_or(-1, |p| p as i64)),
+                Node::Leaf(index) => (0..k)
+                    .map(|j| Int::from_i64(dag.list(index).map_or(-2, |list| list.get(j).map_or(-1, |&p| p as i64))))
+                    .collect(),
                 Node::Test { field } => {
                     let edges: Vec<_> = dag.graph.edges_directed(node, Direction::Outgoing).collect();
                     let Some((last, rest)) = edges.split_last() else { continue };
                     let mut acc = terms[&last.target()].clone();
                     for edge in rest.iter().rev() {
-                        acc = self.set(field, edge.weight()).ite(&terms[&edge.target()], &acc);
+                        let test = self.set(field, edge.weight());
+                        let then = &terms[&edge.target()];
+                        acc = then.iter().zip(&acc).map(|(then, other)| test.ite(then, other)).collect();
                     }
                     acc
                 }
             };
             terms.insert(node, term);
         }
-        let mut first_match = Int::from_i64(-1);
-        for (position, formula) in self.rules.iter().enumerate().rev() {
-            first_match = self.encode(formula).ite(&Int::from_i64(position as i64), &first_match);
+        // The first k matches: with c_0 = 0 and c_{i+1} = c_i + [f_i] (matches before rule
+        // i), the `j`th match is the first `i` with f_i and c_i = j (for j = 0, the first
+        // f_i: the plain first-match chain).
+        let conds: Vec<Bool> = self.rules.iter().map(|f| self.encode(f)).collect();
+        let (zero, one) = (Int::from_i64(0), Int::from_i64(1));
+        let mut before = vec![zero.clone()];
+        if k > 1 {
+            for (i, cond) in conds.iter().enumerate() {
+                let count = &before[i] + cond.ite(&one, &zero);
+                before.push(count);
+            }
+        }
+        let root = &terms[&dag.root];
+        let mut differs = Vec::with_capacity(k);
+        for (j, dag_j) in root.iter().enumerate() {
+            let mut position = Int::from_i64(-1);
+            for i in (j..conds.len()).rev() {
+                let hit = if j == 0 {
+                    conds[i].clone()
+                } else {
+                    Bool::and(&[&conds[i], &before[i].eq(Int::from_i64(j as i64))])
+                };
+                position = hit.ite(&Int::from_i64(i as i64), &position);
+            }
+            differs.push(dag_j.eq(&position).not());
         }
         self.calls += 1;
         self.solver.push();
-        self.solver.assert(terms[&dag.root].eq(&first_match).not());
+        self.solver.assert(Bool::or(&differs));
         self.point_then_pop()
     }
 

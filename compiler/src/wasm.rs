@@ -8,7 +8,9 @@
 //!   of its field; entry `c` is the state after the node for class `c`: the record slot the
 //!   next node tests (in words, in the high bits) and the word where that node's row starts.
 //!   A leaf's row loops to itself on every class of one chosen field (the "leaf field", the
-//!   narrowest tested one) and holds its answer after its entries;
+//!   narrowest tested one) and holds its answer after its entries: the index of its
+//!   candidate list in `Dag::decisions`, which is the manifest's `candidate_lists` (0: the
+//!   empty list, no rule matched; `n >= 1`: list `n`, the first `k` matching rules);
 //! - a step of the walk loads the class at the state's slot, then the entry at
 //!   `row + class`. The code makes as many steps as the longest path needs (a path that ends
 //!   sooner stays on its leaf), then reads the answer after the leaf's row;
@@ -253,11 +255,14 @@ impl Image {
                 }
             }
         }
-        for (leaf, decision) in &leaves {
-            for _ in 0..leaf_width {
-                word(&mut data, state(leaf));
+        for &(leaf, list) in &leaves {
+            if list >= dag.decisions.len() {
+                return Err(Error::InvalidModule(format!("a leaf names candidate list {list}, outside the table")));
             }
-            word(&mut data, decision.map_or(0, |p| p as u32 + 1));
+            for _ in 0..leaf_width {
+                word(&mut data, state(&leaf));
+            }
+            word(&mut data, u32::try_from(list).map_err(|_| Error::TooLarge(format!("{list} candidate lists")))?);
         }
         Ok(Image {
             data,
@@ -271,8 +276,8 @@ impl Image {
     }
 }
 
-/// Test nodes with their field, and leaves with their decision.
-type Nodes = (Vec<(NodeIndex, usize)>, Vec<(NodeIndex, Option<usize>)>);
+/// Test nodes with their field, and leaves with their candidate list's index.
+type Nodes = (Vec<(NodeIndex, usize)>, Vec<(NodeIndex, usize)>);
 
 /// The DAG's test nodes and leaves, breadth first from the root, so the rows near the root
 /// (the hottest) are together.

@@ -211,3 +211,31 @@ fn held(partner: &str, rule: Option<&str>, tried: Vec<Tried>, why: String) -> Al
         routing: Routing { candidates: tried, held: Some(why) },
     }
 }
+
+/// Where a lead whose candidate rules are `candidates` (name, target, fallthrough, in
+/// first-match order) would go while the partners `unavailable` are paused and every other
+/// partner can take it: the partners and the record a router would make. What `rulec explain
+/// --unavailable` shows, by the same allocation the router runs.
+pub fn preview(
+    candidates: &[(String, Target, bool)],
+    default_route: Option<&str>,
+    unavailable: &[&str],
+) -> (Vec<(String, Option<String>)>, Routing) {
+    let rules: Vec<RuleTarget> = candidates
+        .iter()
+        .map(|(name, target, fallthrough)| RuleTarget::new(name.clone(), target.clone(), *fallthrough))
+        .collect();
+    let partners: HashMap<String, PartnerState> = unavailable
+        .iter()
+        .filter_map(|&name| {
+            let config = serde_json::json!({ "name": name, "enabled": false, "request": { "url": "" } });
+            let config: pipeline::partners::PartnerConfig = serde_json::from_value(config).ok()?;
+            let availability = pipeline::distribution::Availability::of(&config).ok()?;
+            Some((name.to_owned(), PartnerState { availability, circuit_open: false }))
+        })
+        .collect();
+    let (mut ledger, mut splits) = (Ledger::default(), Splits::default());
+    let mut allocator = Allocator { partners: &partners, ledger: &mut ledger, splits: &mut splits, now: Utc::now() };
+    let allocation = allocator.allocate(&rules.iter().collect::<Vec<_>>(), default_route);
+    (allocation.sends.into_iter().map(|(p, rule, _)| (p, rule)).collect(), allocation.routing)
+}

@@ -27,7 +27,7 @@ use pipeline::consumer::{Envelope, Handler, Outcome, Output};
 use pipeline::message::{PartnerLead, RoutingLead};
 use pipeline::queue::QueueName;
 use pipeline::telemetry::LeadSpans;
-use runtime::host::{Engine, Program, Session};
+use runtime::host::{Candidates, Engine, Program, Session};
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
@@ -39,6 +39,7 @@ mod error;
 
 pub use error::{Error, Result};
 
+pub use allocate::preview;
 use allocate::{Allocator, RuleTarget};
 use pipeline::distribution::{Clock, Ledger, PartnerStates, Splits};
 
@@ -201,7 +202,7 @@ impl Router {
 
     /// Encodes and decides each lead of `batch` on `tree` (see `Session::decide_leads`),
     /// re-instantiating the module after a swap.
-    fn decide(&self, tree: &Tree, batch: &[Envelope<RoutingLead>]) -> Result<Vec<runtime::Result<Option<usize>>>> {
+    fn decide(&self, tree: &Tree, batch: &[Envelope<RoutingLead>]) -> Result<Vec<runtime::Result<Candidates>>> {
         // A poisoned lock means a panic mid-decision; the session is rebuilt below anyway.
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         if !session.as_ref().is_some_and(|s| Arc::ptr_eq(s.program(), &tree.program)) {
@@ -254,8 +255,9 @@ impl Router {
         let now = (self.clock)();
         let partners = self.partners.current(tx).await?;
         // Lock what the batch's candidates may count against, and the splits they may use.
-        let candidates =
-            |answer: &Option<usize>| -> Vec<&RuleTarget> { answer.iter().filter_map(|&r| tree.rules.get(r)).collect() };
+        let candidates = |answer: &Candidates| -> Vec<&RuleTarget> {
+            tree.program.candidates(*answer).iter().filter_map(|&r| tree.rules.get(r as usize)).collect()
+        };
         let mut wanted = Vec::new();
         let mut split_pairs = Vec::new();
         for (_, answer) in &decided {

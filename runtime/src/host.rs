@@ -5,6 +5,11 @@
 //! worker's instance (its own `Store`); a [`Handle`] holds the current program and swaps it
 //! atomically. A [`Worker`] notices a swap before its next call and re-instantiates, so a
 //! batch always runs on one module and a swap never waits for in-flight calls.
+//!
+//! A lead's answer is its [`Candidates`]: the index of a candidate list in the manifest
+//! (checked against the table when the module answers), a `Copy` value, so deciding
+//! allocates nothing per lead; [`Program::candidates`] reads the list (rule indices in
+//! first-match order; the first decides).
 
 use std::sync::Arc;
 
@@ -49,7 +54,10 @@ fn func_type(module: &Module, name: &str, params: &[ValType], results: &[ValType
 
 impl Program {
     /// Compiles `wasm` and checks it against `manifest`: same module hash, ABI version,
-    /// no imports, the ABI's exports with their signatures, and enough memory.
+    /// layout and candidate table (`Manifest::check`: the lists a module of this manifest
+    /// answers are exactly the table's, since the compiler writes both from one DAG and the
+    /// hash ties them), no imports, the ABI's exports with their signatures, and enough
+    /// memory. Each answer is still checked against the table when it comes.
     pub fn load(engine: &Engine, wasm: &[u8], manifest: Manifest) -> Result<Program> {
         manifest.check()?;
         let hash = sha256_hex(wasm);
@@ -79,6 +87,19 @@ impl Program {
         let pre = Linker::new(engine).instantiate_pre(&module).map_err(|e| Error::Module(format!("{e:#}")))?;
         let encoder = Encoder::new(&manifest);
         Ok(Program { manifest, encoder, pre, engine: engine.clone() })
+    }
+
+    /// The candidates of a lead: rule indices (into the manifest's rule table) in
+    /// first-match order, at most `max_candidates`; empty when no rule matched. The first
+    /// is the rule that decides.
+    pub fn candidates(&self, candidates: Candidates) -> &[u32] {
+        self.manifest.candidates(candidates.index())
+    }
+
+    /// The rule that decides a lead (its first candidate), as an index into the manifest's
+    /// rule table; `None` when no rule matched.
+    pub fn first_candidate(&self, candidates: Candidates) -> Option<usize> {
+        self.candidates(candidates).first().map(|&i| i as usize)
     }
 
     /// Loads from the module bytes and the manifest's JSON text.
@@ -121,13 +142,37 @@ impl Program {
     }
 }
 
+/// What a module answered for a lead: the index of its candidate list in the manifest's
+/// `candidate_lists` (0: no rule matched), within the table (the session checks every
+/// answer). [`Program::candidates`] of the program that answered gives the rules (a
+/// program swapped in since has another table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Candidates(u32);
+
+impl Candidates {
+    /// No rule matched (the empty list, 0).
+    pub const NONE: Candidates = Candidates(0);
+
+    /// The list's index in the manifest's `candidate_lists`.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// Whether no rule matched.
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// What a module decided for a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision<'a> {
-    /// The deciding rule, if any.
+    /// The deciding rule (the first candidate), if any.
     pub rule: Option<&'a RuleEntry>,
     /// The rule's route, else the default route, else none (unmatched).
     pub route: Option<&'a str>,
+    /// The candidates: rule indices (into the manifest's rule table) in first-match order.
+    pub candidates: &'a [u32],
 }
 
 /// One worker's instance of a program.
@@ -146,16 +191,15 @@ impl Session {
         &self.program
     }
 
-    fn answer(&self, raw: i32) -> Result<Option<usize>> {
-        match usize::try_from(raw) {
-            Ok(0) => Ok(None),
-            Ok(n) if n <= self.program.manifest.rules.len() => Ok(Some(n - 1)),
-            _ => Err(Error::Call(format!("the module answered {raw}, outside the rule table"))),
+    fn answer(&self, raw: i32) -> Result<Candidates> {
+        match u32::try_from(raw) {
+            Ok(n) if (n as usize) < self.program.manifest.candidate_lists.len() => Ok(Candidates(n)),
+            _ => Err(Error::Call(format!("the module answered {raw}, outside the candidate lists"))),
         }
     }
 
-    /// Decides one encoded record: the rule index, or `None` for no match.
-    pub fn decide_record(&mut self, record: &[u8]) -> Result<Option<usize>> {
+    /// Decides one encoded record: its candidates.
+    pub fn decide_record(&mut self, record: &[u8]) -> Result<Candidates> {
         let size = self.program.manifest.record_size;
         self.memory.data_mut(&mut self.store)[..size].copy_from_slice(&record[..size]);
         let raw = self.decide.call(&mut self.store, 0).map_err(|e| Error::Call(format!("{e:#}")))?;
@@ -164,7 +208,7 @@ impl Session {
 
     /// Decides consecutive encoded records (any number; batched by the manifest's
     /// `max_batch`), appending one answer per record to `out`.
-    pub fn decide_records(&mut self, records: &[u8], out: &mut Vec<Option<usize>>) -> Result<()> {
+    pub fn decide_records(&mut self, records: &[u8], out: &mut Vec<Candidates>) -> Result<()> {
         let manifest = &self.program.manifest;
         let (size, max) = (manifest.record_size, manifest.max_batch);
         if size == 0 {
@@ -190,12 +234,13 @@ impl Session {
     }
 
     /// Encodes and decides leads (objects) straight into the module's memory, a batch of up to
-    /// the manifest's `max_batch` per call, appending one answer per lead to `out`: its rule
-    /// index, `None` for no match, or why it cannot be encoded. Errs only if the module fails.
+    /// the manifest's `max_batch` per call, appending one answer per lead to `out`: its
+    /// candidates ([`Program::candidates`] reads them), or why it cannot be encoded. Errs
+    /// only if the module fails.
     pub fn decide_leads<'a>(
         &mut self,
         leads: impl IntoIterator<Item = &'a Map<String, Value>>,
-        out: &mut Vec<Result<Option<usize>>>,
+        out: &mut Vec<Result<Candidates>>,
     ) -> Result<()> {
         let program = Arc::clone(&self.program);
         let (size, max) = (program.manifest.record_size, program.manifest.max_batch);
@@ -212,7 +257,7 @@ impl Session {
                 match program.encoder.encode_map(lead, record) {
                     Ok(()) => {
                         pending.push(out.len());
-                        out.push(Ok(None));
+                        out.push(Ok(Candidates::NONE));
                     }
                     Err(error) => out.push(Err(error.into())),
                 }
@@ -223,7 +268,7 @@ impl Session {
     }
 
     /// Decides the `pending.len()` records at the start of memory into `out[pending[i]]`.
-    fn decide_pending(&mut self, pending: &mut Vec<usize>, out: &mut [Result<Option<usize>>]) -> Result<()> {
+    fn decide_pending(&mut self, pending: &mut Vec<usize>, out: &mut [Result<Candidates>]) -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -240,11 +285,12 @@ impl Session {
         let encoded = self.program.encoder.encode(lead, &mut scratch);
         let answer = encoded.map_err(Error::from).and_then(|()| self.decide_record(&scratch));
         self.scratch = scratch;
-        let manifest = &self.program.manifest;
-        Ok(match answer? {
-            Some(i) => Decision { rule: Some(&manifest.rules[i]), route: Some(&manifest.rules[i].route) },
-            None => Decision { rule: None, route: manifest.default_route.as_deref() },
-        })
+        let program = &self.program;
+        let candidates = program.candidates(answer?);
+        // `Manifest::check` keeps every list's rules within the table.
+        let rule = candidates.first().and_then(|&i| program.manifest.rules.get(i as usize));
+        let route = rule.map_or(program.manifest.default_route.as_deref(), |r| Some(r.route.as_str()));
+        Ok(Decision { rule, route, candidates })
     }
 }
 

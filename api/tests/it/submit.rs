@@ -525,6 +525,8 @@ fn manifest() -> Value {
             { "name": "veteran", "slot": 8, "kind": "bool" },
         ],
         "rules": [{ "index": 0, "name": "california", "route": "acme", "target": "acme", "fallthrough": true, "priority": 0 }],
+        "max_candidates": 1,
+        "candidate_lists": [[], [0]],
     });
     let parsed: runtime::manifest::Manifest = serde_json::from_value(manifest.clone()).expect("a manifest");
     parsed.check().expect("a consistent manifest");

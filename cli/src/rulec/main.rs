@@ -99,6 +99,10 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ExplainFormat::Human)]
         format: ExplainFormat,
+        /// Partners to take as unavailable (as if capped, closed, paused or down),
+        /// comma-separated: shows where the lead falls through to.
+        #[arg(long, value_delimiter = ',', conflicts_with = "submission")]
+        unavailable: Vec<String>,
     },
     /// Measure ns per decision of the interpreter and the module (single, batched, and
     /// encode + decide), on a rules file or on generated sets.
@@ -118,6 +122,10 @@ enum Command {
         /// Rules changed per set, with `--diff`.
         #[arg(long, default_value_t = 10)]
         changes: usize,
+        /// Candidates per lead the modules answer (1 to 8; default: the rule set's, 3), to
+        /// compare the costs of `k`.
+        #[arg(long)]
+        candidates: Option<usize>,
     },
     /// Print a generated, realistic rules file (for benchmarks and trying the tools).
     Generate {
@@ -207,8 +215,8 @@ fn main() -> Exit {
         Command::Explain { submission: Some(submission), database_url, format, .. } => {
             exit(stored::explain(database_url.as_deref().unwrap_or_default(), submission, format))
         }
-        Command::Explain { file: Some(file), lead: Some(lead), format, .. } => {
-            exit(tools::explain(&file, &lead, format).map(|()| Exit::Clean))
+        Command::Explain { file: Some(file), lead: Some(lead), format, unavailable, .. } => {
+            exit(tools::explain(&file, &lead, format, &unavailable).map(|()| Exit::Clean))
         }
         Command::Explain { .. } => {
             eprintln!("error: give a rules file and a lead file, or --submission");
@@ -218,9 +226,9 @@ fn main() -> Exit {
             let sizes = if rules.is_empty() { vec![1000, 10000] } else { rules };
             exit(diff::bench(&sizes, changes).map(|()| Exit::Clean))
         }
-        Command::Bench { file, rules, leads, .. } => {
+        Command::Bench { file, rules, leads, candidates, .. } => {
             let rules = if rules.is_empty() { vec![100, 1000, 10000] } else { rules };
-            exit(tools::bench(file.as_deref(), &rules, leads).map(|()| Exit::Clean))
+            exit(tools::bench(file.as_deref(), &rules, leads, candidates).map(|()| Exit::Clean))
         }
         Command::Generate { rules, seed } => {
             let text = compiler::generate::rule_set(rules, seed);

@@ -53,6 +53,18 @@ fn human(story: &Story) -> String {
     for d in &story.deliveries {
         let status = d.response_status.map_or_else(String::new, |s| format!(", HTTP {s}"));
         let _ = writeln!(out, "  {}: {} after {} attempt(s){status}", d.partner, d.state, d.attempts);
+        // The candidates the router tried before this partner took it, and why each was skipped.
+        let routing = d.routing.clone().and_then(|r| serde_json::from_value::<pipeline::message::Routing>(r).ok());
+        for tried in routing.iter().flat_map(|r| &r.candidates) {
+            let rule = tried.rule.as_deref().unwrap_or("default route");
+            let _ = match &tried.skipped {
+                Some(why) => writeln!(out, "    tried {} ({rule}): skipped, {why}", tried.partner),
+                None => writeln!(out, "    tried {} ({rule}): took it", tried.partner),
+            };
+        }
+        if let Some(why) = routing.as_ref().and_then(|r| r.held.as_deref()) {
+            let _ = writeln!(out, "    held for {}: {why}", d.partner);
+        }
     }
     if let Some(fields) = &story.fields {
         let _ = writeln!(out, "fields: {}", serde_json::Value::Object(fields.clone()));

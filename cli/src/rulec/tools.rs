@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use compiler::compile::Compiled;
 use compiler::interp::Lead;
 use compiler::model::RuleSet;
-use runtime::host::{Program, Session};
+use runtime::host::{Candidates, Program, Session};
 use serde_json::{Value, json};
 
 use crate::Exit;
@@ -102,8 +102,9 @@ pub(crate) enum Engine {
     Interpreter,
 }
 
-/// `rulec eval FILE LEADS`: one JSON answer per lead line; [`Exit::Findings`] when some
-/// lead could not be decided.
+/// `rulec eval FILE LEADS`: one JSON answer per lead line (the route, the deciding rule and
+/// the candidates: the first `max_candidates` matching rules' names, in first-match order);
+/// [`Exit::Findings`] when some lead could not be decided.
 pub(crate) fn eval(file: &Path, leads: &Path, engine: Engine) -> anyhow::Result<Exit> {
     let reader = std::io::BufReader::new(
         std::fs::File::open(leads).with_context(|| format!("cannot read `{}`", leads.display()))?,
@@ -138,20 +139,31 @@ pub(crate) fn eval(file: &Path, leads: &Path, engine: Engine) -> anyhow::Result<
 fn decide(rules: &RuleSet, session: Option<&mut Session>, lead: &Value) -> Result<Value, String> {
     match session {
         Some(session) => {
+            let program = std::sync::Arc::clone(session.program());
+            let table = &program.manifest().rules;
             let d = session.decide_json(lead).map_err(|e| e.to_string())?;
-            Ok(json!({ "route": d.route, "rule": d.rule.map(|r| r.name.as_str()) }))
+            let candidates: Vec<&str> =
+                d.candidates.iter().filter_map(|&i| table.get(i as usize)).map(|r| r.name.as_str()).collect();
+            Ok(json!({ "route": d.route, "rule": d.rule.map(|r| r.name.as_str()), "candidates": candidates }))
         }
         None => {
             let lead = Lead::from_json(rules, lead).map_err(|e| e.to_string())?;
             let d = rules.decide(&lead);
-            Ok(json!({ "route": d.route, "rule": d.rule.map(|r| r.name.as_str()) }))
+            let candidates: Vec<&str> =
+                rules.candidates(&lead).into_iter().map(|i| rules.rules[i].name.as_str()).collect();
+            Ok(json!({ "route": d.route, "rule": d.rule.map(|r| r.name.as_str()), "candidates": candidates }))
         }
     }
 }
 
 /// `rulec explain FILE LEAD`: which rule decided, and why each earlier rule did not
 /// (`compiler::interp::explain`), as text or JSON.
-pub(crate) fn explain(file: &Path, lead_file: &Path, format: crate::ExplainFormat) -> anyhow::Result<()> {
+pub(crate) fn explain(
+    file: &Path,
+    lead_file: &Path,
+    format: crate::ExplainFormat,
+    unavailable: &[String],
+) -> anyhow::Result<()> {
     let (rules, _, bytes) = checked(file)?;
     let json: Value = serde_json::from_str(
         &std::fs::read_to_string(lead_file).with_context(|| format!("cannot read `{}`", lead_file.display()))?,
@@ -161,9 +173,57 @@ pub(crate) fn explain(file: &Path, lead_file: &Path, format: crate::ExplainForma
     let name = file.display().to_string();
     let source = compiler::source::Source::new(&name, String::from_utf8_lossy(&bytes).into_owned());
     let explanation = compiler::interp::explain(&rules, &source, &lead);
+    // The candidates, and where the lead goes with the partners named unavailable, by the
+    // router's own allocation.
+    let candidates: Vec<(String, compiler::model::Target, bool)> = rules
+        .candidates(&lead)
+        .into_iter()
+        .map(|i| (rules.rules[i].name.clone(), rules.rules[i].target.clone(), rules.rules[i].fallthrough))
+        .collect();
+    let down: Vec<&str> = unavailable.iter().map(String::as_str).collect();
+    let (sends, routing) = router::preview(&candidates, rules.default_route.as_deref(), &down);
     match format {
-        crate::ExplainFormat::Human => print!("{}", explanation.to_human(&name)),
-        crate::ExplainFormat::Json => println!("{:#}", serde_json::to_value(&explanation)?),
+        crate::ExplainFormat::Human => {
+            print!("{}", explanation.to_human(&name));
+            println!("candidates (the first {} matching rules, the order a lead falls through):", rules.max_candidates);
+            for (i, (rule, target, fallthrough)) in candidates.iter().enumerate() {
+                let holds = if *fallthrough { "" } else { " (holds its leads: fallthrough false)" };
+                println!("  {}. {rule} -> {}{holds}", i + 1, target.label());
+            }
+            if candidates.is_empty() {
+                println!("  none");
+            }
+            if !down.is_empty() {
+                println!("with {} unavailable:", down.join(", "));
+                for tried in routing.candidates.iter().filter(|t| t.skipped.is_some()) {
+                    println!("  skipped {} ({})", tried.partner, tried.rule.as_deref().unwrap_or("default route"));
+                }
+                let went: Vec<String> = sends
+                    .iter()
+                    .map(|(p, rule)| format!("{p} ({})", rule.as_deref().unwrap_or("default route")))
+                    .collect();
+                match (&routing.held, went.is_empty()) {
+                    (Some(why), _) => println!("  held for {}: {why}", went.join(", ")),
+                    (None, true) => println!("  unmatched"),
+                    (None, false) => println!("  goes to {}", went.join(" and ")),
+                }
+            }
+        }
+        crate::ExplainFormat::Json => {
+            let mut out = serde_json::to_value(&explanation)?;
+            out["candidates"] = serde_json::json!(candidates
+                .iter()
+                .map(|(rule, target, fallthrough)| serde_json::json!({"rule": rule, "route": target, "fallthrough": fallthrough}))
+                .collect::<Vec<_>>());
+            if !down.is_empty() {
+                out["unavailable"] = serde_json::json!(down);
+                out["routing"] = serde_json::to_value(&routing)?;
+                out["sends"] = serde_json::json!(
+                    sends.iter().map(|(p, r)| serde_json::json!({"partner": p, "rule": r})).collect::<Vec<_>>()
+                );
+            }
+            println!("{out:#}");
+        }
     }
     Ok(())
 }
@@ -176,12 +236,18 @@ fn per_lead(started: Instant, count: usize, rounds: usize) -> f64 {
 const ROUTER_BATCH: usize = 500;
 
 /// `rulec bench`: ns per decision of each engine, one row per rule set: generate (or read)
-/// the sets, then per set prepare it, measure, and report.
-pub(crate) fn bench(file: Option<&Path>, sizes: &[usize], leads: usize) -> anyhow::Result<()> {
+/// the sets, then per set prepare it (with `candidates` per lead, when given), measure, and
+/// report.
+pub(crate) fn bench(
+    file: Option<&Path>,
+    sizes: &[usize],
+    leads: usize,
+    candidates: Option<usize>,
+) -> anyhow::Result<()> {
     let sets = bench_sets(file, sizes)?;
     print_bench_header();
     for (name, bytes) in sets {
-        let subject = BenchSubject::prepare(&name, &bytes, leads)?;
+        let subject = BenchSubject::prepare(&name, &bytes, leads, candidates)?;
         let mut session = subject.program.session()?;
         let figures = Figures::measure(&subject, &mut session)?;
         let agree = subject.agrees(&mut session)?;
@@ -222,13 +288,15 @@ struct BenchSubject {
 }
 
 impl BenchSubject {
-    /// Checks and compiles a set (without its rules that have errors), loads it and
-    /// generates `leads` leads (seed 7) in the three forms the figures need.
-    fn prepare(name: &str, bytes: &[u8], leads: usize) -> anyhow::Result<Self> {
+    /// Checks and compiles a set (without its rules that have errors; with `candidates` per
+    /// lead, when given), loads it and generates `leads` leads (seed 7) in the three forms
+    /// the figures need.
+    fn prepare(name: &str, bytes: &[u8], leads: usize, candidates: Option<usize>) -> anyhow::Result<Self> {
         let (checked, findings, _) = compiler::report::check_rules(name, bytes)?;
         let (rules, _) = checked.context("the rule set does not parse")?;
         // Generated sets have deliberate conflicts; benchmark their error-free part.
-        let rules = drop_erroneous(rules, &findings);
+        let mut rules = drop_erroneous(rules, &findings);
+        rules.max_candidates = candidates.unwrap_or(rules.max_candidates);
         let started = Instant::now();
         let compiled = compiler::compile::compile(&rules, &[], bytes)?;
         let compile_s = started.elapsed().as_secs_f64();
@@ -249,15 +317,19 @@ impl BenchSubject {
         self.leads_json.len()
     }
 
-    /// Whether the module decides every lead as the interpreter does.
+    /// Whether the module gives every lead the interpreter's candidates (so the same
+    /// deciding rule).
     fn agrees(&self, session: &mut Session) -> anyhow::Result<bool> {
         let mut answers = Vec::with_capacity(self.leads());
         session.decide_records(&self.records, &mut answers)?;
-        let order = self.rules.order();
+        let (order, k) = (self.rules.order(), self.rules.max_candidates);
+        let table = &self.program.manifest().rules;
         Ok(answers.len() == self.typed.len()
-            && self.typed.iter().zip(&answers).all(|(lead, answer)| {
-                let expected = self.rules.decide_in(&order, lead).rule.map(|r| r.name.as_str());
-                answer.map(|i| self.program.manifest().rules[i].name.as_str()) == expected
+            && self.typed.iter().zip(&answers).all(|(lead, &answer)| {
+                let expected = self.rules.candidates_in(&order, lead, k);
+                let got = self.program.candidates(answer);
+                got.len() == expected.len()
+                    && got.iter().zip(&expected).all(|(&g, &e)| table[g as usize].name == self.rules.rules[e].name)
             }))
     }
 }
@@ -333,7 +405,7 @@ fn time_single(subject: &BenchSubject, session: &mut Session) -> anyhow::Result<
     let started = Instant::now();
     for _ in 0..subject.rounds {
         for record in subject.records.chunks(subject.size) {
-            sink += session.decide_record(record)?.unwrap_or(0);
+            sink += session.decide_record(record)?.index();
         }
     }
     let figure = per_lead(started, subject.leads(), subject.rounds);
@@ -342,7 +414,7 @@ fn time_single(subject: &BenchSubject, session: &mut Session) -> anyhow::Result<
 }
 
 /// The module, batched over all the encoded records.
-fn time_batch(subject: &BenchSubject, session: &mut Session, answers: &mut Vec<Option<usize>>) -> anyhow::Result<f64> {
+fn time_batch(subject: &BenchSubject, session: &mut Session, answers: &mut Vec<Candidates>) -> anyhow::Result<f64> {
     let started = Instant::now();
     for _ in 0..subject.rounds {
         answers.clear();
@@ -368,7 +440,7 @@ fn time_cold(
     subject: &BenchSubject,
     session: &mut Session,
     maps: &[&serde_json::Map<String, Value>],
-    decided: &mut Vec<runtime::Result<Option<usize>>>,
+    decided: &mut Vec<runtime::Result<Candidates>>,
 ) -> anyhow::Result<f64> {
     let rounds = subject.rounds.div_ceil(4);
     let started = Instant::now();
@@ -385,7 +457,7 @@ fn time_router(
     subject: &BenchSubject,
     session: &mut Session,
     texts: &[String],
-    decided: &mut Vec<runtime::Result<Option<usize>>>,
+    decided: &mut Vec<runtime::Result<Candidates>>,
 ) -> anyhow::Result<f64> {
     let rounds = subject.rounds.div_ceil(8);
     let mut timed = Duration::ZERO;
@@ -404,12 +476,15 @@ fn time_router(
 /// The column heads of `rulec bench` (the figures of README, "Benchmarks").
 fn print_bench_header() {
     println!(
-        "{:<16} {:>7} {:>9} {:>7} {:>6} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "{:<16} {:>7} {:>2} {:>9} {:>7} {:>6} {:>6} {:>13} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "rule set",
         "rules",
+        "k",
         "compile s",
         "nodes",
         "depth",
+        "lists",
+        "proof",
         "wasm B",
         "interp ns",
         "single ns",
@@ -424,13 +499,17 @@ fn print_bench_header() {
 /// One rule set's row.
 fn print_bench_row(name: &str, subject: &BenchSubject, figures: &Figures, agree: bool) {
     let leads = subject.leads();
+    let manifest = subject.program.manifest();
     println!(
-        "{:<16} {:>7} {:>9.2} {:>7} {:>6} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>12}",
+        "{:<16} {:>7} {:>2} {:>9.2} {:>7} {:>6} {:>6} {:>13} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>12}",
         name,
-        subject.program.manifest().rules.len(),
+        manifest.rules.len(),
+        manifest.max_candidates,
         subject.compile_s,
         subject.compiled.dag.nodes,
         subject.compiled.dag.max_depth,
+        manifest.candidate_lists.len(),
+        format!("{:?}", subject.compiled.validation),
         subject.compiled.wasm.len(),
         figures.interp,
         figures.single,

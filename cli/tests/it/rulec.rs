@@ -65,6 +65,14 @@ fn eval_with_the_module_agrees_with_the_interpreter_line_for_line() {
     let answers: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(answers.len(), 40);
     assert!(answers.iter().all(|a| a.get("route").is_some() && a.get("rule").is_some()));
+    // The candidates: up to three rule names, the first the deciding rule (so the engines
+    // agree on them too, line for line above).
+    for answer in &answers {
+        let candidates = answer["candidates"].as_array().expect("candidates");
+        assert!(candidates.len() <= 3, "{answer}");
+        assert_eq!(candidates.first().unwrap_or(&serde_json::Value::Null), &answer["rule"], "{answer}");
+    }
+    assert!(answers.iter().any(|a| a["candidates"].as_array().is_some_and(|c| c.len() > 1)));
     assert!(
         answers.iter().any(|a| a["rule"].is_null() && a["route"] == "unsold"),
         "some lead falls to the default route"
@@ -83,8 +91,14 @@ fn compile_writes_module_and_manifest_and_refuses_errors() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tree.manifest.json")).expect("manifest written"))
             .expect("JSON");
-    assert_eq!(manifest["abi_version"], 2);
+    assert_eq!(manifest["abi_version"], 3);
     assert_eq!(manifest["rules"].as_array().map(Vec::len), Some(38));
+    // Three candidates per lead by default; list 0 is "no rule matched".
+    assert_eq!(manifest["max_candidates"], 3);
+    let lists = manifest["candidate_lists"].as_array().expect("candidate lists");
+    assert_eq!(lists[0], serde_json::json!([]));
+    assert!(lists[1..].iter().all(|l| l.as_array().is_some_and(|l| (1..=3).contains(&l.len()))));
+    assert!(lists.iter().any(|l| l.as_array().is_some_and(|l| l.len() == 3)));
     assert!(manifest["dag"]["nodes"].as_u64().is_some());
 
     let refused = rulec(&["compile", &fixture("conflict"), "-o", dir.join("x.wasm").to_str().expect("utf-8")]);
@@ -104,10 +118,8 @@ fn explain_names_the_deciding_rule_and_the_failing_test_of_each_earlier_one() {
     let text = String::from_utf8(explained.stdout).expect("utf-8");
     assert!(text.contains("no   block-test-traffic (priority 5)"), "{text}");
     assert!(text.contains("is false (examples/rules.yaml:"), "{text}");
-    assert!(
-        text.lines().last().is_some_and(|l| l.starts_with("decided by `") || l.starts_with("no rule matched")),
-        "{text}"
-    );
+    assert!(text.lines().any(|l| l.starts_with("decided by `df-florida-healthcare`")), "{text}");
+    assert!(text.contains("\n  1. df-florida-healthcare -> summit_nursing_college\n"), "{text}");
 }
 
 #[test]
@@ -131,4 +143,40 @@ fn explain_as_json_gives_the_decision_eval_gives() {
     // Neither a file pair nor a submission: a usage error.
     assert_eq!(rulec(&["explain"]).status.code(), Some(2));
     assert_eq!(rulec(&["explain", "examples/rules.yaml"]).status.code(), Some(2));
+}
+
+#[test]
+fn explain_lists_the_candidates_and_where_a_lead_falls_through_while_partners_are_unavailable() {
+    let dir = Scratch::new("rulec-explain-unavailable");
+    // Decided by the degreefinder fallback's split, with the education exchange next.
+    let lead = r#"{"site": "degreefinder", "age": 30, "state": "OH", "has_diploma": true, "zip": "44101",
+                   "email_domain": "gmail.com", "education_level": "bachelor", "program": "history"}"#;
+    let lead_file = dir.write("lead.json", lead);
+    let file = lead_file.to_str().expect("utf-8");
+    let explained = rulec(&["explain", "examples/rules.yaml", file, "--format", "json"]);
+    let explanation: serde_json::Value = serde_json::from_slice(&explained.stdout).expect("JSON");
+    let candidates: Vec<&str> =
+        explanation["candidates"].as_array().expect("candidates").iter().filter_map(|c| c["rule"].as_str()).collect();
+    assert_eq!(candidates, ["df-fallback", "edu-exchange"], "{explanation}");
+    assert_eq!(explanation["candidates"][0]["route"]["split"]["westbrook_university"], 70);
+
+    let down = "--unavailable=westbrook_university,northgate_college";
+    let explained = rulec(&["explain", "examples/rules.yaml", file, "--format", "json", down]);
+    let explanation: serde_json::Value = serde_json::from_slice(&explained.stdout).expect("JSON");
+    assert_eq!(explanation["sends"], serde_json::json!([{ "partner": "education_exchange", "rule": "edu-exchange" }]));
+    let skipped: Vec<&str> = explanation["routing"]["candidates"]
+        .as_array()
+        .expect("tried")
+        .iter()
+        .filter(|t| t["skipped"].is_string())
+        .filter_map(|t| t["partner"].as_str())
+        .collect();
+    assert_eq!(skipped, ["northgate_college", "westbrook_university"]);
+
+    // Everything down: the lead waits for its first candidate's heaviest partner.
+    let everything = "--unavailable=westbrook_university,northgate_college,education_exchange,unsold";
+    let explained = rulec(&["explain", "examples/rules.yaml", file, everything]);
+    let text = String::from_utf8(explained.stdout).expect("utf-8");
+    assert!(text.contains("candidates (the first 3 matching rules"), "{text}");
+    assert!(text.contains("held for westbrook_university (df-fallback): no candidate could take it now"), "{text}");
 }

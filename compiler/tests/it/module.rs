@@ -1,6 +1,7 @@
 //! The decision module end to end: compiled by `compiler`, loaded and called through
-//! `runtime`, and compared with the reference interpreter; translation validation catching a
-//! broken DAG; the host refusing bad modules and manifests; hot swapping under load.
+//! `runtime`, and compared with the reference interpreter (the deciding rule and the
+//! candidates); translation validation catching a broken DAG; the host refusing bad modules
+//! and manifests; hot swapping under load.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use compiler::model::RuleSet;
 use compiler::report::check_rules;
 use compiler::solver::Solver;
 use proptest::prelude::*;
-use runtime::host::{self, Handle, Program, Worker};
+use runtime::host::{self, Candidates, Handle, Program, Worker};
 use runtime::manifest::Manifest;
 use serde_json::{Value, json};
 
@@ -28,9 +29,27 @@ fn rules_of(text: &str) -> (RuleSet, Vec<u8>) {
 
 /// Compiles whatever the rules say (findings are not a reason to refuse here).
 fn compiled(text: &str) -> (RuleSet, Compiled) {
-    let (rules, bytes) = rules_of(text);
+    compiled_with(text, compiler::model::DEFAULT_CANDIDATES)
+}
+
+/// [`compiled`] with `k` candidates per lead.
+fn compiled_with(text: &str, k: usize) -> (RuleSet, Compiled) {
+    let (mut rules, bytes) = rules_of(text);
+    rules.max_candidates = k;
     let compiled = compile::compile(&rules, &[], &bytes).expect("compiles");
+    compiler::wasm::verify(&compiled.wasm).expect("a verified module");
     (rules, compiled)
+}
+
+/// The names of a module's candidates.
+fn names(program: &Program, candidates: Candidates) -> Vec<String> {
+    program.candidates(candidates).iter().map(|&i| program.manifest().rules[i as usize].name.clone()).collect()
+}
+
+/// The names of the interpreter's candidates.
+fn expected_names(rules: &RuleSet, json: &Value) -> Vec<String> {
+    let lead = Lead::from_json(rules, json).expect("lead");
+    rules.candidates(&lead).into_iter().map(|i| rules.rules[i].name.clone()).collect()
 }
 
 fn program(compiled: &Compiled) -> Arc<Program> {
@@ -46,23 +65,33 @@ fn example() -> String {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
+    /// With one candidate (first match alone) and with three, on the same rule set.
     #[test]
     fn the_module_decides_like_the_interpreter(text in rule_set(), leads in prop::collection::vec(lead(), 96)) {
-        let (rules, compiled) = compiled(&text);
-        let program = program(&compiled);
-        let mut session = program.session().expect("session");
-        let mut records = vec![0u8; program.manifest().record_size * leads.len()];
-        for (lead, record) in leads.iter().zip(records.chunks_mut(program.manifest().record_size)) {
-            program.encoder().encode(lead, record).expect("encodes");
-        }
-        let mut batched = Vec::new();
-        session.decide_records(&records, &mut batched).expect("batch");
-        for (json, from_batch) in leads.iter().zip(batched) {
-            let expected = rules.decide(&Lead::from_json(&rules, json).expect("lead"));
-            let got = session.decide_json(json).expect("decides");
-            prop_assert_eq!(got.rule.map(|r| r.name.as_str()), expected.rule.map(|r| r.name.as_str()), "{}\n{}", json, text);
-            prop_assert_eq!(got.route, expected.route);
-            prop_assert_eq!(from_batch.map(|i| program.manifest().rules[i].name.as_str()), expected.rule.map(|r| r.name.as_str()));
+        for k in [1, 3] {
+            let (rules, compiled) = compiled_with(&text, k);
+            let program = program(&compiled);
+            prop_assert_eq!(program.manifest().max_candidates, k);
+            let mut session = program.session().expect("session");
+            let mut records = vec![0u8; program.manifest().record_size * leads.len()];
+            for (lead, record) in leads.iter().zip(records.chunks_mut(program.manifest().record_size)) {
+                program.encoder().encode(lead, record).expect("encodes");
+            }
+            let mut batched = Vec::new();
+            session.decide_records(&records, &mut batched).expect("batch");
+            for (json, from_batch) in leads.iter().zip(batched) {
+                let expected = rules.decide(&Lead::from_json(&rules, json).expect("lead"));
+                let candidates = expected_names(&rules, json);
+                prop_assert!(candidates.len() <= k);
+                prop_assert_eq!(candidates.first().map(String::as_str), expected.rule.map(|r| r.name.as_str()));
+                let got = session.decide_json(json).expect("decides");
+                prop_assert_eq!(got.rule.map(|r| r.name.as_str()), expected.rule.map(|r| r.name.as_str()), "{}\n{}", json, text);
+                prop_assert_eq!(got.route, expected.route);
+                let got_names: Vec<String> =
+                    got.candidates.iter().map(|&i| program.manifest().rules[i as usize].name.clone()).collect();
+                prop_assert_eq!(&got_names, &candidates, "k = {}: {}\n{}", k, json, text);
+                prop_assert_eq!(names(&program, from_batch), candidates);
+            }
         }
     }
 }
@@ -81,6 +110,9 @@ fn the_example_module_agrees_with_the_interpreter_on_the_sample_leads() {
         let got = session.decide_json(&json).expect("decides");
         assert_eq!(got.rule.map(|r| r.name.as_str()), expected.rule.map(|r| r.name.as_str()), "{json}");
         assert_eq!(got.route, expected.route);
+        let got_names: Vec<String> =
+            got.candidates.iter().map(|&i| program.manifest().rules[i as usize].name.clone()).collect();
+        assert_eq!(got_names, expected_names(&rules, &json), "{json}");
         decided += 1;
     }
     assert!(decided >= 40);
@@ -96,14 +128,20 @@ fn a_broken_dag_is_caught_by_translation_validation() {
     // Send the example's first sample lead somewhere else.
     let lead = Lead::from_json(&rules, &json!({"site": "degreefinder", "state": "FL", "age": 41})).expect("lead");
     let point = lowered.atoms.point_of(&lead);
-    let right = lowered.dag.eval(&point);
-    lowered.dag.corrupt_leaf_at(&point, if right == Some(0) { Some(1) } else { Some(0) });
+    let right = lowered.dag.eval(&point).to_vec();
+    assert_eq!(right.len(), rules.candidates(&lead).len());
+    // The right first candidate, but the others dropped.
+    lowered.dag.corrupt_leaf_at(&point, &right[..1]);
     let error = compile::validate(&rules, &lowered).expect_err("a broken DAG must not validate");
     assert!(error.to_string().contains("translation validation failed"), "{error}");
     // The Z3 fallback finds it too, and its counterexample really is one.
     let mut z3 = compiler::solver::Z3Solver::new(&lowered.atoms.domains(), lowered.formulas.clone());
     let found = z3.dag_counterexample(&lowered.dag).expect("solver runs").expect("a counterexample");
-    assert_ne!(lowered.dag.eval(&found), lowered.formulas.iter().position(|f| f.eval(&found)));
+    let first_k: Vec<usize> = (0..lowered.formulas.len())
+        .filter(|&i| lowered.formulas[i].eval(&found))
+        .take(lowered.dag.max_candidates)
+        .collect();
+    assert_ne!(lowered.dag.eval(&found), first_k.as_slice());
 
     // The same on a rule set small enough to validate by enumeration.
     let small = "version: 1\nroutes: [a, b]\nfields:\n  age: { type: int, min: 0, max: 9 }\nrules:\n  - name: young\n    priority: 1\n    when: age < 5\n    route: a\n";
@@ -111,7 +149,7 @@ fn a_broken_dag_is_caught_by_translation_validation() {
     let mut lowered = compile::lower(&rules);
     assert_eq!(compile::validate(&rules, &lowered).expect("valid"), compile::Validation::Enumeration);
     let point = lowered.atoms.point_of(&Lead::from_json(&rules, &json!({"age": 3})).expect("lead"));
-    lowered.dag.corrupt_leaf_at(&point, None);
+    lowered.dag.corrupt_leaf_at(&point, &[]);
     assert!(compile::validate(&rules, &lowered).is_err());
 }
 
@@ -165,6 +203,35 @@ fn the_host_refuses_bad_modules_and_manifests() {
     manifest.abi_version = 99;
     assert!(load(&compiled.wasm, manifest).contains("ABI version"));
     assert!(Manifest::from_json("{\"abi_version\": 1}").is_err());
+
+    // A bad candidate table: each is refused on load.
+    let lists = compiled.manifest.candidate_lists.len();
+    assert!(lists > 2 && compiled.manifest.candidate_lists.iter().any(|l| l.len() == 3));
+    let rules = compiled.manifest.rules.len() as u32;
+    type Spoil = fn(&mut Manifest, u32);
+    let bad_tables: [(&str, Spoil); 7] = [
+        ("list 0 not empty", |m, _| m.candidate_lists[0] = vec![0]),
+        ("no table", |m, _| m.candidate_lists.clear()),
+        ("an empty list past 0", |m, _| m.candidate_lists[1].clear()),
+        ("a rule outside the table", |m, rules| m.candidate_lists[1] = vec![rules]),
+        ("out of first-match order", |m, _| m.candidate_lists[1] = vec![2, 1]),
+        ("too many candidates", |m, _| m.max_candidates = 2),
+        ("k outside 1..=8", |m, _| m.max_candidates = 9),
+    ];
+    for (what, spoil) in bad_tables {
+        let mut manifest = compiled.manifest.clone();
+        spoil(&mut manifest, rules);
+        let error = load(&compiled.wasm, manifest);
+        assert!(error.contains("candidate") || error.contains("max_candidates"), "{what}: {error}");
+    }
+    // An ABI 2 manifest (no table) still parses, for the ingest's schema, but is refused.
+    let mut old = serde_json::to_value(&compiled.manifest).expect("JSON");
+    let object = old.as_object_mut().expect("an object");
+    object.remove("candidate_lists");
+    object.remove("max_candidates");
+    object.insert("abi_version".to_owned(), json!(2));
+    let old: Manifest = serde_json::from_value(old).expect("an older manifest parses");
+    assert!(load(&compiled.wasm, old).contains("ABI version 2"));
 
     // Verification: the emitted module passes; garbage and a loop in `decide` do not.
     assert!(compiler::wasm::verify(&compiled.wasm).is_ok());
@@ -266,14 +333,15 @@ fn assert_decides_like_the_interpreter(rules: &RuleSet, program: &Arc<Program>, 
     let mut in_place = Vec::new();
     session.decide_leads(leads.iter().filter_map(Value::as_object), &mut in_place).expect("leads");
     assert_eq!((batched.len(), in_place.len()), (leads.len(), leads.len()));
-    let name = |i: Option<usize>| i.map(|i| program.manifest().rules[i].name.clone());
     for (((json, record), from_batch), from_leads) in leads.iter().zip(records.chunks(size)).zip(batched).zip(in_place)
     {
-        let expected = rules.decide(&Lead::from_json(rules, json).expect("lead")).rule.map(|r| r.name.clone());
-        assert_eq!(name(session.decide_record(record).expect("one record")), expected, "{json}");
-        assert_eq!(name(from_batch), expected, "{json}");
-        assert_eq!(name(from_leads.expect("encodes")), expected, "{json}");
-        assert_eq!(session.decide_json(json).expect("decides").rule.map(|r| r.name.clone()), expected, "{json}");
+        let expected = expected_names(rules, json);
+        assert_eq!(names(program, session.decide_record(record).expect("one record")), expected, "{json}");
+        assert_eq!(names(program, from_batch), expected, "{json}");
+        assert_eq!(names(program, from_leads.expect("encodes")), expected, "{json}");
+        let decided = session.decide_json(json).expect("decides");
+        assert_eq!(decided.rule.map(|r| r.name.clone()), expected.first().cloned(), "{json}");
+        assert_eq!(decided.candidates, program.candidates(from_batch), "{json}");
     }
 }
 
@@ -341,8 +409,7 @@ fn a_batch_of_leads_keeps_each_answer_in_place_across_calls_and_errors() {
             assert!(answer.expect_err("refused").to_string().contains("`ZZ` is not one of"));
             continue;
         }
-        let expected = rules.decide(&Lead::from_json(&rules, json).expect("lead")).rule.map(|r| r.name.as_str());
-        assert_eq!(answer.expect("encodes").map(|r| program.manifest().rules[r].name.as_str()), expected, "{json}");
+        assert_eq!(names(&program, answer.expect("encodes")), expected_names(&rules, json), "{json}");
     }
     // The same leads through every other entry point.
     leads.retain(|l| l.get("state") != Some(&json!("ZZ")));
