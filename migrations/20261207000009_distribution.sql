@@ -28,6 +28,20 @@ CREATE TABLE cap_usage (
     PRIMARY KEY (partner, rule, period, period_start)
 );
 
+-- Counts given back (a lead deliver found a duplicate and never sent), appended without
+-- touching the hot `cap_usage` rows, which routers hold locked for a batch at a time; the next
+-- router to lock a counter folds its returns into it.
+CREATE TABLE cap_returns (
+    id           bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    partner      text    NOT NULL,
+    rule         text    NOT NULL DEFAULT '',
+    period       text    NOT NULL,
+    period_start date    NOT NULL,
+    leads        integer NOT NULL CHECK (leads >= 0),
+    spend_cents  bigint  NOT NULL CHECK (spend_cents >= 0)
+);
+CREATE INDEX cap_returns_key_idx ON cap_returns (partner, rule, period, period_start);
+
 -- Each weighted split's position per partner (smooth weighted round robin), shared by every
 -- router replica through row locks.
 CREATE TABLE split_state (

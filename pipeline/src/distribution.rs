@@ -608,11 +608,27 @@ impl Ledger {
         if keys.is_empty() {
             return Ok(ledger);
         }
-        // ON CONFLICT DO UPDATE locks an existing row as an UPDATE would; rows go in key order.
+        // ON CONFLICT DO UPDATE locks an existing row as an UPDATE would, rows in key order; the
+        // counts given back since (`cap_returns`) are folded in on the way.
         let rows: Vec<(String, String, String, NaiveDate, i64, i64)> = sqlx::query_as(
-            "INSERT INTO cap_usage (partner, rule, period, period_start)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::date[])
-             ON CONFLICT (partner, rule, period, period_start) DO UPDATE SET leads = cap_usage.leads
+            "WITH keys AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::date[]) AS k(partner, rule, period, period_start)
+             ), returned AS (
+                 DELETE FROM cap_returns r USING keys k
+                 WHERE (r.partner, r.rule, r.period, r.period_start) = (k.partner, k.rule, k.period, k.period_start)
+                 RETURNING r.partner, r.rule, r.period, r.period_start, r.leads, r.spend_cents
+             ), back AS (
+                 SELECT partner, rule, period, period_start, sum(leads)::int AS leads, sum(spend_cents)::bigint AS spend
+                 FROM returned GROUP BY 1, 2, 3, 4
+             )
+             INSERT INTO cap_usage AS c (partner, rule, period, period_start)
+             SELECT partner, rule, period, period_start FROM keys ORDER BY 1, 2, 3, 4
+             ON CONFLICT (partner, rule, period, period_start) DO UPDATE SET
+                 leads = greatest(c.leads - coalesce((SELECT b.leads FROM back b WHERE (b.partner, b.rule, b.period, b.period_start)
+                                                      = (c.partner, c.rule, c.period, c.period_start)), 0), 0),
+                 spend_cents = greatest(c.spend_cents - coalesce((SELECT b.spend FROM back b
+                                        WHERE (b.partner, b.rule, b.period, b.period_start)
+                                            = (c.partner, c.rule, c.period, c.period_start)), 0), 0)
              RETURNING partner, rule, period, period_start, leads::bigint, spend_cents",
         )
         .bind(keys.iter().map(|k| k.partner.as_str()).collect::<Vec<_>>())
@@ -675,32 +691,43 @@ impl Ledger {
         add_usage(conn, deltas).await
     }
 
-    /// Gives back the reservation a lead of `rule` made for the partner when it was routed at
-    /// `reserved_at` (deliver found it a duplicate and never sent it), in the caller's
-    /// transaction.
+    /// Gives back the counts leads of `rule` took for the partner when they were routed at
+    /// `reserved_at` (deliver found them duplicates and never sent them), in the caller's
+    /// transaction: appended to `cap_returns`, which the next [`Ledger::lock`] of those counters
+    /// folds in, so deliver never waits for a router holding them.
     pub async fn release(
         conn: &mut PgConnection,
         partner: &Availability,
-        rule: Option<&str>,
-        reserved_at: DateTime<Utc>,
-        leads: i64,
+        released: &[(Option<&str>, DateTime<Utc>)],
     ) -> Result<()> {
-        let counters = partner.counters(rule, reserved_at);
-        let deltas =
-            counters.iter().map(|(key, ..)| (key, Usage { leads: -leads, spend: -leads * partner.price.0 })).collect();
-        add_usage(conn, deltas).await
+        let keys: Vec<CapKey> =
+            released.iter().flat_map(|(rule, at)| partner.counters(*rule, *at)).map(|(key, ..)| key).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO cap_returns (partner, rule, period, period_start, leads, spend_cents)
+             SELECT p, r, pe, s, 1, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::date[]) AS u(p, r, pe, s)",
+        )
+        .bind(keys.iter().map(|k| k.partner.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.rule.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.period.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.start).collect::<Vec<_>>())
+        .bind(partner.price.0)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 }
 
-/// Adds `deltas` (negative ones give reservations back, never below 0) to existing counters,
-/// in key order.
+/// Adds `deltas` to existing counters, in key order.
 async fn add_usage(conn: &mut PgConnection, mut deltas: Vec<(&CapKey, Usage)>) -> Result<()> {
     if deltas.is_empty() {
         return Ok(());
     }
     deltas.sort_by(|a, b| a.0.cmp(b.0));
     sqlx::query(
-        "UPDATE cap_usage c SET leads = greatest(c.leads + u.l, 0), spend_cents = greatest(c.spend_cents + u.sp, 0)
+        "UPDATE cap_usage c SET leads = c.leads + u.l, spend_cents = c.spend_cents + u.sp
          FROM unnest($1::text[], $2::text[], $3::text[], $4::date[], $5::bigint[], $6::bigint[]) AS u(p, r, pe, s, l, sp)
          WHERE c.partner = u.p AND c.rule = u.r AND c.period = u.pe AND c.period_start = u.s",
     )
@@ -758,8 +785,13 @@ impl Availability {
             return Ok(counts);
         }
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT rule, period, leads::bigint, spend_cents FROM cap_usage
-             WHERE partner = $1 AND (period, period_start) IN (SELECT * FROM unnest($2::text[], $3::date[]))",
+            "SELECT u.rule, u.period,
+                    greatest(u.leads - coalesce(sum(r.leads), 0), 0)::bigint,
+                    greatest(u.spend_cents - coalesce(sum(r.spend_cents), 0), 0)::bigint
+             FROM cap_usage u
+             LEFT JOIN cap_returns r ON (r.partner, r.rule, r.period, r.period_start) = (u.partner, u.rule, u.period, u.period_start)
+             WHERE u.partner = $1 AND (u.period, u.period_start) IN (SELECT * FROM unnest($2::text[], $3::date[]))
+             GROUP BY u.rule, u.period, u.leads, u.spend_cents",
         )
         .bind(&self.partner)
         .bind(Period::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>())

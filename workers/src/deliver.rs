@@ -588,10 +588,9 @@ impl Deliver {
             }
         }
         ledger.save(tx).await?;
-        for lead in released {
-            let reserved_at = lead.reserved_at.unwrap_or(now);
-            Ledger::release(tx, &self.availability, lead.rule.as_deref(), reserved_at, 1).await?;
-        }
+        let released: Vec<_> =
+            released.iter().map(|lead| (lead.rule.as_deref(), lead.reserved_at.unwrap_or(now))).collect();
+        Ledger::release(tx, &self.availability, &released).await?;
         if !replayed.is_empty() {
             sqlx::query(
                 "UPDATE leads SET state = u.state, attempts = 0, error = NULL, request_date = now(), updated_at = now()

@@ -509,7 +509,19 @@ async fn a_counted_duplicate_gives_its_count_back_and_a_closed_partner_is_not_re
     assert_eq!(s.count("SELECT leads::bigint FROM cap_usage WHERE period = 'day'").await, 2);
     s.drain(&s.consumer()).await;
     assert_eq!(s.state(second).await.0, "duplicate");
-    assert_eq!(s.count("SELECT leads::bigint FROM cap_usage WHERE period = 'day'").await, 1, "given back");
+    // Given back where routers fold it in at their next lock, and the API reads it.
+    let returned = "SELECT sum(leads)::bigint FROM cap_returns WHERE period = 'day'";
+    assert_eq!(s.count(returned).await, 1, "given back");
+    let availability = pipeline::distribution::Availability::of(&s.config).expect("settings");
+    let mut conn = s.pool.acquire().await.expect("connection");
+    let counts = availability.counts(&mut conn, Utc::now()).await.expect("counts");
+    assert_eq!(counts[0].leads, 1, "{counts:?}");
+    let mut ledger = pipeline::distribution::Ledger::lock(&mut conn, &[(&availability, None)], Utc::now()).await.expect("lock");
+    assert!(ledger.room(&availability, None, Utc::now()).is_ok());
+    drop(ledger);
+    drop(conn);
+    assert_eq!(s.count("SELECT leads::bigint FROM cap_usage WHERE period = 'day'").await, 1, "folded in by the lock");
+    assert_eq!(s.count("SELECT count(*) FROM cap_returns").await, 0);
 
     // Closed all week: its queue is not read at all.
     config.schedule = Some(serde_json::from_value(json!({ "hours": { "daily": "closed" } })).expect("schedule"));
