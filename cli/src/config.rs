@@ -86,9 +86,15 @@ pub(crate) struct ServeArgs {
     /// Longest delay between attempts, in milliseconds.
     #[arg(long, env = "RETRY_BACKOFF_CAP_MS", default_value_t = 300_000)]
     retry_backoff_cap_ms: u64,
-    /// Longest sleep between polls of an empty queue, in milliseconds.
+    /// Longest sleep between polls of an empty queue, in milliseconds (consumers woken by
+    /// notifications poll only every `IDLE_POLL_SECS`; this paces a partner waiting for its
+    /// circuit or schedule).
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 250)]
     poll_interval_ms: u64,
+    /// Seconds an idle consumer waits for a wake-up (a notification of new messages) before it
+    /// reads its queue anyway, for what no notification announces.
+    #[arg(long, env = "IDLE_POLL_SECS", default_value_t = 10)]
+    idle_poll_secs: u64,
     /// Milliseconds a consumer waits after a batch that was not full before reading again, so a
     /// trickle moves in batches (0: read again at once).
     #[arg(long, env = "CONSUMER_LINGER_MS", default_value_t = 50)]
@@ -237,6 +243,7 @@ impl ServeArgs {
                 },
                 poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
                 linger: Duration::from_millis(self.consumer_linger_ms),
+                idle_poll: Duration::from_secs(self.idle_poll_secs.max(1)),
             },
             api: ApiConfig {
                 admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),

@@ -42,7 +42,8 @@ pub(crate) async fn list(pool: &PgPool, json: bool) -> anyhow::Result<()> {
 pub(crate) async fn mock(addr: SocketAddr) -> anyhow::Result<()> {
     let mock = workers::mock_partner::MockPartner::start(addr).await.with_context(|| format!("binding {addr}"))?;
     println!("mock partners on http://{} (POST /partners/<route>/leads; PUT /control/<route> to switch)", mock.addr());
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    // Until Ctrl-C or SIGTERM, as the daemon.
+    crate::serve::cancel_on_signal(tokio_util::sync::CancellationToken::new()).await;
     mock.shutdown().await;
     Ok(())
 }

@@ -10,6 +10,7 @@ use pipeline::config::{ConsumerConfig, ServiceConfig};
 use pipeline::consumer::{Consumer, Handler};
 use pipeline::distribution::{PartnerStates, system_clock};
 use pipeline::queue::{self, Pgmq, QueueName};
+use pipeline::wake::Wakeups;
 use router::{ActiveTree, Router};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -150,17 +151,22 @@ fn spawn_workers(
         c.defaults = config.consumer.clone();
         Ok(c)
     };
+    // One listener wakes every consumer of the process when messages are sent to its queue.
+    let wakeups = Wakeups::new();
+    spawn_until_shutdown(tasks, Arc::clone(&wakeups).listen(pool.clone(), shutdown.clone()));
     for _ in 0..config.identify_workers {
         let handler = Identify::new(config.api.submit.phone_region)?;
         let consumer = Consumer::new(
             pool.clone(),
             consumer_config("identify", queue::fixed::SUBMISSIONS, config.identify_max_retries)?,
             handler,
-        );
+        )
+        .with_wakeup(wakeups.register(queue::fixed::SUBMISSIONS));
         spawn_consumer(tasks, registry, consumer, shutdown.clone());
     }
     for _ in 0..config.compile_workers {
-        let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile);
+        let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile)
+            .with_wakeup(wakeups.register(queue::fixed::COMPILE));
         spawn_consumer(tasks, registry, consumer, shutdown.clone());
     }
     if config.router_workers > 0 {
@@ -173,7 +179,8 @@ fn spawn_workers(
             let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
             router_config.defaults.batch_size = config.router_batch_size;
             let router = Router::with(Arc::clone(&tree), Arc::clone(&partners), system_clock());
-            let consumer = Consumer::new(pool.clone(), router_config, router);
+            let consumer =
+                Consumer::new(pool.clone(), router_config, router).with_wakeup(wakeups.register(queue::fixed::ROUTING));
             spawn_consumer(tasks, registry, consumer, shutdown.clone());
         }
     }
@@ -193,6 +200,7 @@ fn spawn_workers(
             tasks,
             workers::deliver::run(
                 context,
+                Arc::clone(&wakeups),
                 Arc::clone(registry),
                 config.consumer.clone(),
                 config.deliver.workers,
@@ -246,7 +254,7 @@ async fn drain(tasks: &mut Tasks, grace: Duration) {
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn cancel_on_signal(shutdown: CancellationToken) {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");

@@ -152,6 +152,11 @@ pub struct BatchReport {
     /// Whether the handler or the commit failed, so the batch was rolled back and every
     /// message counted a failed attempt.
     pub failed: bool,
+    /// Whether the handler was not ready (nothing was read).
+    pub not_ready: bool,
+    /// The shortest delay this batch put on a message it left for later (it is visible again
+    /// then, with no notification to say so).
+    pub next_retry: Option<Duration>,
 }
 
 /// Upper bounds (ms) of the batch-duration histogram's buckets (the last one is +Inf).
@@ -260,6 +265,9 @@ pub struct Consumer<H> {
     policy: Box<dyn RetryPolicy>,
     rng: Mutex<StdRng>,
     stats: Arc<ConsumerStats>,
+    /// Woken when messages are sent to the queue (`pipeline::wake`); without it the consumer
+    /// polls.
+    wakeup: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// First sleep after an empty read; it doubles up to the configured poll interval.
@@ -277,7 +285,23 @@ impl<H: Handler> Consumer<H> {
     /// A consumer using the config's exponential backoff and an OS-seeded random source.
     pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Self {
         let policy = Box::new(config.defaults.backoff);
-        Self { pool, config, handler, policy, rng: Mutex::new(StdRng::from_os_rng()), stats: Arc::default() }
+        Self {
+            pool,
+            config,
+            handler,
+            policy,
+            rng: Mutex::new(StdRng::from_os_rng()),
+            stats: Arc::default(),
+            wakeup: None,
+        }
+    }
+
+    /// Waits for `wakeup` (see `pipeline::wake`) when its queue is empty, instead of polling:
+    /// it reads again when messages are sent, when a delay it set runs out, and every
+    /// `idle_poll` for the rest.
+    pub fn with_wakeup(mut self, wakeup: Arc<tokio::sync::Notify>) -> Self {
+        self.wakeup = Some(wakeup);
+        self
     }
 
     /// Replaces the retry policy.
@@ -312,16 +336,33 @@ impl<H: Handler> Consumer<H> {
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut idle = MIN_IDLE;
         let mut consecutive_errors: u32 = 0;
+        // When a message this consumer delayed is visible again (no notification says so).
+        let mut next_due: Option<Instant> = None;
         tracing::info!(worker = %self.config.worker, queue = %self.config.queue, "consumer started");
         while !shutdown.is_cancelled() {
+            // Woken: wait for a notification, at most until the next delayed message is due.
+            let mut woken = false;
             let pause = match self.run_once().await {
                 Ok(report) if report.read > 0 => {
                     idle = MIN_IDLE;
                     consecutive_errors = 0;
+                    if let Some(delay) = report.next_retry {
+                        let due = Instant::now() + delay;
+                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    }
                     match pause_after(report.read, &self.config.defaults) {
                         Some(linger) => linger,
                         None => continue,
                     }
+                }
+                // Not ready (an open circuit, a closed schedule): looking again costs no read.
+                Ok(report) if report.not_ready => self.config.defaults.poll_interval.max(MIN_IDLE),
+                Ok(_) if self.wakeup.is_some() => {
+                    woken = true;
+                    let now = Instant::now();
+                    next_due = next_due.filter(|due| *due > now);
+                    let until_due = next_due.map_or(Duration::MAX, |due| due - now);
+                    self.config.defaults.idle_poll.min(until_due).max(MIN_IDLE)
                 }
                 Ok(_) => {
                     let pause = idle;
@@ -334,9 +375,16 @@ impl<H: Handler> Consumer<H> {
                     Duration::from_millis(100 << consecutive_errors.min(6))
                 }
             };
+            let notified = async {
+                match (&self.wakeup, woken) {
+                    (Some(wakeup), true) => wakeup.notified().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(pause) => {}
+                () = notified => {}
             }
         }
         tracing::info!(worker = %self.config.worker, queue = %self.config.queue, "consumer stopped");
@@ -347,7 +395,7 @@ impl<H: Handler> Consumer<H> {
     /// visibility timeout, attempt counted).
     pub async fn run_once(&self) -> Result<BatchReport> {
         if !self.handler.ready() {
-            return Ok(BatchReport::default());
+            return Ok(BatchReport { not_ready: true, ..BatchReport::default() });
         }
         let raw = self.read().await?;
         if raw.is_empty() {
@@ -638,6 +686,7 @@ impl Plan {
         self.retry_ids.push(message.msg_id);
         self.retry_delays_ms.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         self.report.retried += 1;
+        self.report.next_retry = Some(self.report.next_retry.map_or(delay, |d| d.min(delay)));
     }
 
     fn dead_letter(&mut self, config: &ConsumerConfig, message: &RawMessage, error: String) {

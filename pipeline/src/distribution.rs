@@ -506,8 +506,13 @@ impl PartnerState {
     }
 }
 
-/// A reading of every partner's state, and when it was taken.
-type Reading = (Option<std::time::Instant>, Arc<HashMap<String, PartnerState>>);
+/// A reading of every partner's state, when it was taken, and which partners' settings it
+/// read.
+type Reading = (Option<std::time::Instant>, Arc<HashMap<String, PartnerState>>, Option<SettingsVersion>);
+
+/// What changes when any partner's availability settings do: a digest of every partner's
+/// name, switch and distribution settings (so also a change made by hand in SQL is seen).
+type SettingsVersion = Option<String>;
 
 /// Every partner's [`PartnerState`], read from `partners` and `circuit_breakers` at most `ttl`
 /// ago: what routers decide availability from (a circuit opened elsewhere is seen within `ttl`).
@@ -519,7 +524,7 @@ pub struct PartnerStates {
 impl PartnerStates {
     /// Nothing read yet; `ttl` is how long a reading is trusted.
     pub fn new(ttl: std::time::Duration) -> Self {
-        Self { ttl, read: std::sync::Mutex::new((None, Arc::default())) }
+        Self { ttl, read: std::sync::Mutex::new((None, Arc::default(), None)) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Reading> {
@@ -528,33 +533,51 @@ impl PartnerStates {
     }
 
     /// The partners as last read, reading them again first when the reading is older than the
-    /// ttl. A partner whose settings do not read (never stored so: `apply` validates) is left
-    /// out, which makes it always available, with a warning.
+    /// ttl: the circuits every time, the settings only when some partner's changed (a
+    /// thousand partners' settings are not parsed every second). A partner whose settings do
+    /// not read (never stored so: `apply` validates) is left out, which makes it always
+    /// available, with a warning.
     pub async fn current(&self, conn: &mut PgConnection) -> Result<Arc<HashMap<String, PartnerState>>> {
-        {
+        let (known, previous) = {
             let read = self.lock();
             if read.0.is_some_and(|at| at.elapsed() < self.ttl) {
                 return Ok(Arc::clone(&read.1));
             }
-        }
-        let configs = crate::partners::load_all(conn).await?;
+            (read.2.clone(), Arc::clone(&read.1))
+        };
+        let version: SettingsVersion = sqlx::query_scalar(
+            "SELECT md5(string_agg(name || ':' || enabled::text || ':' || distribution::text, ',' ORDER BY name))
+             FROM partners",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         let circuits: HashMap<String, crate::state::CircuitState> =
             crate::partners::circuits(&mut *conn).await?.into_iter().collect();
-        let mut states = HashMap::with_capacity(configs.len());
-        for config in configs {
-            match Availability::of(&config) {
-                Ok(availability) => {
-                    let circuit_open =
-                        circuits.get(&config.name).is_some_and(|c| *c != crate::state::CircuitState::Closed);
-                    states.insert(config.name.clone(), PartnerState { availability, circuit_open });
-                }
-                Err(error) => {
-                    tracing::warn!(partner = %config.name, %error, "partner settings do not read; taken as always available")
+        let open = |name: &str| circuits.get(name).is_some_and(|c| *c != crate::state::CircuitState::Closed);
+        let states: HashMap<String, PartnerState> = if known.as_ref() == Some(&version) {
+            previous
+                .iter()
+                .map(|(name, state)| {
+                    (name.clone(), PartnerState { availability: state.availability.clone(), circuit_open: open(name) })
+                })
+                .collect()
+        } else {
+            let mut states = HashMap::new();
+            for config in crate::partners::load_all(conn).await? {
+                match Availability::of(&config) {
+                    Ok(availability) => {
+                        let circuit_open = open(&config.name);
+                        states.insert(config.name.clone(), PartnerState { availability, circuit_open });
+                    }
+                    Err(error) => {
+                        tracing::warn!(partner = %config.name, %error, "partner settings do not read; taken as always available")
+                    }
                 }
             }
-        }
+            states
+        };
         let states = Arc::new(states);
-        *self.lock() = (Some(std::time::Instant::now()), Arc::clone(&states));
+        *self.lock() = (Some(std::time::Instant::now()), Arc::clone(&states), Some(version));
         Ok(states)
     }
 }
@@ -584,7 +607,7 @@ pub struct Usage {
 }
 
 /// The cap counters of a batch, locked in its transaction: reservations are made in memory
-/// against them ([`Ledger::reserve`]), then written in one statement ([`Ledger::save`]).
+/// against them ([`Ledger::room`], [`Ledger::take`]), then written in one statement ([`Ledger::save`]).
 #[derive(Debug, Default)]
 pub struct Ledger {
     usage: HashMap<CapKey, Usage>,

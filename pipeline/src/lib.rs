@@ -25,5 +25,6 @@ pub mod retry;
 pub mod rules;
 pub mod state;
 pub mod telemetry;
+pub mod wake;
 
 pub use error::{BoxError, Error, Result};

@@ -86,15 +86,20 @@ pub async fn create_with_dead_letter_queue(conn: &mut sqlx::PgConnection, queue:
     Ok(())
 }
 
-/// Sends one message; returns its id.
+/// Sends one message; returns its id. Like every send here it also notifies
+/// [`crate::wake::CHANNEL`] with the queue's name (delivered at the commit).
 pub async fn send<'e>(executor: impl PgExecutor<'e>, queue: &QueueName, message: &impl Serialize) -> Result<i64> {
     let body = serde_json::to_value(message)?;
-    let (id,): (i64,) =
-        sqlx::query_as("SELECT pgmq.send($1, $2)").bind(queue.as_str()).bind(body).fetch_one(executor).await?;
+    let (id,): (i64,) = sqlx::query_as("SELECT pgmq.send($1, $2) FROM (SELECT pg_notify($3, $1)) AS woken")
+        .bind(queue.as_str())
+        .bind(body)
+        .bind(crate::wake::CHANNEL)
+        .fetch_one(executor)
+        .await?;
     Ok(id)
 }
 
-/// Sends many messages in one statement; returns their ids in order.
+/// Sends many messages in one statement (and notifies, as [`send`]); returns their ids in order.
 pub async fn send_batch<'e>(
     executor: impl PgExecutor<'e>,
     queue: &QueueName,
@@ -103,16 +108,19 @@ pub async fn send_batch<'e>(
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = sqlx::query_scalar("SELECT * FROM pgmq.send_batch($1, $2::jsonb[])")
-        .bind(queue.as_str())
-        .bind(messages)
-        .fetch_all(executor)
-        .await?;
+    let ids =
+        sqlx::query_scalar("SELECT s.* FROM (SELECT pg_notify($3, $1)) AS woken, pgmq.send_batch($1, $2::jsonb[]) s")
+            .bind(queue.as_str())
+            .bind(messages)
+            .bind(crate::wake::CHANNEL)
+            .fetch_all(executor)
+            .await?;
     Ok(ids)
 }
 
 /// Sends messages to several queues in one statement (`send_many`, a migration's function
-/// that calls `pgmq.send_batch` once per distinct queue), keeping each queue's order.
+/// that calls `pgmq.send_batch` once per distinct queue and notifies each), keeping each
+/// queue's order.
 pub async fn send_many<'e>(executor: impl PgExecutor<'e>, messages: &[(QueueName, serde_json::Value)]) -> Result<()> {
     if messages.is_empty() {
         return Ok(());

@@ -851,6 +851,7 @@ async fn identities(tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> R
 /// restarted or stopped after its batch in hand). `replicas` consumers per partner.
 pub async fn run(
     context: DeliverContext,
+    wakeups: Arc<pipeline::wake::Wakeups>,
     registry: Arc<pipeline::metrics::Registry>,
     defaults: pipeline::config::ConsumerDefaults,
     replicas: usize,
@@ -881,7 +882,7 @@ pub async fn run(
                     if running.contains_key(&name) {
                         continue;
                     }
-                    match start(&context, &registry, &defaults, &config, replicas, &shutdown, &mut tasks) {
+                    match start(&context, &wakeups, &registry, &defaults, &config, replicas, &shutdown, &mut tasks) {
                         Ok(token) => {
                             running.insert(name, (config, token));
                         }
@@ -900,8 +901,10 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
+#[allow(clippy::too_many_arguments, reason = "what each partner's consumers share, passed down once")]
 fn start(
     context: &DeliverContext,
+    wakeups: &pipeline::wake::Wakeups,
     registry: &pipeline::metrics::Registry,
     defaults: &pipeline::config::ConsumerDefaults,
     partner: &PartnerConfig,
@@ -916,11 +919,13 @@ fn start(
         // a message that crashes its worker again and again.
         config.max_retries = 1_000;
         config.defaults = defaults.clone();
+        // Woken when the router sends it leads: an idle partner costs no polling.
         let consumer = pipeline::consumer::Consumer::new(
             context.pool.clone(),
             config,
             Deliver::new(partner.clone(), context.clone())?,
-        );
+        )
+        .with_wakeup(wakeups.register(partner.queue()?.as_str()));
         registry.register("deliver", partner.queue()?.as_str(), consumer.stats());
         let stop = token.clone();
         tasks.spawn(async move { consumer.run(stop).await });

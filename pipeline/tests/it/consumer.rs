@@ -124,7 +124,8 @@ async fn a_message_failing_every_attempt_lands_in_the_dlq_with_its_error(pool: P
         }
         reports.push(report);
     }
-    let retry = BatchReport { read: 1, retried: 1, ..BatchReport::default() };
+    // (The test's backoff is zero: the retried message is due again at once.)
+    let retry = BatchReport { read: 1, retried: 1, next_retry: Some(Duration::ZERO), ..BatchReport::default() };
     let last = BatchReport { read: 1, dead_lettered: 1, ..BatchReport::default() };
     assert_eq!(reports, [retry, retry, last], "two retries, then the DLQ");
 
@@ -192,7 +193,10 @@ async fn a_failed_batch_rolls_back_its_rows_outputs_and_deletes_together(pool: P
     // The handler writes rows, then fails the batch: nothing of the batch may remain.
     let failing = Consumer::new(pool.clone(), config(3, 100), TestHandler::new(Behaviour::FailBatch, "output"));
     let report = failing.run_once().await.expect("failure is recorded");
-    assert_eq!(report, BatchReport { read: 20, retried: 20, failed: true, ..BatchReport::default() });
+    let retried =
+        BatchReport { read: 20, retried: 20, failed: true, next_retry: report.next_retry, ..BatchReport::default() };
+    assert_eq!(report, retried);
+    assert!(report.next_retry.is_some(), "the failed messages are due again after their backoff");
     assert_eq!(count(&pool, "SELECT count(*) FROM handled").await, 0, "handler rows rolled back");
     assert_eq!(count(&pool, "SELECT count(*) FROM pgmq.q_output").await, 0, "no outputs");
     assert_eq!(count(&pool, "SELECT count(*) FROM pgmq.q_input WHERE read_ct = 1").await, 20, "inputs kept");
@@ -297,4 +301,37 @@ async fn shutdown_finishes_the_batch_in_hand(pool: PgPool) {
     assert_eq!(consumer.handler().calls.load(Ordering::SeqCst), 1, "no new batch after the signal");
     assert_eq!(count(&pool, "SELECT count(*) FROM pgmq.q_output").await, 30, "the batch in hand was finished");
     assert_eq!(count(&pool, "SELECT count(*) FROM pgmq.q_input").await, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_woken_consumer_takes_a_message_at_once_though_it_polls_only_every_minute(pool: PgPool) {
+    setup(&pool).await;
+    let wakeups = pipeline::wake::Wakeups::new();
+    let shutdown = CancellationToken::new();
+    let listener = tokio::spawn(Arc::clone(&wakeups).listen(pool.clone(), shutdown.clone()));
+    // Idle, it would poll only every minute: what it takes comes from the wake-up.
+    let mut quiet = config(3, 100);
+    quiet.defaults.idle_poll = Duration::from_secs(60);
+    quiet.defaults.poll_interval = Duration::from_secs(60);
+    let consumer = Arc::new(
+        Consumer::new(pool.clone(), quiet, TestHandler::new(Behaviour::Forward, "output"))
+            .with_wakeup(wakeups.register("input")),
+    );
+    let running = Arc::clone(&consumer);
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { running.run(token).await });
+    // Let it read the empty queue and start waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 1..=3 {
+        queue::send(&pool, &queue_name("input"), &json!({ "n": round })).await.expect("send");
+        let forwarded = async {
+            while count(&pool, "SELECT count(*) FROM pgmq.q_output").await < round {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), forwarded).await.expect("taken within seconds, not a minute");
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("no panic");
+    listener.await.expect("the listener stops");
 }

@@ -516,7 +516,8 @@ async fn a_counted_duplicate_gives_its_count_back_and_a_closed_partner_is_not_re
     let mut conn = s.pool.acquire().await.expect("connection");
     let counts = availability.counts(&mut conn, Utc::now()).await.expect("counts");
     assert_eq!(counts[0].leads, 1, "{counts:?}");
-    let mut ledger = pipeline::distribution::Ledger::lock(&mut conn, &[(&availability, None)], Utc::now()).await.expect("lock");
+    let ledger =
+        pipeline::distribution::Ledger::lock(&mut conn, &[(&availability, None)], Utc::now()).await.expect("lock");
     assert!(ledger.room(&availability, None, Utc::now()).is_ok());
     drop(ledger);
     drop(conn);
