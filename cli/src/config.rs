@@ -91,9 +91,11 @@ pub(crate) struct ServeArgs {
     /// circuit or schedule).
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 250)]
     poll_interval_ms: u64,
-    /// Seconds an idle consumer waits for a wake-up (a notification of new messages) before it
-    /// reads its queue anyway, for what no notification announces.
-    #[arg(long, env = "IDLE_POLL_SECS", default_value_t = 10)]
+    /// Seconds an idle consumer waits at most for a wake-up (a notification of new messages)
+    /// before it reads its queue anyway (spread over the second half), for messages sent by
+    /// something that does not notify; a retry delay or visibility timeout running out it
+    /// waits for exactly.
+    #[arg(long, env = "IDLE_POLL_SECS", default_value_t = 60)]
     idle_poll_secs: u64,
     /// Milliseconds a consumer waits after a batch that was not full before reading again, so a
     /// trickle moves in batches (0: read again at once).

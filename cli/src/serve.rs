@@ -47,7 +47,11 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
     let mut tasks = Tasks::new();
     let registry = Arc::new(pipeline::metrics::Registry::default());
     let addr = spawn_http(&mut tasks, &pool, &config, &registry, &shutdown).await?;
-    spawn_workers(&mut tasks, &pool, &config, &registry, &shutdown)?;
+    // One listener wakes every consumer of the process when messages are sent to its queue,
+    // and tells the queue metrics which queues were sent to.
+    let wakeups = Wakeups::new();
+    spawn_until_shutdown(&mut tasks, Arc::clone(&wakeups).listen(pool.clone(), shutdown.clone()));
+    spawn_workers(&mut tasks, &pool, &config, &registry, &wakeups, &shutdown)?;
     if let Some(demo) = seeds.demo.clone() {
         let (pool, pgmq, stop) = (pool.clone(), pgmq.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -61,7 +65,14 @@ pub(crate) async fn run(config: ServiceConfig, seeds: &Seeds) -> anyhow::Result<
     }
     spawn_until_shutdown(
         &mut tasks,
-        workers::queue_metrics::run(pool.clone(), pgmq, Arc::clone(&registry), config.queue_metrics, shutdown.clone()),
+        workers::queue_metrics::run(
+            pool.clone(),
+            pgmq,
+            wakeups,
+            Arc::clone(&registry),
+            config.queue_metrics,
+            shutdown.clone(),
+        ),
     );
 
     // Run until a signal, or until a task ends on its own (which is an error for a daemon).
@@ -143,6 +154,7 @@ fn spawn_workers(
     pool: &PgPool,
     config: &ServiceConfig,
     registry: &Arc<pipeline::metrics::Registry>,
+    wakeups: &Arc<Wakeups>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer_config = |worker: &str, queue: &str, max_retries: u32| -> anyhow::Result<ConsumerConfig> {
@@ -151,9 +163,6 @@ fn spawn_workers(
         c.defaults = config.consumer.clone();
         Ok(c)
     };
-    // One listener wakes every consumer of the process when messages are sent to its queue.
-    let wakeups = Wakeups::new();
-    spawn_until_shutdown(tasks, Arc::clone(&wakeups).listen(pool.clone(), shutdown.clone()));
     for _ in 0..config.identify_workers {
         let handler = Identify::new(config.api.submit.phone_region)?;
         let consumer = Consumer::new(
@@ -200,7 +209,7 @@ fn spawn_workers(
             tasks,
             workers::deliver::run(
                 context,
-                Arc::clone(&wakeups),
+                Arc::clone(wakeups),
                 Arc::clone(registry),
                 config.consumer.clone(),
                 config.deliver.workers,

@@ -56,9 +56,10 @@ pub struct ConsumerDefaults {
     /// batches instead of a message or two at a time (default zero: read again at once; the
     /// service sets 50 ms, `CONSUMER_LINGER_MS`).
     pub linger: Duration,
-    /// With a wake-up (`pipeline::wake`), how long an idle consumer waits for one before it
-    /// reads its queue anyway: for messages no notification announces (another replica's
-    /// retry delay or a visibility timeout running out). Default 10 s.
+    /// With a wake-up (`pipeline::wake`), how long at most an idle consumer waits for one
+    /// before it reads its queue anyway (spread over the second half): for messages sent by
+    /// something that does not notify. A retry delay or visibility timeout running out is
+    /// waited for exactly (`queue::next_visible`). Default 60 s.
     pub idle_poll: Duration,
 }
 
@@ -70,7 +71,7 @@ impl Default for ConsumerDefaults {
             backoff: ExponentialBackoff::default(),
             poll_interval: Duration::from_millis(250),
             linger: Duration::ZERO,
-            idle_poll: Duration::from_secs(10),
+            idle_poll: Duration::from_secs(60),
         }
     }
 }

@@ -154,9 +154,6 @@ pub struct BatchReport {
     pub failed: bool,
     /// Whether the handler was not ready (nothing was read).
     pub not_ready: bool,
-    /// The shortest delay this batch put on a message it left for later (it is visible again
-    /// then, with no notification to say so).
-    pub next_retry: Option<Duration>,
 }
 
 /// Upper bounds (ms) of the batch-duration histogram's buckets (the last one is +Inf).
@@ -297,8 +294,8 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Waits for `wakeup` (see `pipeline::wake`) when its queue is empty, instead of polling:
-    /// it reads again when messages are sent, when a delay it set runs out, and every
-    /// `idle_poll` for the rest.
+    /// it reads again when messages are sent, when the queue's next invisible message is due,
+    /// and about every `idle_poll` for the rest.
     pub fn with_wakeup(mut self, wakeup: Arc<tokio::sync::Notify>) -> Self {
         self.wakeup = Some(wakeup);
         self
@@ -336,20 +333,14 @@ impl<H: Handler> Consumer<H> {
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut idle = MIN_IDLE;
         let mut consecutive_errors: u32 = 0;
-        // When a message this consumer delayed is visible again (no notification says so).
-        let mut next_due: Option<Instant> = None;
         tracing::info!(worker = %self.config.worker, queue = %self.config.queue, "consumer started");
         while !shutdown.is_cancelled() {
-            // Woken: wait for a notification, at most until the next delayed message is due.
+            // Woken: wait for a notification, at most `pause`.
             let mut woken = false;
             let pause = match self.run_once().await {
                 Ok(report) if report.read > 0 => {
                     idle = MIN_IDLE;
                     consecutive_errors = 0;
-                    if let Some(delay) = report.next_retry {
-                        let due = Instant::now() + delay;
-                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
-                    }
                     match pause_after(report.read, &self.config.defaults) {
                         Some(linger) => linger,
                         None => continue,
@@ -359,10 +350,7 @@ impl<H: Handler> Consumer<H> {
                 Ok(report) if report.not_ready => self.config.defaults.poll_interval.max(MIN_IDLE),
                 Ok(_) if self.wakeup.is_some() => {
                     woken = true;
-                    let now = Instant::now();
-                    next_due = next_due.filter(|due| *due > now);
-                    let until_due = next_due.map_or(Duration::MAX, |due| due - now);
-                    self.config.defaults.idle_poll.min(until_due).max(MIN_IDLE)
+                    self.idle_wait().await
                 }
                 Ok(_) => {
                     let pause = idle;
@@ -388,6 +376,25 @@ impl<H: Handler> Consumer<H> {
             }
         }
         tracing::info!(worker = %self.config.worker, queue = %self.config.queue, "consumer stopped");
+    }
+
+    /// How long a woken consumer whose queue had nothing to read waits for a notification:
+    /// until the queue's first invisible message is due (a retry delay or another reader's
+    /// visibility timeout running out, which nothing announces), else `idle_poll`, spread
+    /// over its second half so a thousand idle consumers do not read at the same moment.
+    async fn idle_wait(&self) -> Duration {
+        let poll = {
+            let mut rng = self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.config.defaults.idle_poll.mul_f64(rand::Rng::random_range(&mut *rng, 0.5..=1.0))
+        };
+        let due = match queue::next_visible(&self.pool, &self.config.queue).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(worker = %self.config.worker, queue = %self.config.queue, %error, "cannot read when the queue's next message is due");
+                None
+            }
+        };
+        due.map_or(poll, |due| due.min(poll)).max(MIN_IDLE)
     }
 
     /// Reads and settles one batch. Returns what happened; an `Err` means the database could
@@ -686,7 +693,6 @@ impl Plan {
         self.retry_ids.push(message.msg_id);
         self.retry_delays_ms.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         self.report.retried += 1;
-        self.report.next_retry = Some(self.report.next_retry.map_or(delay, |d| d.min(delay)));
     }
 
     fn dead_letter(&mut self, config: &ConsumerConfig, message: &RawMessage, error: String) {

@@ -18,7 +18,7 @@ use crate::{Error, Result};
 pub const OLDEST_SUPPORTED_PGMQ: Version = Version(1, 4, 4);
 
 /// The PGMQ functions the services call, by name; all of them exist from [`OLDEST_SUPPORTED_PGMQ`] on.
-pub const REQUIRED_FUNCTIONS: [&str; 5] = ["create", "send", "send_batch", "read", "metrics_all"];
+pub const REQUIRED_FUNCTIONS: [&str; 6] = ["create", "send", "send_batch", "read", "metrics", "metrics_all"];
 
 /// A queue name PGMQ accepts: 1 to 47 characters of `a-z`, `0-9` and `_`. Validating once
 /// here is what makes it safe to use the name as part of a table identifier.
@@ -84,6 +84,20 @@ pub async fn create_with_dead_letter_queue(conn: &mut sqlx::PgConnection, queue:
         sqlx::query("SELECT pgmq.create($1)").bind(name.as_str()).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// How long until the first message of `queue` that is not visible now becomes visible (a
+/// retry delay or a visibility timeout running out: no notification announces it); `None` when
+/// no message waits for a later time.
+pub async fn next_visible<'e>(executor: impl PgExecutor<'e>, queue: &QueueName) -> Result<Option<std::time::Duration>> {
+    // One indexed lookup (PGMQ indexes `vt`). Not kept prepared: idle consumers of a thousand
+    // partner queues would crowd the connections' statement caches out.
+    let sql = format!(
+        "SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {} WHERE vt > clock_timestamp()",
+        queue.table()
+    );
+    let secs: Option<f64> = sqlx::query_scalar(&sql).persistent(false).fetch_one(executor).await?;
+    Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
 }
 
 /// Sends one message; returns its id. Like every send here it also notifies
@@ -276,6 +290,24 @@ impl Pgmq {
              ORDER BY m.queue_name"
         };
         Ok(sqlx::query_as(sql).fetch_all(executor).await?)
+    }
+
+    /// Metrics of the queues named in `queues` that exist, sorted by name: as
+    /// [`Pgmq::metrics_all`], at the cost of those queues alone.
+    pub async fn metrics_of<'e>(&self, executor: impl PgExecutor<'e>, queues: &[String]) -> Result<Vec<QueueMetrics>> {
+        let sql = if self.reports_visible_length {
+            "SELECT m.queue_name, m.queue_length, m.queue_visible_length, m.oldest_msg_age_sec, m.newest_msg_age_sec,
+                    m.total_messages
+             FROM pgmq.meta q CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
+             WHERE q.queue_name = ANY($1) ORDER BY m.queue_name"
+        } else {
+            "SELECT m.queue_name, l.queue_length, l.queue_visible_length, m.oldest_msg_age_sec,
+                    m.newest_msg_age_sec, m.total_messages
+             FROM pgmq.meta q CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
+                  CROSS JOIN LATERAL pgmq_queue_lengths(m.queue_name) l
+             WHERE q.queue_name = ANY($1) ORDER BY m.queue_name"
+        };
+        Ok(sqlx::query_as(sql).bind(queues).fetch_all(executor).await?)
     }
 }
 

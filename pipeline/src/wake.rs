@@ -2,15 +2,16 @@
 //! `send_many`) also does `NOTIFY pgmq_sent, '<queue>'` in the sender's transaction, so the
 //! notification arrives when the messages become visible (at its commit). A process's
 //! [`Wakeups`] listens on that channel once and wakes the consumers of the queues named;
-//! a consumer with a wake-up waits for one instead of polling its queue, and polls only
-//! rarely (`ConsumerDefaults::idle_poll`) for what no notification announces: a message whose
-//! retry delay or visibility timeout ran out, or a notification lost while the listener
-//! reconnected (after a reconnect every consumer is woken once).
+//! a consumer with a wake-up waits for one instead of polling its queue. What no notification
+//! announces it waits for otherwise: a message whose retry delay or visibility timeout runs
+//! out (the consumer asks its queue when: `queue::next_visible`), a notification lost while
+//! the listener reconnected (after a reconnect every consumer is woken once), and a message
+//! sent by something that does not notify (a rare poll, `ConsumerDefaults::idle_poll`).
 //!
 //! So an idle queue costs nothing, however many partners are configured, and a message is
 //! taken as soon as it is committed instead of after the poll interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,10 +23,14 @@ use tokio_util::sync::CancellationToken;
 /// The channel senders notify, with the queue's name as the payload.
 pub const CHANNEL: &str = "pgmq_sent";
 
-/// The wake-ups of one process's consumers, by queue.
+/// The wake-ups of one process's consumers, by queue; and the queues sent to, for the queue
+/// metrics.
 #[derive(Default)]
 pub struct Wakeups {
     by_queue: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Every queue a notification named since [`Wakeups::take_sent`]; `None` until the listener
+    /// is connected and after it reconnected (notifications may have been missed).
+    sent: Mutex<Option<HashSet<String>>>,
 }
 
 impl Wakeups {
@@ -45,10 +50,19 @@ impl Wakeups {
         Arc::clone(self.queues().entry(queue.to_owned()).or_default())
     }
 
-    /// Wakes a consumer of `queue`, if the process has one.
+    fn sent(&self) -> std::sync::MutexGuard<'_, Option<HashSet<String>>> {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes a consumer of `queue`, if the process has one, and notes that it was sent to.
     pub fn wake(&self, queue: &str) {
         if let Some(notify) = self.queues().get(queue) {
             notify.notify_one();
+        }
+        if let Some(sent) = self.sent().as_mut()
+            && !sent.contains(queue)
+        {
+            sent.insert(queue.to_owned());
         }
     }
 
@@ -57,6 +71,18 @@ impl Wakeups {
         for notify in self.queues().values() {
             notify.notify_one();
         }
+    }
+
+    /// The queues sent to since the last call (so only they can have grown); `None` when that
+    /// is not known: before the listener connected, or notifications may have been missed
+    /// since. Either way the record starts again from now.
+    pub fn take_sent(&self) -> Option<HashSet<String>> {
+        self.sent().replace(HashSet::new())
+    }
+
+    /// Forgets the queues sent to: nothing is known until [`Wakeups::take_sent`] is called again.
+    fn lost_track(&self) {
+        *self.sent() = None;
     }
 
     /// Listens on [`CHANNEL`] until `shutdown`, waking the consumers of each queue named.
@@ -83,6 +109,7 @@ impl Wakeups {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.lost_track();
             self.wake_all();
             loop {
                 tokio::select! {
@@ -91,7 +118,10 @@ impl Wakeups {
                         Ok(Some(notification)) => self.wake(notification.payload()),
                         // The connection dropped; `try_recv` reconnects on the next call, and
                         // what was sent meanwhile was not heard.
-                        Ok(None) => self.wake_all(),
+                        Ok(None) => {
+                            self.lost_track();
+                            self.wake_all();
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "queue wake-up listener failed; reconnecting");
                             break;
@@ -120,5 +150,20 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(50), b.notified()).await.is_err(), "b was not");
         wakeups.wake_all();
         tokio::time::timeout(Duration::from_millis(100), b.notified()).await.expect("b was woken");
+    }
+
+    #[test]
+    fn the_queues_sent_to_are_known_only_while_nothing_was_missed() {
+        let wakeups = Wakeups::new();
+        wakeups.wake("a");
+        assert_eq!(wakeups.take_sent(), None, "before the first take, nothing is known");
+        wakeups.wake("a");
+        wakeups.wake("a");
+        wakeups.wake("b");
+        assert_eq!(wakeups.take_sent(), Some(HashSet::from(["a".to_owned(), "b".to_owned()])));
+        assert_eq!(wakeups.take_sent(), Some(HashSet::new()), "each take starts a new record");
+        wakeups.wake("c");
+        wakeups.lost_track();
+        assert_eq!(wakeups.take_sent(), None, "a reconnect may have missed notifications");
     }
 }

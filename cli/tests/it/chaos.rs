@@ -8,7 +8,10 @@
 //! - [`postgres_restart_under_load_loses_nothing`]: a throwaway Postgres cluster of the test's
 //!   own, restarted (`pg_ctl -m fast`) while leads are posted and delivered;
 //! - [`a_partner_down_opens_its_circuit_then_recovers`]: one partner refuses every connection
-//!   until its circuit opens and a lead runs out of attempts, then comes back.
+//!   until its circuit opens and a lead runs out of attempts, then comes back;
+//! - [`a_killed_replica_among_a_thousand_partners_loses_nothing`]: with 1,000 partners
+//!   configured, one of two delivering processes is killed in the middle of its calls and not
+//!   restarted; the other takes over what it had read.
 //!
 //! After each, [`check`] holds the pipeline to its guarantees, from the database and from what
 //! the partners received: every post answered 202 reaches exactly one final state, no partner
@@ -148,16 +151,8 @@ async fn killed_workers_lose_nothing_and_deliver_nothing_twice(pool: PgPool) {
     router = stack.spawn(Kind::Router, &[]).await;
 
     load.wait_posted(500).await;
-    for route in &routes {
-        mock.server().set(route, Behaviour::Slow { delay_ms: 5_000 });
-    }
-    let slow_from = Instant::now();
-    let m = &mock;
-    let routes_ref = &routes;
-    wait_for("a partner call in progress", Duration::from_secs(30), || async move {
-        routes_ref.iter().any(|r| m.server().requests(r).iter().any(|call| call.at >= slow_from))
-    })
-    .await;
+    let slow_from = mock.slow(&routes);
+    mock.wait_for_calls(&routes, slow_from, 1).await;
     deliver.kill9();
     let killed_at = Instant::now();
     mock.usual(&routes);
@@ -166,20 +161,9 @@ async fn killed_workers_lose_nothing_and_deliver_nothing_twice(pool: PgPool) {
 
     let ids = load.finish().await;
     let finals = settle(&pool, &ids).await;
-    let stats = check(
-        &pool,
-        &ids,
-        &finals,
-        &partners,
-        mock.server(),
-        &Allowed {
-            states: &[FinalState::Accepted, FinalState::Rejected, FinalState::Duplicate],
-            interruptions: vec![(killed_at, killed_at)],
-            refused: &|_, _| Some(false),
-            duplicates_have_a_delivery: true,
-        },
-    )
-    .await;
+    let stats =
+        check(&pool, &ids, &finals, &partners, mock.server(), &Allowed::partners_up(vec![(killed_at, killed_at)]))
+            .await;
     // The calls the killed deliver worker had in progress were all made again, after it died.
     let cut: Vec<(String, String)> = routes
         .iter()
@@ -208,6 +192,93 @@ async fn killed_workers_lose_nothing_and_deliver_nothing_twice(pool: PgPool) {
         stats.repeats,
         started.elapsed()
     );
+}
+
+/// With 1,000 partners configured (the 21 example partners receive the leads, 979 others
+/// none), two processes deliver: the first runs every worker, the second only deliver. While
+/// 500 leads are delivered by both (80 per second); then every partner answers slowly, 100 more
+/// are posted, and once they are all posted and calls are in progress the second process is
+/// killed with SIGKILL and not restarted. The first must take over what the second had read
+/// once its visibility timeout runs out, with no notification to say so (nothing is sent any
+/// more) and every consumer polling only every 10 minutes (`IDLE_POLL_SECS`): a consumer
+/// that finds its queue empty waits for the queue's next `vt` (`queue::next_visible`; the
+/// consumer tests show that path alone), or reads again after a batch of its own.
+#[sqlx::test(migrations = false)]
+async fn a_killed_replica_among_a_thousand_partners_loses_nothing(pool: PgPool) {
+    let _turn = alone().await;
+    let started = Instant::now();
+    let logs = Scratch::new("replica");
+    let mock = Mock::start().await;
+    let mut partners = partners_file(mock.addr());
+    let routes: Vec<String> = partners.partners.iter().map(|p| p.name.clone()).collect();
+    mock.usual(&routes);
+    let idle: String = (partners.partners.len()..1_000)
+        .map(|i| {
+            format!(
+                "  - name: idle_{i:04}\n    request:\n      url: http://{}/partners/idle_{i:04}/leads\n      body: {{ lead_id: \"{{{{ lead.submission_id }}}}\" }}\n",
+                mock.addr()
+            )
+        })
+        .collect();
+    let idle = pipeline::partners::parse_file(&format!("partners:\n{idle}")).expect("the idle partners");
+    partners.partners.extend(idle.partners);
+    let stack = Stack::new(&url_of(&pool), &logs);
+    let quiet = ("IDLE_POLL_SECS", "600".to_owned());
+    let mut seeds = stack.seeds(&logs.write("partners.json", serde_json::to_vec_pretty(&partners).expect("JSON")));
+    seeds.push(quiet.clone());
+    let mut first = stack.spawn(Kind::All, &seeds).await;
+    wait_for_active_tree(&pool).await;
+    let configured: i64 = sqlx::query_scalar("SELECT count(*) FROM partners").fetch_one(&pool).await.expect("count");
+    assert_eq!(configured, 1_000);
+    let mut second = stack.spawn(Kind::Deliver, std::slice::from_ref(&quiet)).await;
+    let poster = stack.poster(&first);
+    let mut leads = Leads::new("replica");
+    let mut ids = poster.start(leads.take(500, Some(10), |i| i), 80.0).finish().await;
+    settle(&pool, &ids).await;
+    let second_batches = deliver_batches(&second).await;
+    assert!(second_batches > 0, "the second process delivers its share");
+
+    // The last 100 leads find every partner slow; the kill comes after the last post, so no
+    // send wakes anyone for what the second process had read.
+    let slow_from = mock.slow(&routes);
+    let load = poster.start(leads.take(100, Some(10), |i| i), 200.0);
+    ids.extend(load.finish().await);
+    mock.wait_for_calls(&routes, slow_from, 2).await;
+    second.kill9();
+    let killed_at = Instant::now();
+    mock.usual(&routes);
+    let finals = settle(&pool, &ids).await;
+    let stats =
+        check(&pool, &ids, &finals, &partners, mock.server(), &Allowed::partners_up(vec![(killed_at, killed_at)]))
+            .await;
+    first.assert_alive();
+    eprintln!(
+        "chaos replica: {} leads, {:?}; the killed replica had settled {second_batches} deliver batches; {} calls \
+         repeated; {:.1?}",
+        ids.len(),
+        stats.states,
+        stats.repeats,
+        started.elapsed()
+    );
+}
+
+/// The deliver batches `daemon` has settled (from its `/metrics`).
+async fn deliver_batches(daemon: &Daemon) -> u64 {
+    let text = client(Duration::from_secs(10))
+        .get(format!("http://{}/metrics", daemon.addr()))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("the metrics");
+    text.lines()
+        .filter(|line| {
+            line.starts_with("offer_router_consumer_batch_duration_ms_count{") && line.contains("worker=\"deliver\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// A Postgres cluster of the test's own is stopped (`pg_ctl -m fast`, which cuts every
@@ -262,15 +333,10 @@ async fn postgres_restart_under_load_loses_nothing() {
         &finals,
         &partners,
         mock.server(),
-        &Allowed {
-            states: &[FinalState::Accepted, FinalState::Rejected, FinalState::Duplicate],
-            // A batch open when Postgres stopped may still make its calls after it is back: it
-            // waits for each of its two connections (batch, claims) at most the pool's acquire
-            // timeout, and only then finds its batch connection dead and cannot commit.
-            interruptions: vec![(down_from, up_at + 2 * pipeline::config::DbConfig::new("").acquire_timeout)],
-            refused: &|_, _| Some(false),
-            duplicates_have_a_delivery: true,
-        },
+        // A batch open when Postgres stopped may still make its calls after it is back: it
+        // waits for each of its two connections (batch, claims) at most the pool's acquire
+        // timeout, and only then finds its batch connection dead and cannot commit.
+        &Allowed::partners_up(vec![(down_from, up_at + 2 * pipeline::config::DbConfig::new("").acquire_timeout)]),
     )
     .await;
     let restarted: chrono::DateTime<chrono::Utc> =
@@ -488,6 +554,21 @@ struct Allowed<'a> {
     /// was down: a lead deduplicated against one still pending there stays `duplicate` when
     /// that one fails.
     duplicates_have_a_delivery: bool,
+}
+
+impl Allowed<'static> {
+    /// A run in which every partner answers (none refuses a call), cut by `interruptions`.
+    fn partners_up(interruptions: Vec<(Instant, Instant)>) -> Self {
+        fn never_refused(_: &str, _: Instant) -> Option<bool> {
+            Some(false)
+        }
+        Self {
+            states: &[FinalState::Accepted, FinalState::Rejected, FinalState::Duplicate],
+            interruptions,
+            refused: &never_refused,
+            duplicates_have_a_delivery: true,
+        }
+    }
 }
 
 /// One call a partner received, as [`check`] sees it.
@@ -1080,6 +1161,26 @@ impl Mock {
 
     fn addr(&self) -> SocketAddr {
         self.server().addr()
+    }
+
+    /// Every partner in `routes` answers after 5 seconds from now on (the returned moment).
+    fn slow(&self, routes: &[String]) -> Instant {
+        for route in routes {
+            self.server().set(route, Behaviour::Slow { delay_ms: 5_000 });
+        }
+        Instant::now()
+    }
+
+    /// Waits until the partners in `routes` have received at least `n` calls since `since`.
+    async fn wait_for_calls(&self, routes: &[String], since: Instant, n: usize) {
+        wait_for("partner calls in progress", Duration::from_secs(30), || async move {
+            routes
+                .iter()
+                .map(|r| self.server().requests(r).iter().filter(|call| call.at >= since).count())
+                .sum::<usize>()
+                >= n
+        })
+        .await;
     }
 
     /// Every partner accepts, except `unsold`, which rejects (so `rejected` is a final state

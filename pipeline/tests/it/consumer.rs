@@ -125,7 +125,7 @@ async fn a_message_failing_every_attempt_lands_in_the_dlq_with_its_error(pool: P
         reports.push(report);
     }
     // (The test's backoff is zero: the retried message is due again at once.)
-    let retry = BatchReport { read: 1, retried: 1, next_retry: Some(Duration::ZERO), ..BatchReport::default() };
+    let retry = BatchReport { read: 1, retried: 1, ..BatchReport::default() };
     let last = BatchReport { read: 1, dead_lettered: 1, ..BatchReport::default() };
     assert_eq!(reports, [retry, retry, last], "two retries, then the DLQ");
 
@@ -193,10 +193,7 @@ async fn a_failed_batch_rolls_back_its_rows_outputs_and_deletes_together(pool: P
     // The handler writes rows, then fails the batch: nothing of the batch may remain.
     let failing = Consumer::new(pool.clone(), config(3, 100), TestHandler::new(Behaviour::FailBatch, "output"));
     let report = failing.run_once().await.expect("failure is recorded");
-    let retried =
-        BatchReport { read: 20, retried: 20, failed: true, next_retry: report.next_retry, ..BatchReport::default() };
-    assert_eq!(report, retried);
-    assert!(report.next_retry.is_some(), "the failed messages are due again after their backoff");
+    assert_eq!(report, BatchReport { read: 20, retried: 20, failed: true, ..BatchReport::default() });
     assert_eq!(count(&pool, "SELECT count(*) FROM handled").await, 0, "handler rows rolled back");
     assert_eq!(count(&pool, "SELECT count(*) FROM pgmq.q_output").await, 0, "no outputs");
     assert_eq!(count(&pool, "SELECT count(*) FROM pgmq.q_input WHERE read_ct = 1").await, 20, "inputs kept");
@@ -306,20 +303,11 @@ async fn shutdown_finishes_the_batch_in_hand(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_woken_consumer_takes_a_message_at_once_though_it_polls_only_every_minute(pool: PgPool) {
     setup(&pool).await;
-    let wakeups = pipeline::wake::Wakeups::new();
-    let shutdown = CancellationToken::new();
-    let listener = tokio::spawn(Arc::clone(&wakeups).listen(pool.clone(), shutdown.clone()));
     // Idle, it would poll only every minute: what it takes comes from the wake-up.
     let mut quiet = config(3, 100);
     quiet.defaults.idle_poll = Duration::from_secs(60);
     quiet.defaults.poll_interval = Duration::from_secs(60);
-    let consumer = Arc::new(
-        Consumer::new(pool.clone(), quiet, TestHandler::new(Behaviour::Forward, "output"))
-            .with_wakeup(wakeups.register("input")),
-    );
-    let running = Arc::clone(&consumer);
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move { running.run(token).await });
+    let woken = Woken::start(&pool, quiet, TestHandler::new(Behaviour::Forward, "output"));
     // Let it read the empty queue and start waiting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for round in 1..=3 {
@@ -331,7 +319,60 @@ async fn a_woken_consumer_takes_a_message_at_once_though_it_polls_only_every_min
         };
         tokio::time::timeout(Duration::from_secs(5), forwarded).await.expect("taken within seconds, not a minute");
     }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("no panic");
-    listener.await.expect("the listener stops");
+    woken.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_woken_consumer_takes_a_retry_when_it_is_due_though_no_notification_says_so(pool: PgPool) {
+    setup(&pool).await;
+    // Every attempt fails; the retry is a second later, and idle the consumer polls only
+    // every minute: the second attempt comes from asking the queue when its message is due.
+    let mut quiet = config(1, 100);
+    quiet.defaults.idle_poll = Duration::from_secs(60);
+    quiet.defaults.backoff = ExponentialBackoff { base: Duration::from_secs(1), cap: Duration::from_secs(1) };
+    let woken = Woken::start(&pool, quiet, TestHandler::new(Behaviour::FailEveryMessage, "output"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_jobs(&pool, 0..1).await;
+    let started = std::time::Instant::now();
+    let dead_lettered = async {
+        while count(&pool, "SELECT count(*) FROM pgmq.q_input_dlq").await < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), dead_lettered).await.expect("retried when due, not a minute later");
+    assert_eq!(woken.consumer.handler().calls.load(Ordering::SeqCst), 2, "two attempts, then the DLQ");
+    assert!(started.elapsed() >= Duration::from_millis(400), "the retry waited for its delay: {:?}", started.elapsed());
+    assert_eq!(
+        queue::next_visible(&pool, &queue_name("input")).await.expect("next visible"),
+        None,
+        "nothing waits in the queue"
+    );
+    woken.stop().await;
+}
+
+/// A consumer of `input` woken by a process's listener of its own, running until [`Woken::stop`].
+struct Woken {
+    consumer: Arc<Consumer<TestHandler>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Woken {
+    fn start(pool: &PgPool, config: ConsumerConfig, handler: TestHandler) -> Self {
+        let wakeups = pipeline::wake::Wakeups::new();
+        let shutdown = CancellationToken::new();
+        let listener = tokio::spawn(Arc::clone(&wakeups).listen(pool.clone(), shutdown.clone()));
+        let consumer = Arc::new(Consumer::new(pool.clone(), config, handler).with_wakeup(wakeups.register("input")));
+        let running = Arc::clone(&consumer);
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { running.run(token).await });
+        Self { consumer, shutdown, task, listener }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("stops").expect("no panic");
+        self.listener.await.expect("the listener stops");
+    }
 }

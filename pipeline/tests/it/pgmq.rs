@@ -90,6 +90,20 @@ async fn metrics_report_the_visible_length_whether_pgmq_does_or_not(pool: PgPool
     for m in &detected {
         assert_eq!(figures(&derived, &m.queue_name), figures(&detected, &m.queue_name), "{}", m.queue_name);
     }
+    // Some queues' metrics are those queues' rows of all; a name that is no queue is left out.
+    let names = ["metered".to_owned(), "routing".to_owned(), "no_such_queue".to_owned()];
+    for form in [&pgmq, &Pgmq { reports_visible_length: false, ..pgmq.clone() }] {
+        let some = form.metrics_of(&pool, &names).await.expect("metrics of some queues");
+        let expected: Vec<_> = detected.iter().filter(|m| names.contains(&m.queue_name)).cloned().collect();
+        assert_eq!(some.len(), 2, "{some:?}");
+        for (one, all) in some.iter().zip(&expected) {
+            assert_eq!(
+                (&one.queue_name, figures(&some, &one.queue_name)),
+                (&all.queue_name, figures(&expected, &all.queue_name))
+            );
+            assert_eq!(one.total_messages, all.total_messages);
+        }
+    }
     let lengths = queue::lengths(&pool).await.expect("lengths");
     assert_eq!(lengths, detected.iter().map(|m| (m.queue_name.clone(), m.queue_length)).collect::<Vec<_>>());
 }

@@ -4,3 +4,4 @@
 
 mod deliver;
 mod identify;
+mod queue_metrics;
