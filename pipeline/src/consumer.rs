@@ -3,14 +3,15 @@
 //! handler's rows, schedule retries and move dead letters.
 //!
 //! How a batch moves (see ARCHITECTURE.md, "Moving a message one step"):
-//! 1. `pgmq.read` in its own short transaction: the messages become invisible for the
-//!    visibility timeout and their `read_ct` goes up. That count survives a crash, so it is
-//!    the attempt counter: a message that kills its worker still runs out of attempts.
+//! 1. PGMQ's read (`pgmq.read`'s statement, [`queue::read_sql`]) in its own short
+//!    transaction: the messages become invisible for the visibility timeout and their
+//!    `read_ct` goes up. That count survives a crash, so it is the attempt counter: a message
+//!    that kills its worker still runs out of attempts.
 //! 2. A new transaction locks exactly the rows this read returned (`msg_id` *and* `read_ct`
 //!    must match, `FOR UPDATE`, in `msg_id` order). A row that another consumer re-read after
 //!    our visibility timeout ran out no longer matches and is left alone, so no message is
-//!    handled twice to completion. While the lock is held no other `pgmq.read` can take it.
-//!    The lock waits rather than skips: a concurrent `pgmq.read` holds, for the length of its
+//!    handled twice to completion. While the lock is held no other read can take it.
+//!    The lock waits rather than skips: a concurrent read holds, for the length of its
 //!    statement, locks on rows it then rejects, and skipping those would strand messages until
 //!    their visibility timeout.
 //! 3. Undecodable messages and messages whose attempts are used up go to the DLQ at once;
@@ -238,7 +239,7 @@ impl ConsumerStats {
     }
 }
 
-/// A message as `pgmq.read` returns it.
+/// A message as PGMQ's read returns it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct RawMessage {
     msg_id: i64,
@@ -270,12 +271,18 @@ pub struct Consumer<H> {
 /// First sleep after an empty read; it doubles up to the configured poll interval.
 const MIN_IDLE: Duration = Duration::from_millis(5);
 
-/// The pause after a batch of `read` messages: none after a full batch (more is waiting), else
-/// the linger. A partial batch means the queue is drained; waiting a little lets the next batch
-/// grow, rather than paying a batch's round trips and commits for every message or two of a
-/// trickle.
+/// A batch of this many messages spreads its fixed cost (some ten round trips, two commits)
+/// thin enough: after one, the consumer reads again at once.
+const LINGER_FILL: usize = 32;
+
+/// The pause after a batch of `read` messages. A batch short of [`LINGER_FILL`] (and of the
+/// batch size) means a trickle: waiting lets the next batch grow, rather than paying a batch's
+/// round trips and commits for every message or two. The wait is the linger scaled by how
+/// short the batch fell, so a lone message waits the whole linger and a stage that already
+/// moves dozens per batch adds no latency.
 fn pause_after(read: usize, defaults: &ConsumerDefaults) -> Option<Duration> {
-    (read < defaults.batch_size as usize && !defaults.linger.is_zero()).then_some(defaults.linger)
+    let fill = LINGER_FILL.min(defaults.batch_size as usize);
+    (read < fill && !defaults.linger.is_zero()).then(|| defaults.linger.mul_f64((fill - read) as f64 / fill as f64))
 }
 
 impl<H: Handler> Consumer<H> {
@@ -451,10 +458,9 @@ impl<H: Handler> Consumer<H> {
         let visibility_secs =
             i32::try_from(self.config.defaults.visibility_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
         let batch_size = i32::try_from(self.config.defaults.batch_size.max(1)).unwrap_or(i32::MAX);
-        let rows = sqlx::query_as("SELECT msg_id, read_ct, enqueued_at, message FROM pgmq.read($1, $2, $3)")
-            .bind(self.config.queue.as_str())
-            .bind(visibility_secs)
+        let rows = sqlx::query_as(&queue::read_sql(&self.config.queue))
             .bind(batch_size)
+            .bind(visibility_secs)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows)
@@ -730,11 +736,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_partial_batch_lingers_a_full_one_does_not() {
-        let defaults = ConsumerDefaults { batch_size: 100, linger: Duration::from_millis(50), ..Default::default() };
-        assert_eq!(pause_after(1, &defaults), Some(Duration::from_millis(50)));
-        assert_eq!(pause_after(99, &defaults), Some(Duration::from_millis(50)));
+    fn a_trickle_lingers_in_proportion_to_how_short_its_batch_fell() {
+        let defaults = ConsumerDefaults { batch_size: 100, linger: Duration::from_millis(64), ..Default::default() };
+        assert_eq!(pause_after(0, &defaults), Some(Duration::from_millis(64)));
+        assert_eq!(pause_after(1, &defaults), Some(Duration::from_millis(62)));
+        assert_eq!(pause_after(16, &defaults), Some(Duration::from_millis(32)));
+        assert_eq!(pause_after(31, &defaults), Some(Duration::from_millis(2)));
+        assert_eq!(pause_after(32, &defaults), None, "dozens per batch: no wait");
+        assert_eq!(pause_after(99, &defaults), None);
         assert_eq!(pause_after(100, &defaults), None);
+        let small = ConsumerDefaults { batch_size: 4, ..defaults };
+        assert_eq!(pause_after(2, &small), Some(Duration::from_millis(32)), "short of a small batch size");
+        assert_eq!(pause_after(4, &small), None, "a full batch");
         let eager = ConsumerDefaults { linger: Duration::ZERO, ..defaults };
         assert_eq!(pause_after(1, &eager), None);
     }

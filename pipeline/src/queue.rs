@@ -18,7 +18,8 @@ use crate::{Error, Result};
 pub const OLDEST_SUPPORTED_PGMQ: Version = Version(1, 4, 4);
 
 /// The PGMQ functions the services call, by name; all of them exist from [`OLDEST_SUPPORTED_PGMQ`] on.
-pub const REQUIRED_FUNCTIONS: [&str; 6] = ["create", "send", "send_batch", "read", "metrics", "metrics_all"];
+/// Sends and reads are statements of our own on the queue tables, as PGMQ's functions run them.
+pub const REQUIRED_FUNCTIONS: [&str; 3] = ["create", "metrics", "metrics_all"];
 
 /// A queue name PGMQ accepts: 1 to 47 characters of `a-z`, `0-9` and `_`. Validating once
 /// here is what makes it safe to use the name as part of a table identifier.
@@ -104,16 +105,21 @@ pub async fn next_visible<'e>(executor: impl PgExecutor<'e>, queue: &QueueName) 
 /// [`crate::wake::CHANNEL`] with the queue's name (delivered at the commit).
 pub async fn send<'e>(executor: impl PgExecutor<'e>, queue: &QueueName, message: &impl Serialize) -> Result<i64> {
     let body = serde_json::to_value(message)?;
-    let (id,): (i64,) = sqlx::query_as("SELECT pgmq.send($1, $2) FROM (SELECT pg_notify($3, $1)) AS woken")
-        .bind(queue.as_str())
-        .bind(body)
+    let id = sqlx::query_scalar(&send_sql(queue))
+        .bind([body])
         .bind(crate::wake::CHANNEL)
+        .bind(queue.as_str())
         .fetch_one(executor)
         .await?;
     Ok(id)
 }
 
 /// Sends many messages in one statement (and notifies, as [`send`]); returns their ids in order.
+///
+/// The row `pgmq.send_batch` inserts (`vt` now, the message), inserted by a statement of our
+/// own: prepared once per connection and queue, it skips the function's per-call
+/// `EXECUTE format(...)` parse and plan, which cost Postgres several times the insert itself
+/// (README, "Benchmarks").
 pub async fn send_batch<'e>(
     executor: impl PgExecutor<'e>,
     queue: &QueueName,
@@ -122,27 +128,76 @@ pub async fn send_batch<'e>(
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let ids =
-        sqlx::query_scalar("SELECT s.* FROM (SELECT pg_notify($3, $1)) AS woken, pgmq.send_batch($1, $2::jsonb[]) s")
-            .bind(queue.as_str())
-            .bind(messages)
-            .bind(crate::wake::CHANNEL)
-            .fetch_all(executor)
-            .await?;
+    let ids = sqlx::query_scalar(&send_sql(queue))
+        .bind(messages)
+        .bind(crate::wake::CHANNEL)
+        .bind(queue.as_str())
+        .fetch_all(executor)
+        .await?;
     Ok(ids)
 }
 
-/// Sends messages to several queues in one statement (`send_many`, a migration's function
-/// that calls `pgmq.send_batch` once per distinct queue and notifies each), keeping each
-/// queue's order.
+/// Sends messages to several queues in one statement (an insert per distinct queue, and a
+/// notification for each), keeping each queue's order.
 pub async fn send_many<'e>(executor: impl PgExecutor<'e>, messages: &[(QueueName, serde_json::Value)]) -> Result<()> {
-    if messages.is_empty() {
+    let mut queues: Vec<(&QueueName, Vec<&serde_json::Value>)> = Vec::new();
+    for (queue, message) in messages {
+        match queues.iter_mut().find(|(q, _)| *q == queue) {
+            Some((_, bodies)) => bodies.push(message),
+            None => queues.push((queue, vec![message])),
+        }
+    }
+    if queues.is_empty() {
         return Ok(());
     }
-    let queues: Vec<&str> = messages.iter().map(|(q, _)| q.as_str()).collect();
-    let bodies: Vec<&serde_json::Value> = messages.iter().map(|(_, m)| m).collect();
-    sqlx::query("SELECT send_many($1, $2::jsonb[])").bind(&queues).bind(&bodies).execute(executor).await?;
+    let inserts: Vec<String> = queues
+        .iter()
+        .enumerate()
+        .map(|(i, (queue, _))| format!("s{i} AS ({})", insert_rows(&queue.table(), i + 1)))
+        .collect();
+    let n = queues.len();
+    let sql =
+        format!("WITH {} SELECT pg_notify(${}, q) FROM unnest(${}::text[]) AS q", inserts.join(", "), n + 1, n + 2);
+    // Not kept prepared: the text changes with the set of queues.
+    let mut query = sqlx::query(&sql).persistent(false);
+    for (_, bodies) in &queues {
+        query = query.bind(bodies);
+    }
+    let names: Vec<&str> = queues.iter().map(|(q, _)| q.as_str()).collect();
+    query.bind(crate::wake::CHANNEL).bind(names).execute(executor).await?;
     Ok(())
+}
+
+/// `pgmq.read(queue, $2, $1)` as one statement of our own (see [`send_batch`] for why): the
+/// first `$1` visible messages in `msg_id` order, skipping rows other readers hold, made
+/// invisible for `$2` seconds with their `read_ct` counted up. PGMQ 1.10 and later also set
+/// `last_read_at` in their read, a column nothing here uses.
+pub fn read_sql(queue: &QueueName) -> String {
+    let table = queue.table();
+    format!(
+        "WITH cte AS (SELECT msg_id FROM {table} WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE {table} m SET vt = clock_timestamp() + make_interval(secs => $2), read_ct = m.read_ct + 1
+         FROM cte WHERE m.msg_id = cte.msg_id
+         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message"
+    )
+}
+
+/// [`send_batch`]'s statement: the messages (`$1`) inserted, `$3` notified on channel `$2`
+/// once (`woken` is materialized, as it calls a volatile function); the ids in array order
+/// (one statement's identities ascend in insert order).
+fn send_sql(queue: &QueueName) -> String {
+    format!(
+        "WITH sent AS ({}), woken AS MATERIALIZED (SELECT pg_notify($2, $3)) SELECT msg_id FROM woken, sent ORDER BY msg_id",
+        insert_rows(&queue.table(), 1)
+    )
+}
+
+/// The insert of the messages in parameter `$param` (a `jsonb[]`) into queue table `table`,
+/// as `pgmq.send_batch` inserts them (visible at once), in array order; returns their ids.
+fn insert_rows(table: &str, param: usize) -> String {
+    format!(
+        "INSERT INTO {table} (vt, message) SELECT clock_timestamp(), m FROM unnest(${param}::jsonb[]) WITH ORDINALITY AS u(m, i) ORDER BY i RETURNING msg_id"
+    )
 }
 
 /// One row of `pgmq.metrics_all()`.

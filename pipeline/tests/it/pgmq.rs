@@ -136,3 +136,71 @@ async fn sslmode_require_encrypts_or_refuses(pool: PgPool) {
         Err(error) => assert!(!server_tls, "the server has TLS, yet sslmode=require failed: {error}"),
     }
 }
+
+/// Sends and reads are PGMQ's statements run as our own (`queue::send_batch`, `send_many`,
+/// `read_sql`): what they send, the extension's `pgmq.read` reads, in order; what the
+/// extension's `pgmq.send` sends, our read takes as `pgmq.read` would; every queue sent to is
+/// notified at the commit.
+#[sqlx::test(migrations = false)]
+async fn our_sends_and_reads_are_pgmqs(pool: PgPool) {
+    db::migrate(&pool).await.expect("migrate");
+    let (a, b) = (QueueName::new("first").expect("name"), QueueName::new("second").expect("name"));
+    let mut conn = pool.acquire().await.expect("connection");
+    for name in [&a, &b] {
+        queue::create_with_dead_letter_queue(&mut conn, name).await.expect("queues");
+    }
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.expect("listener");
+    listener.listen(pipeline::wake::CHANNEL).await.expect("listen");
+    let bodies = |ns: &[i64]| ns.iter().map(|n| serde_json::json!({ "n": n })).collect::<Vec<_>>();
+    let pgmq_read = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i32, serde_json::Value)>(
+                "SELECT msg_id, read_ct, message FROM pgmq.read($1, 60, 10)",
+            )
+            .bind(name)
+            .fetch_all(&pool)
+            .await
+            .expect("pgmq.read")
+        }
+    };
+
+    let ids = queue::send_batch(&pool, &a, &bodies(&[0, 1, 2])).await.expect("send_batch");
+    assert_eq!(listener.recv().await.expect("notified").payload(), "first");
+    let read = pgmq_read("first").await;
+    assert_eq!(read, ids.iter().zip(bodies(&[0, 1, 2])).map(|(&id, body)| (id, 1, body)).collect::<Vec<_>>());
+
+    let mut tx = pool.begin().await.expect("begin");
+    let fan_out: Vec<_> = [(&a, 3), (&b, 10), (&a, 4), (&b, 11)]
+        .into_iter()
+        .map(|(q, n)| (q.clone(), serde_json::json!({ "n": n })))
+        .collect();
+    queue::send_many(&mut *tx, &fan_out).await.expect("send_many");
+    tx.commit().await.expect("commit");
+    let mut notified = vec![
+        listener.recv().await.expect("notified").payload().to_owned(),
+        listener.recv().await.expect("notified").payload().to_owned(),
+    ];
+    notified.sort_unstable();
+    assert_eq!(notified, ["first", "second"]);
+    let messages = |read: Vec<(i64, i32, serde_json::Value)>| read.into_iter().map(|(_, _, m)| m).collect::<Vec<_>>();
+    assert_eq!(messages(pgmq_read("first").await), bodies(&[3, 4]), "in send order, after the ones read before");
+
+    // The extension's send, our read: the first visible messages in order, read once, then
+    // invisible for the visibility timeout.
+    sqlx::query("SELECT pgmq.send('second', '{\"n\": 12}')").execute(&pool).await.expect("pgmq.send");
+    let ours: Vec<(i64, i32, chrono::DateTime<chrono::Utc>, serde_json::Value)> =
+        sqlx::query_as(&queue::read_sql(&b)).bind(2).bind(30).fetch_all(&pool).await.expect("our read");
+    let mut taken: Vec<_> = ours.iter().map(|(id, read_ct, _, m)| (*id, *read_ct, m.clone())).collect();
+    taken.sort_by_key(|(id, _, _)| *id);
+    assert_eq!(taken.iter().map(|(_, ct, _)| *ct).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(messages(taken), bodies(&[10, 11]), "the first two, in msg_id order");
+    assert_eq!(messages(pgmq_read("second").await), bodies(&[12]), "the ones read are invisible");
+    let due: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM pgmq.q_second WHERE read_ct = 1 AND message->>'n' <> '12'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("vt");
+    assert!((25.0..=30.0).contains(&due), "invisible for the 30 s asked: {due}");
+}
