@@ -458,11 +458,13 @@ impl<H: Handler> Consumer<H> {
         let visibility_secs =
             i32::try_from(self.config.defaults.visibility_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
         let batch_size = i32::try_from(self.config.defaults.batch_size.max(1)).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin_with(queue::BEGIN_BY_INDEX).await?;
         let rows = sqlx::query_as(&queue::read_sql(&self.config.queue))
             .bind(batch_size)
             .bind(visibility_secs)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(rows)
     }
 

@@ -204,3 +204,42 @@ async fn our_sends_and_reads_are_pgmqs(pool: PgPool) {
     .expect("vt");
     assert!((25.0..=30.0).contains(&due), "invisible for the 30 s asked: {due}");
 }
+
+/// A backlog in a queue whose statistics were taken while it was nearly empty and full of dead
+/// rows (autovacuum's usual view of a busy queue): the planner expects a few rows and reads by
+/// a sequential scan through the whole heap, as PGMQ's own `pgmq.read` does; the consumer's
+/// read transaction (`queue::BEGIN_BY_INDEX`) takes the first messages by the primary key.
+#[sqlx::test(migrations = false)]
+async fn a_backlog_behind_stale_statistics_is_read_by_index(pool: PgPool) {
+    db::migrate(&pool).await.expect("migrate");
+    let name = QueueName::new("backlog").expect("name");
+    let mut conn = pool.acquire().await.expect("connection");
+    queue::create_with_dead_letter_queue(&mut conn, &name).await.expect("queues");
+    let fill = "INSERT INTO pgmq.q_backlog (vt, message)
+                SELECT clock_timestamp(), jsonb_build_object('pad', repeat('x', 900), 'n', n) FROM generate_series(1, 20000) n";
+    for statement in [
+        "ALTER TABLE pgmq.q_backlog SET (autovacuum_enabled = false)",
+        fill,
+        "DELETE FROM pgmq.q_backlog WHERE msg_id > 100",
+        "ANALYZE pgmq.q_backlog",
+        fill,
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await.expect(statement);
+    }
+    let explain = format!("EXPLAIN {}", queue::read_sql(&name));
+    let plan = |lines: Vec<String>| lines.join("\n");
+    let unguarded = plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(&mut *conn).await.expect("plan"));
+    assert!(unguarded.contains("Seq Scan on q_backlog"), "the trap this guards against:\n{unguarded}");
+    let mut tx = pool.begin_with(queue::BEGIN_BY_INDEX).await.expect("begin");
+    let guarded = plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(&mut *tx).await.expect("plan"));
+    assert!(
+        guarded.contains("Index Scan using q_backlog_pkey") && !guarded.contains("Seq Scan"),
+        "read by index:\n{guarded}"
+    );
+    let read: Vec<(i64, i32, chrono::DateTime<chrono::Utc>, serde_json::Value)> =
+        sqlx::query_as(&queue::read_sql(&name)).bind(500).bind(30).fetch_all(&mut *tx).await.expect("read");
+    tx.commit().await.expect("commit");
+    let mut ids: Vec<i64> = read.iter().map(|(id, ..)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=100).chain(20_001..=20_400).collect::<Vec<i64>>(), "the first 500 in msg_id order");
+}
