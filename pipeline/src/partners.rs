@@ -219,6 +219,30 @@ pub struct PartnersFile {
 }
 
 impl PartnerConfig {
+    /// Partner `name` calling `request`, every other setting at its default (what a partners
+    /// file that gives only these two reads as).
+    pub fn new(name: impl Into<String>, request: RequestTemplate) -> Self {
+        Self {
+            name: name.into(),
+            enabled: yes(),
+            dedupe_fields: email_only(),
+            dedupe_window_days: thirty(),
+            request,
+            timeout_ms: ten_seconds(),
+            classify: Vec::new(),
+            max_retries: three(),
+            backoff_base_ms: one_second(),
+            backoff_cap_ms: five_minutes(),
+            breaker: Breaker::default(),
+            timezone: utc(),
+            schedule: None,
+            caps: Limits::default(),
+            rule_caps: BTreeMap::new(),
+            budget: Limits::default(),
+            price: None,
+        }
+    }
+
     /// The partner's queue.
     pub fn queue(&self) -> Result<QueueName> {
         QueueName::partner(&self.name)

@@ -22,30 +22,18 @@ use workers::deliver::{Breakers, Deliver, DeliverContext};
 use workers::mock_partner::MockPartner;
 
 fn partner(name: &str) -> PartnerConfig {
+    let request = RequestTemplate {
+        method: "POST".to_owned(),
+        url: format!("{{{{ env.PARTNER_BASE_URL }}}}/partners/{name}/leads"),
+        headers: BTreeMap::new(),
+        encoding: "json".to_owned(),
+        body: json!({ "email": "{{ person.email }}", "state": "{{ lead.fields.state }}" }),
+    };
     PartnerConfig {
-        name: name.to_owned(),
-        enabled: true,
-        dedupe_fields: vec!["email".to_owned()],
-        dedupe_window_days: 30,
-        request: RequestTemplate {
-            method: "POST".to_owned(),
-            url: format!("{{{{ env.PARTNER_BASE_URL }}}}/partners/{name}/leads"),
-            headers: BTreeMap::new(),
-            encoding: "json".to_owned(),
-            body: json!({ "email": "{{ person.email }}", "state": "{{ lead.fields.state }}" }),
-        },
         timeout_ms: 5_000,
-        classify: Vec::new(),
-        max_retries: 3,
         backoff_base_ms: 100,
         backoff_cap_ms: 1_000,
-        breaker: Default::default(),
-        timezone: "UTC".to_owned(),
-        schedule: None,
-        caps: Default::default(),
-        rule_caps: BTreeMap::new(),
-        budget: Default::default(),
-        price: None,
+        ..PartnerConfig::new(name, request)
     }
 }
 

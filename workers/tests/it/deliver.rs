@@ -25,18 +25,14 @@ use workers::mock_partner::{Behaviour, MockPartner};
 const ROUTE: &str = "acme";
 
 fn partner(max_retries: u32, timeout_ms: u32) -> PartnerConfig {
+    let request = RequestTemplate {
+        method: "POST".to_owned(),
+        url: format!("{{{{ env.PARTNER_BASE_URL }}}}/partners/{ROUTE}/leads"),
+        headers: BTreeMap::from([("Authorization".to_owned(), "Bearer {{ env.PARTNER_TOKEN }}".to_owned())]),
+        encoding: "json".to_owned(),
+        body: json!({ "email": "{{ person.email }}", "state": "{{ lead.fields.state }}", "id": "{{ lead.submission_id }}" }),
+    };
     PartnerConfig {
-        name: ROUTE.to_owned(),
-        enabled: true,
-        dedupe_fields: vec!["email".to_owned()],
-        dedupe_window_days: 30,
-        request: RequestTemplate {
-            method: "POST".to_owned(),
-            url: format!("{{{{ env.PARTNER_BASE_URL }}}}/partners/{ROUTE}/leads"),
-            headers: BTreeMap::from([("Authorization".to_owned(), "Bearer {{ env.PARTNER_TOKEN }}".to_owned())]),
-            encoding: "json".to_owned(),
-            body: json!({ "email": "{{ person.email }}", "state": "{{ lead.fields.state }}", "id": "{{ lead.submission_id }}" }),
-        },
         timeout_ms,
         // The mock says "rejected" in a 200's body.
         classify: vec![pipeline::partners::Classify {
@@ -49,12 +45,7 @@ fn partner(max_retries: u32, timeout_ms: u32) -> PartnerConfig {
         backoff_base_ms: 0,
         backoff_cap_ms: 0,
         breaker: pipeline::partners::Breaker { consecutive_failures: 3, open_secs: 60, ..Default::default() },
-        timezone: "UTC".to_owned(),
-        schedule: None,
-        caps: Default::default(),
-        rule_caps: BTreeMap::new(),
-        budget: Default::default(),
-        price: None,
+        ..PartnerConfig::new(ROUTE, request)
     }
 }
 
