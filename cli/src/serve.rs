@@ -170,12 +170,12 @@ fn spawn_workers(
             consumer_config("identify", queue::fixed::SUBMISSIONS, config.identify_max_retries)?,
             handler,
         )
-        .with_wakeup(wakeups.register(queue::fixed::SUBMISSIONS));
+        .with_wakeups(wakeups);
         spawn_consumer(tasks, registry, consumer, shutdown.clone());
     }
     for _ in 0..config.compile_workers {
         let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile)
-            .with_wakeup(wakeups.register(queue::fixed::COMPILE));
+            .with_wakeups(wakeups);
         spawn_consumer(tasks, registry, consumer, shutdown.clone());
     }
     if config.router_workers > 0 {
@@ -188,8 +188,7 @@ fn spawn_workers(
             let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
             router_config.defaults.batch_size = config.router_batch_size;
             let router = Router::with(Arc::clone(&tree), Arc::clone(&partners), system_clock());
-            let consumer =
-                Consumer::new(pool.clone(), router_config, router).with_wakeup(wakeups.register(queue::fixed::ROUTING));
+            let consumer = Consumer::new(pool.clone(), router_config, router).with_wakeups(wakeups);
             spawn_consumer(tasks, registry, consumer, shutdown.clone());
         }
     }

@@ -300,11 +300,11 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Waits for `wakeup` (see `pipeline::wake`) when its queue is empty, instead of polling:
-    /// it reads again when messages are sent, when the queue's next invisible message is due,
-    /// and about every `idle_poll` for the rest.
-    pub fn with_wakeup(mut self, wakeup: Arc<tokio::sync::Notify>) -> Self {
-        self.wakeup = Some(wakeup);
+    /// Waits for its queue's wake-up from `wakeups` (see `pipeline::wake`) when the queue is
+    /// empty, instead of polling: it reads again when messages are sent, when the queue's next
+    /// invisible message is due, and about every `idle_poll` for the rest.
+    pub fn with_wakeups(mut self, wakeups: &crate::wake::Wakeups) -> Self {
+        self.wakeup = Some(wakeups.register(self.config.queue.as_str()));
         self
     }
 

@@ -140,43 +140,40 @@ pub async fn send_batch<'e>(
 /// Sends messages to several queues in one statement (an insert per distinct queue, and a
 /// notification for each), keeping each queue's order.
 pub async fn send_many<'e>(executor: impl PgExecutor<'e>, messages: &[(QueueName, serde_json::Value)]) -> Result<()> {
-    let mut queues: Vec<(&QueueName, Vec<&serde_json::Value>)> = Vec::new();
+    let mut queues: std::collections::BTreeMap<&QueueName, Vec<&serde_json::Value>> = Default::default();
     for (queue, message) in messages {
-        match queues.iter_mut().find(|(q, _)| *q == queue) {
-            Some((_, bodies)) => bodies.push(message),
-            None => queues.push((queue, vec![message])),
-        }
+        queues.entry(queue).or_default().push(message);
     }
     if queues.is_empty() {
         return Ok(());
     }
     let inserts: Vec<String> = queues
-        .iter()
+        .keys()
         .enumerate()
-        .map(|(i, (queue, _))| format!("s{i} AS ({})", insert_rows(&queue.table(), i + 1)))
+        .map(|(i, queue)| format!("s{i} AS ({})", insert_rows(&queue.table(), i + 1)))
         .collect();
     let n = queues.len();
     let sql =
         format!("WITH {} SELECT pg_notify(${}, q) FROM unnest(${}::text[]) AS q", inserts.join(", "), n + 1, n + 2);
     // Not kept prepared: the text changes with the set of queues.
     let mut query = sqlx::query(&sql).persistent(false);
-    for (_, bodies) in &queues {
+    for bodies in queues.values() {
         query = query.bind(bodies);
     }
-    let names: Vec<&str> = queues.iter().map(|(q, _)| q.as_str()).collect();
+    let names: Vec<&str> = queues.keys().map(|q| q.as_str()).collect();
     query.bind(crate::wake::CHANNEL).bind(names).execute(executor).await?;
     Ok(())
 }
 
 /// Begins a transaction whose statements find queue rows by index, never by a sequential scan
 /// (`SET LOCAL enable_seqscan = off`, in the same round trip as `BEGIN`): the consumer's read
-/// and its batch run in one. A queue table's statistics are taken when autovacuum last got to
+/// runs in one. A queue table's statistics are taken when autovacuum last got to
 /// it, often while the queue was nearly empty and its heap full of dead rows; when a backlog
 /// builds, the planner still expects a few rows and reads by a sequential scan and a sort
 /// (PGMQ's own `pgmq.read` too), through every dead row of the heap, on every batch. Under
 /// overload on this machine that took a read of 500 from about 1 ms to 1.4 s, and the stage
-/// fell further behind the longer it lasted. Every statement of a batch is meant to be an
-/// index lookup; a table with no index to use is still scanned.
+/// fell further behind the longer it lasted. Only the read: a batch's own statements (the
+/// handler's) keep the planner's choice.
 pub const BEGIN_BY_INDEX: &str = "BEGIN; SET LOCAL enable_seqscan = off";
 
 /// `pgmq.read(queue, $2, $1)` as one statement of our own (see [`send_batch`] for why): the

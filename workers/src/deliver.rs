@@ -925,7 +925,7 @@ fn start(
             config,
             Deliver::new(partner.clone(), context.clone())?,
         )
-        .with_wakeup(wakeups.register(partner.queue()?.as_str()));
+        .with_wakeups(wakeups);
         registry.register("deliver", partner.queue()?.as_str(), consumer.stats());
         let stop = token.clone();
         tasks.spawn(async move { consumer.run(stop).await });

@@ -363,7 +363,7 @@ impl Woken {
         let wakeups = pipeline::wake::Wakeups::new();
         let shutdown = CancellationToken::new();
         let listener = tokio::spawn(Arc::clone(&wakeups).listen(pool.clone(), shutdown.clone()));
-        let consumer = Arc::new(Consumer::new(pool.clone(), config, handler).with_wakeup(wakeups.register("input")));
+        let consumer = Arc::new(Consumer::new(pool.clone(), config, handler).with_wakeups(&wakeups));
         let running = Arc::clone(&consumer);
         let token = shutdown.clone();
         let task = tokio::spawn(async move { running.run(token).await });
