@@ -109,8 +109,23 @@ impl Browser {
         }
     }
 
+    /// Clicks `css` once it is there. A click another element intercepts (a toast over the
+    /// header, for the seconds it shows) is tried again until it lands, within [`WAIT`].
     async fn click(&self, css: &str) {
-        self.wait(css).await.click().await.unwrap_or_else(|e| panic!("click `{css}`: {e}"));
+        let element = self.wait(css).await;
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match element.clone().click().await {
+                Ok(_) => return,
+                Err(e) if e.to_string().contains("click intercepted") && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    self.shot("failure").await;
+                    panic!("click `{css}`: {e}")
+                }
+            }
+        }
     }
 
     async fn js(&self, script: &str, args: Vec<Value>) -> Value {
