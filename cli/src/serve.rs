@@ -163,6 +163,8 @@ fn spawn_workers(
         c.defaults = config.consumer.clone();
         Ok(c)
     };
+    // Every consumer of the process reads on these (one round trip a read).
+    let readers = queue::Readers::new(pool);
     for _ in 0..config.identify_workers {
         let handler = Identify::new(config.api.submit.phone_region)?;
         let consumer = Consumer::new(
@@ -170,11 +172,13 @@ fn spawn_workers(
             consumer_config("identify", queue::fixed::SUBMISSIONS, config.identify_max_retries)?,
             handler,
         )
+        .with_readers(&readers)
         .with_wakeups(wakeups);
         spawn_consumer(tasks, registry, consumer, shutdown.clone());
     }
     for _ in 0..config.compile_workers {
         let consumer = Consumer::new(pool.clone(), consumer_config("compile", queue::fixed::COMPILE, 3)?, Compile)
+            .with_readers(&readers)
             .with_wakeups(wakeups);
         spawn_consumer(tasks, registry, consumer, shutdown.clone());
     }
@@ -188,13 +192,15 @@ fn spawn_workers(
             let mut router_config = consumer_config("router", queue::fixed::ROUTING, config.routing_max_retries)?;
             router_config.defaults.batch_size = config.router_batch_size;
             let router = Router::with(Arc::clone(&tree), Arc::clone(&partners), system_clock());
-            let consumer = Consumer::new(pool.clone(), router_config, router).with_wakeups(wakeups);
+            let consumer =
+                Consumer::new(pool.clone(), router_config, router).with_readers(&readers).with_wakeups(wakeups);
             spawn_consumer(tasks, registry, consumer, shutdown.clone());
         }
     }
     if config.deliver.workers > 0 {
         let context = DeliverContext {
             pool: pool.clone(),
+            readers,
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()

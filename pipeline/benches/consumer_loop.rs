@@ -75,10 +75,11 @@ async fn run(pool: &PgPool, batch_size: u32, consumers_count: usize, messages: u
     fill(pool, &queue, messages).await?;
 
     let mut consumers = Vec::new();
+    let readers = queue::Readers::new(pool);
     for i in 0..consumers_count {
         let mut config = ConsumerConfig::new(format!("bench-{i}"), queue.clone())?;
         config.defaults.batch_size = batch_size;
-        consumers.push(Consumer::new(pool.clone(), config, NoOp));
+        consumers.push(Consumer::new(pool.clone(), config, NoOp).with_readers(&readers));
     }
     let elapsed = consumer::run_until_settled(consumers, messages as u64).await;
     let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.\"q_{queue}\"")).fetch_one(pool).await?;

@@ -3,10 +3,11 @@
 //! handler's rows, schedule retries and move dead letters.
 //!
 //! How a batch moves (see ARCHITECTURE.md, "Moving a message one step"):
-//! 1. PGMQ's read (`pgmq.read`'s statement, [`queue::read_sql`]) in its own short
-//!    transaction: the messages become invisible for the visibility timeout and their
-//!    `read_ct` goes up. That count survives a crash, so it is the attempt counter: a message
-//!    that kills its worker still runs out of attempts.
+//! 1. PGMQ's read (`pgmq.read`'s statement, [`queue::read_sql`]), committed on its own (on
+//!    [`queue::Readers`], or in a [`queue::BEGIN_BY_INDEX`] transaction): the messages become
+//!    invisible for the visibility timeout and their `read_ct` goes up. That count survives a
+//!    crash, so it is the attempt counter: a message that kills its worker still runs out of
+//!    attempts.
 //! 2. A new transaction locks exactly the rows this read returned (`msg_id` *and* `read_ct`
 //!    must match, `FOR UPDATE`, in `msg_id` order). A row that another consumer re-read after
 //!    our visibility timeout ran out no longer matches and is left alone, so no message is
@@ -266,6 +267,9 @@ pub struct Consumer<H> {
     /// Woken when messages are sent to the queue (`pipeline::wake`); without it the consumer
     /// polls.
     wakeup: Option<Arc<tokio::sync::Notify>>,
+    /// Where reads run (one round trip each); without it, in a [`queue::BEGIN_BY_INDEX`]
+    /// transaction on `pool`.
+    readers: Option<queue::Readers>,
 }
 
 /// First sleep after an empty read; it doubles up to the configured poll interval.
@@ -297,7 +301,15 @@ impl<H: Handler> Consumer<H> {
             rng: Mutex::new(StdRng::from_os_rng()),
             stats: Arc::default(),
             wakeup: None,
+            readers: None,
         }
+    }
+
+    /// Reads on `readers` (shared by the process's consumers): one statement per read, where a
+    /// consumer alone reads in a transaction of three round trips.
+    pub fn with_readers(mut self, readers: &queue::Readers) -> Self {
+        self.readers = Some(readers.clone());
+        self
     }
 
     /// Waits for its queue's wake-up from `wakeups` (see `pipeline::wake`) when the queue is
@@ -458,12 +470,13 @@ impl<H: Handler> Consumer<H> {
         let visibility_secs =
             i32::try_from(self.config.defaults.visibility_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
         let batch_size = i32::try_from(self.config.defaults.batch_size.max(1)).unwrap_or(i32::MAX);
+        let sql = queue::read_sql(&self.config.queue);
+        let read = sqlx::query_as(&sql).bind(batch_size).bind(visibility_secs);
+        if let Some(readers) = &self.readers {
+            return Ok(read.fetch_all(readers.pool()).await?);
+        }
         let mut tx = self.pool.begin_with(queue::BEGIN_BY_INDEX).await?;
-        let rows = sqlx::query_as(&queue::read_sql(&self.config.queue))
-            .bind(batch_size)
-            .bind(visibility_secs)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = read.fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(rows)
     }

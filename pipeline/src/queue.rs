@@ -166,8 +166,8 @@ pub async fn send_many<'e>(executor: impl PgExecutor<'e>, messages: &[(QueueName
 }
 
 /// Begins a transaction whose statements find queue rows by index, never by a sequential scan
-/// (`SET LOCAL enable_seqscan = off`, in the same round trip as `BEGIN`): the consumer's read
-/// runs in one. A queue table's statistics are taken when autovacuum last got to
+/// (`SET LOCAL enable_seqscan = off`, in the same round trip as `BEGIN`): a consumer without
+/// [`Readers`] reads in one. A queue table's statistics are taken when autovacuum last got to
 /// it, often while the queue was nearly empty and its heap full of dead rows; when a backlog
 /// builds, the planner still expects a few rows and reads by a sequential scan and a sort
 /// (PGMQ's own `pgmq.read` too), through every dead row of the heap, on every batch. Under
@@ -175,6 +175,34 @@ pub async fn send_many<'e>(executor: impl PgExecutor<'e>, messages: &[(QueueName
 /// fell further behind the longer it lasted. Only the read: a batch's own statements (the
 /// handler's) keep the planner's choice.
 pub const BEGIN_BY_INDEX: &str = "BEGIN; SET LOCAL enable_seqscan = off";
+
+/// The pool the consumers of a process read their queues on: connections whose session never
+/// reads by a sequential scan (`SET enable_seqscan = off` when each connects, for the reason
+/// [`BEGIN_BY_INDEX`] gives), so a read is one statement that commits on its own, where
+/// [`BEGIN_BY_INDEX`]'s transaction takes three round trips. Nothing but reads runs on it.
+#[derive(Debug, Clone)]
+pub struct Readers(sqlx::PgPool);
+
+impl Readers {
+    /// Readers beside `pool`, on its connect options: a quarter of its connections (at least
+    /// two), opened when first needed. A read holds its connection for one short statement.
+    pub fn new(pool: &sqlx::PgPool) -> Self {
+        let options = pool.options();
+        let readers = sqlx::postgres::PgPoolOptions::new()
+            .max_connections((options.get_max_connections() / 4).max(2))
+            .acquire_timeout(options.get_acquire_timeout())
+            .after_connect(|conn, _| {
+                Box::pin(async move { sqlx::Executor::execute(conn, "SET enable_seqscan = off").await.map(drop) })
+            })
+            .connect_lazy_with((*pool.connect_options()).clone());
+        Self(readers)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.0
+    }
+}
 
 /// `pgmq.read(queue, $2, $1)` as one statement of our own (see [`send_batch`] for why): the
 /// first `$1` visible messages in `msg_id` order, skipping rows other readers hold, made

@@ -114,6 +114,7 @@ async fn main() -> Result<(), BoxError> {
 
     println!("batch size {}", options.batch_size);
     println!("{:>9} {:>10} {:>10} {:>12}", "replicas", "leads", "seconds", "leads/s");
+    let readers = queue::Readers::new(&pool);
     for &replicas in &options.replicas {
         let partner_queues: Vec<String> =
             sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name LIKE 'partner\\_%'")
@@ -127,7 +128,7 @@ async fn main() -> Result<(), BoxError> {
             .map(|_| {
                 let mut config = ConsumerConfig::new("router", QueueName::new(queue::fixed::ROUTING)?)?;
                 config.defaults.batch_size = options.batch_size;
-                Ok(Consumer::new(pool.clone(), config, Router::new(Arc::clone(&tree))))
+                Ok(Consumer::new(pool.clone(), config, Router::new(Arc::clone(&tree))).with_readers(&readers))
             })
             .collect::<Result<Vec<_>, BoxError>>()?;
         let elapsed = consumer::run_until_settled(routers, options.leads as u64).await;

@@ -99,6 +99,7 @@ async fn main() -> Result<(), BoxError> {
     }
     let context = DeliverContext {
         pool: pool.clone(),
+        readers: pipeline::queue::Readers::new(&pool),
         client: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
         env: Arc::new(BTreeMap::from([("PARTNER_BASE_URL".to_owned(), format!("http://{}", mock.addr()))])),
         breakers: Arc::new(Breakers::new(Duration::from_secs(1))),
@@ -111,7 +112,8 @@ async fn main() -> Result<(), BoxError> {
             let mut consumer_config = ConsumerConfig::new("deliver", config.queue()?)?;
             consumer_config.max_retries = 1_000;
             consumer_config.defaults.batch_size = batch_size;
-            Ok(Consumer::new(pool.clone(), consumer_config, Deliver::new(config.clone(), context.clone())?))
+            Ok(Consumer::new(pool.clone(), consumer_config, Deliver::new(config.clone(), context.clone())?)
+                .with_readers(&context.readers))
         })
         .collect::<Result<Vec<_>, BoxError>>()?;
     let elapsed = consumer::run_until_settled(consumers, leads as u64).await;

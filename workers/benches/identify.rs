@@ -111,10 +111,12 @@ async fn reset(pool: &PgPool, submissions: &[Submission]) -> Result<(), BoxError
 /// Drains `submissions` with `workers` identify consumers; returns the elapsed time.
 async fn run(pool: &PgPool, workers: usize, batch_size: u32, total: usize) -> Result<Duration, BoxError> {
     let mut consumers = Vec::new();
+    let readers = queue::Readers::new(pool);
     for _ in 0..workers {
         let mut config = ConsumerConfig::new("identify", QueueName::new(queue::fixed::SUBMISSIONS)?)?;
         config.defaults.batch_size = batch_size;
-        consumers.push(Consumer::new(pool.clone(), config, Identify::new(PhoneRegion::default())?));
+        consumers
+            .push(Consumer::new(pool.clone(), config, Identify::new(PhoneRegion::default())?).with_readers(&readers));
     }
     Ok(consumer::run_until_settled(consumers, total as u64).await)
 }

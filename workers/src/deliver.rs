@@ -127,9 +127,12 @@ impl Breakers {
 /// Configuration shared by every deliver consumer of a process.
 #[derive(Clone)]
 pub struct DeliverContext {
-    /// A pool for breaker updates, which commit on their own (other replicas must see them
-    /// before this batch ends).
+    /// A pool for the claims and the breaker updates that commit on their own (a claim before
+    /// any call; a circuit opening or closing, which other replicas must see before this batch
+    /// ends).
     pub pool: PgPool,
+    /// Where the partners' consumers read their queues.
+    pub readers: pipeline::queue::Readers,
     /// The HTTP client (keep-alive pool shared by all partners).
     pub client: reqwest::Client,
     /// Environment variables templates may use (`env.NAME`): those named `PARTNER_*`.
@@ -351,10 +354,16 @@ fn to_send(plans: &[Plan], allowed: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Dedupe lookup: keys another lead of this partner claimed within the window. The states
-/// that claim a key (`DeliveryState::claims_key`) are written out, not bound, so the planner
-/// can prove the partial index `leads_dedupe_idx` (`state <> 'duplicate'`) applies.
-const CLAIMED_KEYS: &str = "SELECT DISTINCT dedupe_key FROM leads WHERE partner = $1 AND dedupe_key = ANY($2)
+/// Dedupe lookup, in one round trip: the batch's own rows (a redelivery finds its row again:
+/// `submission_id`, `id`, `state`, `attempts`), then the keys another lead of this partner
+/// claimed within the window (`dedupe_key` alone). The states that claim a key
+/// (`DeliveryState::claims_key`) are written out, not bound, so the planner can prove the
+/// partial index `leads_dedupe_idx` (`state <> 'duplicate'`) applies.
+const LOOKUP: &str = "SELECT submission_id, id, state, attempts, NULL AS dedupe_key FROM leads
+       WHERE partner = $1 AND submission_id = ANY($4)
+     UNION ALL
+     SELECT DISTINCT NULL::uuid, NULL::bigint, NULL::text, NULL::int, dedupe_key FROM leads
+       WHERE partner = $1 AND dedupe_key = ANY($2)
        AND state IN ('pending', 'accepted', 'rejected') AND request_date > now() - make_interval(days => $3)
        AND NOT (submission_id = ANY($4))";
 
@@ -406,7 +415,7 @@ impl Deliver {
             emit_call(&self.partner().name, &batch[i], answer, update.attempts, update.state == DeliveryState::Failed);
         }
         record(tx, &self.partner().name, &settlement.updates).await?;
-        self.update_breaker(settlement.successes, settlement.failures, settlement.open_for).await?;
+        self.update_breaker(tx, settlement.successes, settlement.failures, settlement.open_for).await?;
         sentry::metrics::distribution("deliver.batch.duration", started.elapsed().as_secs_f64() * 1e3)
             .unit(sentry::protocol::Unit::Millisecond)
             .attribute("partner", self.partner().name.clone())
@@ -482,8 +491,8 @@ impl Deliver {
         answers
     }
 
-    /// Dedupe and the `leads` rows of a batch, in three statements: rows found again (a
-    /// redelivery), keys already delivered within the window, and the new rows.
+    /// Dedupe and the `leads` rows of a batch, in two statements: rows found again (a
+    /// redelivery) with the keys already delivered within the window, then the new rows.
     async fn prepare(
         &self,
         tx: &mut PgConnection,
@@ -492,26 +501,28 @@ impl Deliver {
     ) -> Result<Vec<Plan>> {
         let partner = &self.partner().name;
         let ids: Vec<uuid::Uuid> = batch.iter().map(|m| m.body.lead.submission_id).collect();
-        let existing: HashMap<uuid::Uuid, (i64, DeliveryState, i32)> =
-            sqlx::query_as::<_, (uuid::Uuid, i64, DeliveryState, i32)>(
-                "SELECT submission_id, id, state, attempts FROM leads WHERE partner = $1 AND submission_id = ANY($2)",
-            )
-            .bind(partner)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(id, row, state, attempts)| (id, (row, state, attempts)))
-            .collect();
-        let mut seen: std::collections::HashSet<String> = sqlx::query_scalar(CLAIMED_KEYS)
+        type Found = (Option<uuid::Uuid>, Option<i64>, Option<DeliveryState>, Option<i32>, Option<String>);
+        let mut existing: HashMap<uuid::Uuid, (i64, DeliveryState, i32)> = HashMap::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let found: Vec<Found> = sqlx::query_as(LOOKUP)
             .bind(partner)
             .bind(keys)
             .bind(self.partner().dedupe_window_days as i32)
             .bind(&ids)
             .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+            .await?;
+        for found in found {
+            match found {
+                (.., Some(key)) => {
+                    seen.insert(key);
+                }
+                // The row's columns are NOT NULL.
+                (Some(id), Some(row), Some(state), Some(attempts), None) => {
+                    existing.insert(id, (row, state, attempts));
+                }
+                _ => {}
+            }
+        }
 
         // A lead of the batch whose own row claims its key (a redelivery) holds the key against
         // the batch's new leads wherever it stands in the batch: the lookup above leaves the
@@ -680,12 +691,24 @@ impl Deliver {
 
     /// Records a batch's calls on the breaker: a success closes it; failures count towards
     /// opening it; `open_for` (a lead ran out of retries) opens it for that long.
-    async fn update_breaker(&self, successes: u32, failures: u32, open_for: Option<Duration>) -> Result<()> {
+    ///
+    /// Calls that all reached a partner's decision, on a circuit this worker last saw closed,
+    /// can only be counted: that update rides on the batch's transaction `tx` (one commit fewer
+    /// a batch; the row stays locked until the batch commits, a statement later). Anything that
+    /// may open the circuit, or close it, commits on its own at once, so other replicas see it
+    /// before this batch ends.
+    async fn update_breaker(
+        &self,
+        tx: &mut PgConnection,
+        successes: u32,
+        failures: u32,
+        open_for: Option<Duration>,
+    ) -> Result<()> {
         if successes == 0 && failures == 0 {
             return Ok(());
         }
         let b = &self.partner().breaker;
-        let row: (CircuitState, i32, i32, i32) = sqlx::query_as(
+        let count = sqlx::query_as::<_, (CircuitState, i32, i32, i32)>(
             "UPDATE circuit_breakers SET
                  consecutive_failures = CASE WHEN $2 > 0 THEN 0 ELSE consecutive_failures + $3 END,
                  window_successes = CASE WHEN window_started_at < now() - $4 * interval '1 second' THEN 0 ELSE window_successes END + $2,
@@ -704,9 +727,14 @@ impl Deliver {
         .bind(failures as i32)
         .bind(b.window_secs as f64)
         .bind(open_for.is_some())
-        .bind(CircuitState::Closed)
-        .fetch_one(&self.context.pool)
-        .await?;
+        .bind(CircuitState::Closed);
+        let seen_closed =
+            self.context.breakers.get(&self.partner().name).is_none_or(|seen| seen.state == CircuitState::Closed);
+        if failures == 0 && open_for.is_none() && seen_closed {
+            count.fetch_one(&mut *tx).await?;
+            return Ok(());
+        }
+        let row = count.fetch_one(&self.context.pool).await?;
         let (state, consecutive, window_ok, window_failed) = row;
         let calls = (window_ok + window_failed).max(1);
         let rate_tripped = calls as u32 >= b.min_calls && window_failed as f64 / calls as f64 >= b.failure_rate;
@@ -925,6 +953,7 @@ fn start(
             config,
             Deliver::new(partner.clone(), context.clone())?,
         )
+        .with_readers(&context.readers)
         .with_wakeups(wakeups);
         registry.register("deliver", partner.queue()?.as_str(), consumer.stats());
         let stop = token.clone();
@@ -1042,7 +1071,7 @@ mod tests {
     #[test]
     fn the_dedupe_lookup_names_exactly_the_states_that_claim_a_key() {
         for &state in DeliveryState::ALL {
-            let named = CLAIMED_KEYS.contains(&format!("'{state}'"));
+            let named = LOOKUP.contains(&format!("'{state}'"));
             assert_eq!(named, state.claims_key(), "{state}");
         }
     }

@@ -80,6 +80,7 @@ async fn deliver_a_lead(app: &Router, pool: &PgPool) -> (Uuid, String) {
     let mock = MockPartner::start("127.0.0.1:0".parse().expect("addr")).await.expect("mock partner");
     let context = DeliverContext {
         pool: pool.clone(),
+        readers: pipeline::queue::Readers::new(pool),
         client: reqwest::Client::new(),
         env: Arc::new(BTreeMap::from([
             ("PARTNER_BASE_URL".to_owned(), format!("http://{}", mock.addr())),

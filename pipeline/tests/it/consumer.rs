@@ -241,12 +241,12 @@ async fn two_consumers_on_one_queue_forward_each_message_exactly_once(pool: PgPo
 
     let shutdown = CancellationToken::new();
     let mut workers = Vec::new();
-    for batch_size in [7, 50] {
-        let consumer = Arc::new(Consumer::new(
-            pool.clone(),
-            config(3, batch_size),
-            TestHandler::new(Behaviour::Forward, "output"),
-        ));
+    // One reads in its own transaction, the other on the readers' pool, as the service's do.
+    let readers = pipeline::queue::Readers::new(&pool);
+    for (batch_size, on_readers) in [(7, false), (50, true)] {
+        let consumer =
+            Consumer::new(pool.clone(), config(3, batch_size), TestHandler::new(Behaviour::Forward, "output"));
+        let consumer = Arc::new(if on_readers { consumer.with_readers(&readers) } else { consumer });
         let token = shutdown.clone();
         let running = Arc::clone(&consumer);
         workers.push((consumer, tokio::spawn(async move { running.run(token).await })));

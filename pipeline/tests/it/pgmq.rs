@@ -208,7 +208,8 @@ async fn our_sends_and_reads_are_pgmqs(pool: PgPool) {
 /// A backlog in a queue whose statistics were taken while it was nearly empty and full of dead
 /// rows (autovacuum's usual view of a busy queue): the planner expects a few rows and reads by
 /// a sequential scan through the whole heap, as PGMQ's own `pgmq.read` does; the consumer's
-/// read transaction (`queue::BEGIN_BY_INDEX`) takes the first messages by the primary key.
+/// reads, on `queue::Readers` or in a `queue::BEGIN_BY_INDEX` transaction, take the first
+/// messages by the primary key.
 #[sqlx::test(migrations = false)]
 async fn a_backlog_behind_stale_statistics_is_read_by_index(pool: PgPool) {
     db::migrate(&pool).await.expect("migrate");
@@ -230,16 +231,33 @@ async fn a_backlog_behind_stale_statistics_is_read_by_index(pool: PgPool) {
     let plan = |lines: Vec<String>| lines.join("\n");
     let unguarded = plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(&mut *conn).await.expect("plan"));
     assert!(unguarded.contains("Seq Scan on q_backlog"), "the trap this guards against:\n{unguarded}");
+    let by_index = |guarded: String| {
+        assert!(
+            guarded.contains("Index Scan using q_backlog_pkey") && !guarded.contains("Seq Scan"),
+            "read by index:\n{guarded}"
+        );
+    };
+    type Read = Vec<(i64, i32, chrono::DateTime<chrono::Utc>, serde_json::Value)>;
+    let ids = |read: Read| {
+        let mut ids: Vec<i64> = read.iter().map(|(id, ..)| *id).collect();
+        ids.sort_unstable();
+        ids
+    };
+
     let mut tx = pool.begin_with(queue::BEGIN_BY_INDEX).await.expect("begin");
-    let guarded = plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(&mut *tx).await.expect("plan"));
-    assert!(
-        guarded.contains("Index Scan using q_backlog_pkey") && !guarded.contains("Seq Scan"),
-        "read by index:\n{guarded}"
-    );
-    let read: Vec<(i64, i32, chrono::DateTime<chrono::Utc>, serde_json::Value)> =
+    by_index(plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(&mut *tx).await.expect("plan")));
+    let read: Read =
         sqlx::query_as(&queue::read_sql(&name)).bind(500).bind(30).fetch_all(&mut *tx).await.expect("read");
     tx.commit().await.expect("commit");
-    let mut ids: Vec<i64> = read.iter().map(|(id, ..)| *id).collect();
-    ids.sort_unstable();
-    assert_eq!(ids, (1..=100).chain(20_001..=20_400).collect::<Vec<i64>>(), "the first 500 in msg_id order");
+    assert_eq!(ids(read), (1..=100).chain(20_001..=20_400).collect::<Vec<i64>>(), "the first 500 in msg_id order");
+
+    // The readers' sessions read by index with no transaction around the read.
+    let readers = queue::Readers::new(&pool);
+    by_index(plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(readers.pool()).await.expect("plan")));
+    let read: Read =
+        sqlx::query_as(&queue::read_sql(&name)).bind(500).bind(30).fetch_all(readers.pool()).await.expect("read");
+    assert_eq!(ids(read), (20_401..=20_900).collect::<Vec<i64>>(), "the next 500, read on the readers' pool");
+    let enable_seqscan: String =
+        sqlx::query_scalar("SHOW enable_seqscan").fetch_one(&mut *conn).await.expect("the main pool's setting");
+    assert_eq!(enable_seqscan, "on", "the main pool's sessions keep the planner's choice");
 }

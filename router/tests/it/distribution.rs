@@ -234,6 +234,7 @@ async fn a_shared_lead_is_sold_to_each_partner_and_one_dedupes_it(pool: PgPool) 
     // Each partner's deliver takes its copy on its own: dedupe, call, record.
     let context = workers::deliver::DeliverContext {
         pool: s.pool.clone(),
+        readers: pipeline::queue::Readers::new(&s.pool),
         client: reqwest::Client::new(),
         env: Arc::new(BTreeMap::from([("PARTNER_BASE_URL".to_owned(), format!("http://{}", mock.addr()))])),
         breakers: Arc::new(workers::deliver::Breakers::new(Duration::ZERO)),

@@ -67,6 +67,7 @@ async fn setup(pool: PgPool, config: PartnerConfig) -> Setup {
     ]);
     let context = DeliverContext {
         pool: pool.clone(),
+        readers: pipeline::queue::Readers::new(&pool),
         client: reqwest::Client::new(),
         env: Arc::new(env),
         breakers: Arc::new(Breakers::new(Duration::ZERO)),
@@ -86,6 +87,18 @@ impl Setup {
             config,
             Deliver::new(self.config.clone(), self.context.clone()).expect("deliver"),
         )
+        .with_readers(&self.context.readers)
+    }
+
+    /// The breaker's counts: (state, consecutive failures, window successes, window failures).
+    async fn breaker(&self) -> (String, i32, i32, i32) {
+        sqlx::query_as(
+            "SELECT state, consecutive_failures, window_successes, window_failures FROM circuit_breakers
+             WHERE partner = 'acme'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("breaker")
     }
 
     /// A lead of a new person with `email`; returns its submission id.
@@ -179,6 +192,8 @@ async fn each_answer_ends_in_its_state(pool: PgPool) {
         sqlx::query_scalar("SELECT request::text FROM partners").fetch_one(&s.pool).await.expect("row");
     assert!(!stored.contains("s3cret"), "a secret was stored");
     assert_eq!(s.count("SELECT count(*) FROM pgmq.q_partner_acme").await, 0);
+    // Each decision counted on the breaker, with its batch.
+    assert_eq!(s.breaker().await, ("closed".to_owned(), 0, 3, 0));
 }
 
 #[sqlx::test(migrations = false)]
@@ -211,6 +226,7 @@ async fn retryable_errors_then_success_and_a_permanent_failure(pool: PgPool) {
     s.drain(&consumer).await;
     assert_eq!(s.state(id).await, ("accepted".to_owned(), 3, Some(200)));
     assert_eq!(s.mock.idempotency_keys(ROUTE).values().copied().collect::<Vec<_>>(), [3], "one key for every attempt");
+    assert_eq!(s.breaker().await, ("closed".to_owned(), 0, 1, 2), "two failures, then a success resets the run");
 }
 
 #[sqlx::test(migrations = false)]
