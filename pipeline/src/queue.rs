@@ -411,6 +411,25 @@ pub async fn lengths<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(String, i
     Ok(rows)
 }
 
+/// The length of every queue that holds messages, sorted by name, at the cost of those queues
+/// alone: [`lengths`] counts every queue through PGMQ (about 300 ms of the server's CPU with a
+/// thousand partners' two thousand queues), this asks the server's statistics which queue
+/// tables have live rows (`pg_stat_get_live_tuples`, a few milliseconds) and counts those. The
+/// statistics run up to about a second behind: a queue filled within that second may be left
+/// out, and one emptied within it is counted (0). For samplers that run again soon.
+pub async fn busy_lengths<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query_as(
+        "SELECT q.queue_name, m.queue_length FROM pgmq.meta q
+         JOIN pg_class c ON c.relnamespace = 'pgmq'::regnamespace AND c.relkind = 'r' AND c.relname = 'q_' || q.queue_name
+         CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
+         WHERE pg_stat_get_live_tuples(c.oid) > 0
+         ORDER BY q.queue_name",
+    )
+    .fetch_all(executor)
+    .await?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,34 @@ async fn metrics_report_the_visible_length_whether_pgmq_does_or_not(pool: PgPool
     assert_eq!(lengths, detected.iter().map(|m| (m.queue_name.clone(), m.queue_length)).collect::<Vec<_>>());
 }
 
+/// The queues holding messages, named by the server's statistics (a second or so behind) and
+/// counted exactly; the empty ones are not counted at all.
+#[sqlx::test(migrations = false)]
+async fn busy_lengths_count_the_queues_holding_messages(pool: PgPool) {
+    db::migrate(&pool).await.expect("migrate");
+    let mut conn = pool.acquire().await.expect("connection");
+    for name in ["busy", "idle"] {
+        queue::create_with_dead_letter_queue(&mut conn, &QueueName::new(name).expect("name")).await.expect("queues");
+    }
+    let busy = QueueName::new("busy").expect("name");
+    let bodies: Vec<serde_json::Value> = (0..4).map(|n| serde_json::json!({ "n": n })).collect();
+    queue::send_batch(&pool, &busy, &bodies).await.expect("send");
+    queue::send(&pool, &queue::QueueName::new(queue::fixed::ROUTING).expect("name"), &serde_json::json!({}))
+        .await
+        .expect("send");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let busy_lengths = loop {
+        let lengths = queue::busy_lengths(&pool).await.expect("busy lengths");
+        if lengths.len() == 2 || std::time::Instant::now() > deadline {
+            break lengths;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(busy_lengths, [("busy".to_owned(), 4), ("routing".to_owned(), 1)], "sorted by name, exact");
+    let all = queue::lengths(&pool).await.expect("lengths");
+    assert_eq!(all.len(), 4 + queue::fixed::ALL.len(), "the idle queues are there, and left out: {all:?}");
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_database_without_pgmq_is_a_clear_error(pool: PgPool) {
     let error = Pgmq::detect(&pool).await.expect_err("no pgmq yet");
