@@ -59,7 +59,7 @@ pub struct ConsumerDefaults {
     /// With a wake-up (`pipeline::wake`), how long at most an idle consumer waits for one
     /// before it reads its queue anyway (spread over the second half): for messages sent by
     /// something that does not notify. A retry delay or visibility timeout running out is
-    /// waited for exactly (`queue::next_visible`). Default 60 s.
+    /// waited for exactly (the empty read says when: `queue::read_or_next_sql`). Default 60 s.
     pub idle_poll: Duration,
 }
 

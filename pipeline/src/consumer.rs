@@ -3,7 +3,9 @@
 //! handler's rows, schedule retries and move dead letters.
 //!
 //! How a batch moves (see ARCHITECTURE.md, "Moving a message one step"):
-//! 1. PGMQ's read (`pgmq.read`'s statement, [`queue::read_sql`]), committed on its own (on
+//! 1. PGMQ's read (`pgmq.read`'s statement, [`queue::read_sql`]; when it finds nothing, the
+//!    same round trip says when the next message is due: [`queue::read_or_next_sql`]),
+//!    committed on its own (on
 //!    [`queue::Readers`], or in a [`queue::BEGIN_BY_INDEX`] transaction): the messages become
 //!    invisible for the visibility timeout and their `read_ct` goes up. That count survives a
 //!    crash, so it is the attempt counter: a message that kills its worker still runs out of
@@ -156,6 +158,9 @@ pub struct BatchReport {
     pub failed: bool,
     /// Whether the handler was not ready (nothing was read).
     pub not_ready: bool,
+    /// When the read found nothing: how long until the queue's first invisible message
+    /// becomes visible (`None`: nothing waits).
+    pub next_visible: Option<Duration>,
 }
 
 /// Upper bounds (ms) of the batch-duration histogram's buckets (the last one is +Inf).
@@ -241,12 +246,22 @@ impl ConsumerStats {
 }
 
 /// A message as PGMQ's read returns it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 struct RawMessage {
     msg_id: i64,
     read_ct: i32,
     enqueued_at: DateTime<Utc>,
     message: Option<Value>,
+}
+
+/// A row of [`queue::read_or_next_sql`]: a message, or the wait for the next one.
+#[derive(sqlx::FromRow)]
+struct ReadRow {
+    msg_id: Option<i64>,
+    read_ct: Option<i32>,
+    enqueued_at: Option<DateTime<Utc>>,
+    message: Option<Value>,
+    next_in: Option<f64>,
 }
 
 impl RawMessage {
@@ -367,9 +382,9 @@ impl<H: Handler> Consumer<H> {
                 }
                 // Not ready (an open circuit, a closed schedule): looking again costs no read.
                 Ok(report) if report.not_ready => self.config.defaults.poll_interval.max(MIN_IDLE),
-                Ok(_) if self.wakeup.is_some() => {
+                Ok(report) if self.wakeup.is_some() => {
                     woken = true;
-                    self.idle_wait().await
+                    self.idle_wait(report.next_visible)
                 }
                 Ok(_) => {
                     let pause = idle;
@@ -398,20 +413,14 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// How long a woken consumer whose queue had nothing to read waits for a notification:
-    /// until the queue's first invisible message is due (a retry delay or another reader's
-    /// visibility timeout running out, which nothing announces), else `idle_poll`, spread
-    /// over its second half so a thousand idle consumers do not read at the same moment.
-    async fn idle_wait(&self) -> Duration {
+    /// until the queue's first invisible message is `due` (a retry delay or another reader's
+    /// visibility timeout running out, which nothing announces; the empty read said when),
+    /// else `idle_poll`, spread over its second half so a thousand idle consumers do not read
+    /// at the same moment.
+    fn idle_wait(&self, due: Option<Duration>) -> Duration {
         let poll = {
             let mut rng = self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.config.defaults.idle_poll.mul_f64(rand::Rng::random_range(&mut *rng, 0.5..=1.0))
-        };
-        let due = match queue::next_visible(&self.pool, &self.config.queue).await {
-            Ok(due) => due,
-            Err(error) => {
-                tracing::warn!(worker = %self.config.worker, queue = %self.config.queue, %error, "cannot read when the queue's next message is due");
-                None
-            }
         };
         due.map_or(poll, |due| due.min(poll)).max(MIN_IDLE)
     }
@@ -423,9 +432,9 @@ impl<H: Handler> Consumer<H> {
         if !self.handler.ready() {
             return Ok(BatchReport { not_ready: true, ..BatchReport::default() });
         }
-        let raw = self.read().await?;
+        let (raw, next_visible) = self.read().await?;
         if raw.is_empty() {
-            return Ok(BatchReport::default());
+            return Ok(BatchReport { next_visible, ..BatchReport::default() });
         }
         let span = tracing::info_span!(
             "consumer.batch",
@@ -466,19 +475,33 @@ impl<H: Handler> Consumer<H> {
         Ok(report)
     }
 
-    async fn read(&self) -> Result<Vec<RawMessage>> {
+    /// The messages read, or, when there were none, how long until the next one is due.
+    async fn read(&self) -> Result<(Vec<RawMessage>, Option<Duration>)> {
         let visibility_secs =
             i32::try_from(self.config.defaults.visibility_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
         let batch_size = i32::try_from(self.config.defaults.batch_size.max(1)).unwrap_or(i32::MAX);
-        let sql = queue::read_sql(&self.config.queue);
-        let read = sqlx::query_as(&sql).bind(batch_size).bind(visibility_secs);
-        if let Some(readers) = &self.readers {
-            return Ok(read.fetch_all(readers.pool()).await?);
+        let sql = queue::read_or_next_sql(&self.config.queue);
+        let read = sqlx::query_as::<_, ReadRow>(&sql).bind(batch_size).bind(visibility_secs);
+        let rows = match &self.readers {
+            Some(readers) => read.fetch_all(readers.pool()).await?,
+            None => {
+                let mut tx = self.pool.begin_with(queue::BEGIN_BY_INDEX).await?;
+                let rows = read.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
+            }
+        };
+        let mut messages = Vec::with_capacity(rows.len());
+        let mut next_visible = None;
+        for row in rows {
+            match (row.msg_id, row.read_ct, row.enqueued_at) {
+                (Some(msg_id), Some(read_ct), Some(enqueued_at)) => {
+                    messages.push(RawMessage { msg_id, read_ct, enqueued_at, message: row.message });
+                }
+                _ => next_visible = row.next_in.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+            }
         }
-        let mut tx = self.pool.begin_with(queue::BEGIN_BY_INDEX).await?;
-        let rows = read.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(rows)
+        Ok((messages, next_visible))
     }
 
     /// The normal path: claim, triage, handle, apply, commit.

@@ -87,20 +87,6 @@ pub async fn create_with_dead_letter_queue(conn: &mut sqlx::PgConnection, queue:
     Ok(())
 }
 
-/// How long until the first message of `queue` that is not visible now becomes visible (a
-/// retry delay or a visibility timeout running out: no notification announces it); `None` when
-/// no message waits for a later time.
-pub async fn next_visible<'e>(executor: impl PgExecutor<'e>, queue: &QueueName) -> Result<Option<std::time::Duration>> {
-    // One indexed lookup (PGMQ indexes `vt`). Not kept prepared: idle consumers of a thousand
-    // partner queues would crowd the connections' statement caches out.
-    let sql = format!(
-        "SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {} WHERE vt > clock_timestamp()",
-        queue.table()
-    );
-    let secs: Option<f64> = sqlx::query_scalar(&sql).persistent(false).fetch_one(executor).await?;
-    Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
-}
-
 /// Sends one message; returns its id. Like every send here it also notifies
 /// [`crate::wake::CHANNEL`] with the queue's name (delivered at the commit).
 pub async fn send<'e>(executor: impl PgExecutor<'e>, queue: &QueueName, message: &impl Serialize) -> Result<i64> {
@@ -215,6 +201,26 @@ pub fn read_sql(queue: &QueueName) -> String {
          UPDATE {table} m SET vt = clock_timestamp() + make_interval(secs => $2), read_ct = m.read_ct + 1
          FROM cte WHERE m.msg_id = cte.msg_id
          RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message"
+    )
+}
+
+/// The consumer's read: [`read_sql`], and, when it finds nothing, how long until the queue's
+/// first invisible message becomes visible (a retry delay or another reader's visibility
+/// timeout running out: no notification announces it), in the same round trip. It returns
+/// either the messages read (`msg_id`, `read_ct`, `enqueued_at`, `message`; `next_in` null),
+/// or one row whose message columns are null and whose `next_in` is that wait in seconds
+/// (null when nothing waits). The wait is one indexed `min(vt)` (PGMQ indexes `vt`), skipped
+/// when the read found messages.
+pub fn read_or_next_sql(queue: &QueueName) -> String {
+    format!(
+        "WITH read AS ({read})
+         SELECT msg_id, read_ct, enqueued_at, message, NULL::float8 AS next_in FROM read
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, extract(epoch FROM min(vt) - clock_timestamp())::float8
+         FROM {table} WHERE vt > clock_timestamp() AND NOT EXISTS (SELECT FROM read)
+         HAVING NOT EXISTS (SELECT FROM read)",
+        read = read_sql(queue),
+        table = queue.table()
     )
 }
 

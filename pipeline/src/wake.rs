@@ -4,7 +4,7 @@
 //! [`Wakeups`] listens on that channel once and wakes the consumers of the queues named;
 //! a consumer with a wake-up waits for one instead of polling its queue. What no notification
 //! announces it waits for otherwise: a message whose retry delay or visibility timeout runs
-//! out (the consumer asks its queue when: `queue::next_visible`), a notification lost while
+//! out (the consumer's empty read says when: `queue::read_or_next_sql`), a notification lost while
 //! the listener reconnected (after a reconnect every consumer is woken once), and a message
 //! sent by something that does not notify (a rare poll, `ConsumerDefaults::idle_poll`).
 //!

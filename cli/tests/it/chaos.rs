@@ -201,7 +201,7 @@ async fn killed_workers_lose_nothing_and_deliver_nothing_twice(pool: PgPool) {
 /// killed with SIGKILL and not restarted. The first must take over what the second had read
 /// once its visibility timeout runs out, with no notification to say so (nothing is sent any
 /// more) and every consumer polling only every 10 minutes (`IDLE_POLL_SECS`): a consumer
-/// that finds its queue empty waits for the queue's next `vt` (`queue::next_visible`; the
+/// that finds its queue empty waits for the queue's next `vt` (`queue::read_or_next_sql`; the
 /// consumer tests show that path alone), or reads again after a batch of its own.
 #[sqlx::test(migrations = false)]
 async fn a_killed_replica_among_a_thousand_partners_loses_nothing(pool: PgPool) {

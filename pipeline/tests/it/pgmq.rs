@@ -255,37 +255,68 @@ async fn a_backlog_behind_stale_statistics_is_read_by_index(pool: PgPool) {
     ] {
         sqlx::query(statement).execute(&mut *conn).await.expect(statement);
     }
-    let explain = format!("EXPLAIN {}", queue::read_sql(&name));
     let plan = |lines: Vec<String>| lines.join("\n");
+    let explain = format!("EXPLAIN {}", queue::read_sql(&name));
     let unguarded = plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(&mut *conn).await.expect("plan"));
     assert!(unguarded.contains("Seq Scan on q_backlog"), "the trap this guards against:\n{unguarded}");
+    // The consumer's statement: the read, and the next message's due time when it finds none.
+    let read_or_next = queue::read_or_next_sql(&name);
+    let explain = format!("EXPLAIN {read_or_next}");
     let by_index = |guarded: String| {
         assert!(
             guarded.contains("Index Scan using q_backlog_pkey") && !guarded.contains("Seq Scan"),
             "read by index:\n{guarded}"
         );
     };
-    type Read = Vec<(i64, i32, chrono::DateTime<chrono::Utc>, serde_json::Value)>;
-    let ids = |read: Read| {
-        let mut ids: Vec<i64> = read.iter().map(|(id, ..)| *id).collect();
+    let ids = |read: Vec<ReadRow>| {
+        let mut ids: Vec<i64> = read.iter().map(|(id, ..)| id.expect("messages only")).collect();
         ids.sort_unstable();
         ids
     };
 
     let mut tx = pool.begin_with(queue::BEGIN_BY_INDEX).await.expect("begin");
     by_index(plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(&mut *tx).await.expect("plan")));
-    let read: Read =
-        sqlx::query_as(&queue::read_sql(&name)).bind(500).bind(30).fetch_all(&mut *tx).await.expect("read");
+    let read = sqlx::query_as(&read_or_next).bind(500).bind(30).fetch_all(&mut *tx).await.expect("read");
     tx.commit().await.expect("commit");
     assert_eq!(ids(read), (1..=100).chain(20_001..=20_400).collect::<Vec<i64>>(), "the first 500 in msg_id order");
 
     // The readers' sessions read by index with no transaction around the read.
     let readers = queue::Readers::new(&pool);
     by_index(plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(readers.pool()).await.expect("plan")));
-    let read: Read =
-        sqlx::query_as(&queue::read_sql(&name)).bind(500).bind(30).fetch_all(readers.pool()).await.expect("read");
+    let read = sqlx::query_as(&read_or_next).bind(500).bind(30).fetch_all(readers.pool()).await.expect("read");
     assert_eq!(ids(read), (20_401..=20_900).collect::<Vec<i64>>(), "the next 500, read on the readers' pool");
     let enable_seqscan: String =
         sqlx::query_scalar("SHOW enable_seqscan").fetch_one(&mut *conn).await.expect("the main pool's setting");
     assert_eq!(enable_seqscan, "on", "the main pool's sessions keep the planner's choice");
+}
+
+/// A row of `queue::read_or_next_sql`: `msg_id`, `read_ct`, `enqueued_at`, `message`, `next_in`.
+type ReadRow =
+    (Option<i64>, Option<i32>, Option<chrono::DateTime<chrono::Utc>>, Option<serde_json::Value>, Option<f64>);
+
+/// The consumer's read returns the messages it read, or, when it finds none, one row saying
+/// how long until the first invisible message becomes visible (none when nothing waits).
+#[sqlx::test(migrations = false)]
+async fn an_empty_read_says_when_the_next_message_is_due(pool: PgPool) {
+    db::migrate(&pool).await.expect("migrate");
+    let name = QueueName::new("later").expect("name");
+    let mut conn = pool.acquire().await.expect("connection");
+    queue::create_with_dead_letter_queue(&mut conn, &name).await.expect("queues");
+    let read_or_next = queue::read_or_next_sql(&name);
+    let read = |vt: i32| sqlx::query_as::<_, ReadRow>(&read_or_next).bind(10).bind(vt).fetch_all(&pool);
+
+    let empty = read(30).await.expect("read");
+    assert!(matches!(empty[..], [(None, None, None, None, None)]), "nothing waits: {empty:?}");
+
+    let bodies: Vec<serde_json::Value> = (0..2).map(|n| serde_json::json!({ "n": n })).collect();
+    queue::send_batch(&pool, &name, &bodies).await.expect("send");
+    let first = read(30).await.expect("read");
+    assert_eq!(first.len(), 2, "the messages alone: {first:?}");
+    assert!(first.iter().all(|(id, read_ct, at, message, next)| {
+        id.is_some() && *read_ct == Some(1) && at.is_some() && message.is_some() && next.is_none()
+    }));
+
+    let again = read(30).await.expect("read");
+    let [(None, None, None, None, Some(next_in))] = again[..] else { panic!("one row, the wait: {again:?}") };
+    assert!((25.0..=30.0).contains(&next_in), "due when their visibility timeout runs out: {next_in}");
 }
