@@ -5,11 +5,10 @@
 //! How a batch moves (see ARCHITECTURE.md, "Moving a message one step"):
 //! 1. PGMQ's read (`pgmq.read`'s statement, [`queue::read_sql`]; when it finds nothing, the
 //!    same round trip says when the next message is due: [`queue::read_or_next_sql`]),
-//!    committed on its own (on
-//!    [`queue::Readers`], or in a [`queue::BEGIN_BY_INDEX`] transaction): the messages become
-//!    invisible for the visibility timeout and their `read_ct` goes up. That count survives a
-//!    crash, so it is the attempt counter: a message that kills its worker still runs out of
-//!    attempts.
+//!    committed on its own (on [`queue::Readers`], or in a [`queue::BEGIN_BY_INDEX`]
+//!    transaction): the messages become invisible for the visibility timeout and their
+//!    `read_ct` goes up. That count survives a crash, so it is the attempt counter: a message
+//!    that kills its worker still runs out of attempts.
 //! 2. A new transaction locks exactly the rows this read returned (`msg_id` *and* `read_ct`
 //!    must match, `FOR UPDATE`, in `msg_id` order). A row that another consumer re-read after
 //!    our visibility timeout ran out no longer matches and is left alone, so no message is
@@ -254,6 +253,12 @@ struct RawMessage {
     message: Option<Value>,
 }
 
+impl RawMessage {
+    fn attempt(&self) -> u32 {
+        u32::try_from(self.read_ct).unwrap_or(0)
+    }
+}
+
 /// A row of [`queue::read_or_next_sql`]: a message, or the wait for the next one.
 #[derive(sqlx::FromRow)]
 struct ReadRow {
@@ -262,12 +267,6 @@ struct ReadRow {
     enqueued_at: Option<DateTime<Utc>>,
     message: Option<Value>,
     next_in: Option<f64>,
-}
-
-impl RawMessage {
-    fn attempt(&self) -> u32 {
-        u32::try_from(self.read_ct).unwrap_or(0)
-    }
 }
 
 /// Reads one queue and drives a [`Handler`]. Any number of consumers, in any number of
