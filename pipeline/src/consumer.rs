@@ -480,12 +480,12 @@ impl<H: Handler> Consumer<H> {
             i32::try_from(self.config.defaults.visibility_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
         let batch_size = i32::try_from(self.config.defaults.batch_size.max(1)).unwrap_or(i32::MAX);
         let sql = queue::read_or_next_sql(&self.config.queue);
-        let read = sqlx::query_as::<_, ReadRow>(&sql).bind(batch_size).bind(visibility_secs);
+        let read = || sqlx::query_as::<_, ReadRow>(&sql).bind(batch_size).bind(visibility_secs);
         let rows = match &self.readers {
-            Some(readers) => read.fetch_all(readers.pool()).await?,
+            Some(readers) => readers.read(|pool| async move { read().fetch_all(&pool).await }).await?,
             None => {
                 let mut tx = self.pool.begin_with(queue::BEGIN_BY_INDEX).await?;
-                let rows = read.fetch_all(&mut *tx).await?;
+                let rows = read().fetch_all(&mut *tx).await?;
                 tx.commit().await?;
                 rows
             }

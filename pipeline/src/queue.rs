@@ -166,27 +166,68 @@ pub const BEGIN_BY_INDEX: &str = "BEGIN; SET LOCAL enable_seqscan = off";
 /// reads by a sequential scan (`SET enable_seqscan = off` when each connects, for the reason
 /// [`BEGIN_BY_INDEX`] gives), so a read is one statement that commits on its own, where
 /// [`BEGIN_BY_INDEX`]'s transaction takes three round trips. Nothing but reads runs on it.
+///
+/// The pool does not ping a connection before handing it out (sqlx's `test_before_acquire`,
+/// a round trip per read); [`Readers::read`] instead reads again on another connection when
+/// the one it got had been lost while it sat idle (the server restarted or dropped it).
 #[derive(Debug, Clone)]
 pub struct Readers(sqlx::PgPool);
 
 impl Readers {
     /// Readers beside `pool`, on its connect options: a quarter of its connections (at least
-    /// two), opened when first needed. A read holds its connection for one short statement.
+    /// two), opened when first needed, named `<pool's application name> reads` in
+    /// `pg_stat_activity`. A read holds its connection for one short statement.
     pub fn new(pool: &sqlx::PgPool) -> Self {
+        let connect = pool.connect_options();
+        let name = format!("{} reads", connect.get_application_name().unwrap_or("offer-router"));
+        let connect = (*connect).clone().application_name(&name);
         let options = pool.options();
         let readers = sqlx::postgres::PgPoolOptions::new()
             .max_connections((options.get_max_connections() / 4).max(2))
             .acquire_timeout(options.get_acquire_timeout())
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move { sqlx::Executor::execute(conn, "SET enable_seqscan = off").await.map(drop) })
             })
-            .connect_lazy_with((*pool.connect_options()).clone());
+            .connect_lazy_with(connect);
         Self(readers)
     }
 
     /// The pool.
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.0
+    }
+
+    /// Runs `read` on the pool; again, on another connection, while the connection it got
+    /// turns out lost, at most once per connection the pool can hold (so a server that is
+    /// really down is an error at once). Reading again loses nothing: a read lost with its
+    /// connection either never ran or leaves its messages invisible until their visibility
+    /// timeout, as any failed read does.
+    pub async fn read<T, F>(&self, read: impl Fn(sqlx::PgPool) -> F) -> std::result::Result<T, sqlx::Error>
+    where
+        F: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        let mut lost = 0;
+        loop {
+            match read(self.0.clone()).await {
+                Err(error) if connection_lost(&error) && lost < self.0.options().get_max_connections() => {
+                    lost += 1;
+                    tracing::info!(%error, "a queue reader's connection was lost; reading on another");
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// Whether `error` says the connection is gone (the server restarted, or dropped it), rather
+/// than that the statement failed: I/O errors, and the server's `57P` (operator intervention,
+/// such as a shutdown) and `08` (connection exception) classes.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
     }
 }
 

@@ -276,6 +276,33 @@ async fn two_consumers_on_one_queue_forward_each_message_exactly_once(pool: PgPo
     assert_eq!(count(&pool, "SELECT count(*) FROM handled").await, N);
 }
 
+/// The readers' pool hands out connections without pinging them first: one the server dropped
+/// while it sat idle (a restart, an idle timeout) costs no failed batch, the read runs again on
+/// another connection.
+#[sqlx::test(migrations = false)]
+async fn a_read_on_a_lost_reader_connection_is_read_on_another(pool: PgPool) {
+    setup(&pool).await;
+    let readers = pipeline::queue::Readers::new(&pool);
+    let consumer = Consumer::new(pool.clone(), config(3, 10), TestHandler::new(Behaviour::Forward, "output"))
+        .with_readers(&readers);
+    assert_eq!(consumer.run_once().await.expect("an empty read").read, 0);
+    // Every reader's connection, named in `pg_stat_activity`, dropped by the server.
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE '% reads'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("terminate");
+    assert!(!terminated.is_empty() && terminated.iter().all(|&t| t), "the readers' connections are gone");
+    assert!(readers.pool().size() > 0, "the pool still holds them");
+
+    send_jobs(&pool, 0..3).await;
+    let report = consumer.run_once().await.expect("read on another connection");
+    assert_eq!((report.read, report.done, report.failed), (3, 3, false));
+    assert_eq!(count(&pool, "SELECT count(*) FROM pgmq.q_output").await, 3);
+}
+
 #[sqlx::test(migrations = false)]
 async fn shutdown_finishes_the_batch_in_hand(pool: PgPool) {
     setup(&pool).await;
