@@ -4,9 +4,9 @@
 //! [`Wakeups`] listens on that channel once and wakes the consumers of the queues named;
 //! a consumer with a wake-up waits for one instead of polling its queue. What no notification
 //! announces it waits for otherwise: a message whose retry delay or visibility timeout runs
-//! out (the consumer's empty read says when: `queue::read_or_next_sql`), a notification lost while
-//! the listener reconnected (after a reconnect every consumer is woken once), and a message
-//! sent by something that does not notify (a rare poll, `ConsumerDefaults::idle_poll`).
+//! out (the consumer's empty read says when: `queue::read_or_next_sql`), a notification lost
+//! while the listener reconnected (after a reconnect every consumer is woken once), and a
+//! message sent by something that does not notify (a rare poll, `ConsumerDefaults::idle_poll`).
 //!
 //! So an idle queue costs nothing, however many partners are configured, and a message is
 //! taken as soon as it is committed instead of after the poll interval.
@@ -66,8 +66,11 @@ impl Wakeups {
         }
     }
 
-    /// Wakes a consumer of every queue (after notifications may have been missed).
-    pub fn wake_all(&self) {
+    /// After notifications may have been missed (the listener connected or reconnected): wakes
+    /// a consumer of every queue, and forgets the queues sent to (nothing is known until
+    /// [`Wakeups::take_sent`] is called again).
+    pub fn missed(&self) {
+        *self.sent() = None;
         for notify in self.queues().values() {
             notify.notify_one();
         }
@@ -78,11 +81,6 @@ impl Wakeups {
     /// since. Either way the record starts again from now.
     pub fn take_sent(&self) -> Option<HashSet<String>> {
         self.sent().replace(HashSet::new())
-    }
-
-    /// Forgets the queues sent to: nothing is known until [`Wakeups::take_sent`] is called again.
-    fn lost_track(&self) {
-        *self.sent() = None;
     }
 
     /// Listens on [`CHANNEL`] until `shutdown`, waking the consumers of each queue named.
@@ -109,8 +107,7 @@ impl Wakeups {
                 }
             };
             backoff = Duration::from_millis(100);
-            self.lost_track();
-            self.wake_all();
+            self.missed();
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -118,10 +115,7 @@ impl Wakeups {
                         Ok(Some(notification)) => self.wake(notification.payload()),
                         // The connection dropped; `try_recv` reconnects on the next call, and
                         // what was sent meanwhile was not heard.
-                        Ok(None) => {
-                            self.lost_track();
-                            self.wake_all();
-                        }
+                        Ok(None) => self.missed(),
                         Err(error) => {
                             tracing::warn!(%error, "queue wake-up listener failed; reconnecting");
                             break;
@@ -148,7 +142,7 @@ mod tests {
         // Woken before it waited: the wait ends at once.
         tokio::time::timeout(Duration::from_millis(100), a.notified()).await.expect("a was woken");
         assert!(tokio::time::timeout(Duration::from_millis(50), b.notified()).await.is_err(), "b was not");
-        wakeups.wake_all();
+        wakeups.missed();
         tokio::time::timeout(Duration::from_millis(100), b.notified()).await.expect("b was woken");
     }
 
@@ -163,7 +157,7 @@ mod tests {
         assert_eq!(wakeups.take_sent(), Some(HashSet::from(["a".to_owned(), "b".to_owned()])));
         assert_eq!(wakeups.take_sent(), Some(HashSet::new()), "each take starts a new record");
         wakeups.wake("c");
-        wakeups.lost_track();
+        wakeups.missed();
         assert_eq!(wakeups.take_sent(), None, "a reconnect may have missed notifications");
     }
 }

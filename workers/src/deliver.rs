@@ -734,8 +734,7 @@ impl Deliver {
             count.fetch_one(&mut *tx).await?;
             return Ok(());
         }
-        let row = count.fetch_one(&self.context.pool).await?;
-        let (state, consecutive, window_ok, window_failed) = row;
+        let (state, consecutive, window_ok, window_failed) = count.fetch_one(&self.context.pool).await?;
         let calls = (window_ok + window_failed).max(1);
         let rate_tripped = calls as u32 >= b.min_calls && window_failed as f64 / calls as f64 >= b.failure_rate;
         let open = open_for.or_else(|| {

@@ -58,6 +58,18 @@ async fn the_pgmq_detected_is_the_one_installed(pool: PgPool) {
     }
 }
 
+/// Migrates, and creates the queues `names`, each with its dead-letter queue; returns the PGMQ
+/// detected and the queues.
+async fn with_queues<const N: usize>(pool: &PgPool, names: [&str; N]) -> (Pgmq, [QueueName; N]) {
+    let pgmq = db::migrate(pool).await.expect("migrate");
+    let queues = names.map(|name| QueueName::new(name).expect("name"));
+    let mut conn = pool.acquire().await.expect("connection");
+    for queue in &queues {
+        queue::create_with_dead_letter_queue(&mut conn, queue).await.expect("queues");
+    }
+    (pgmq, queues)
+}
+
 /// The figures of queue `name` in `metrics`, without the ages (they tick with the clock).
 fn figures(metrics: &[QueueMetrics], name: &str) -> (i64, i64, i64) {
     let m = metrics.iter().find(|m| m.queue_name == name).expect("the queue's metrics");
@@ -66,10 +78,7 @@ fn figures(metrics: &[QueueMetrics], name: &str) -> (i64, i64, i64) {
 
 #[sqlx::test(migrations = false)]
 async fn metrics_report_the_visible_length_whether_pgmq_does_or_not(pool: PgPool) {
-    let pgmq = db::migrate(&pool).await.expect("migrate");
-    let name = QueueName::new("metered").expect("name");
-    let mut conn = pool.acquire().await.expect("connection");
-    queue::create_with_dead_letter_queue(&mut conn, &name).await.expect("queues");
+    let (pgmq, [name]) = with_queues(&pool, ["metered"]).await;
     for n in 0..3 {
         queue::send(&pool, &name, &serde_json::json!({ "n": n })).await.expect("send");
     }
@@ -112,12 +121,7 @@ async fn metrics_report_the_visible_length_whether_pgmq_does_or_not(pool: PgPool
 /// counted exactly; the empty ones are not counted at all.
 #[sqlx::test(migrations = false)]
 async fn busy_lengths_count_the_queues_holding_messages(pool: PgPool) {
-    db::migrate(&pool).await.expect("migrate");
-    let mut conn = pool.acquire().await.expect("connection");
-    for name in ["busy", "idle"] {
-        queue::create_with_dead_letter_queue(&mut conn, &QueueName::new(name).expect("name")).await.expect("queues");
-    }
-    let busy = QueueName::new("busy").expect("name");
+    let (_, [busy, _idle]) = with_queues(&pool, ["busy", "idle"]).await;
     let bodies: Vec<serde_json::Value> = (0..4).map(|n| serde_json::json!({ "n": n })).collect();
     queue::send_batch(&pool, &busy, &bodies).await.expect("send");
     queue::send(&pool, &queue::QueueName::new(queue::fixed::ROUTING).expect("name"), &serde_json::json!({}))
@@ -171,12 +175,7 @@ async fn sslmode_require_encrypts_or_refuses(pool: PgPool) {
 /// notified at the commit.
 #[sqlx::test(migrations = false)]
 async fn our_sends_and_reads_are_pgmqs(pool: PgPool) {
-    db::migrate(&pool).await.expect("migrate");
-    let (a, b) = (QueueName::new("first").expect("name"), QueueName::new("second").expect("name"));
-    let mut conn = pool.acquire().await.expect("connection");
-    for name in [&a, &b] {
-        queue::create_with_dead_letter_queue(&mut conn, name).await.expect("queues");
-    }
+    let (_, [a, b]) = with_queues(&pool, ["first", "second"]).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.expect("listener");
     listener.listen(pipeline::wake::CHANNEL).await.expect("listen");
     let bodies = |ns: &[i64]| ns.iter().map(|n| serde_json::json!({ "n": n })).collect::<Vec<_>>();
@@ -240,10 +239,8 @@ async fn our_sends_and_reads_are_pgmqs(pool: PgPool) {
 /// messages by the primary key.
 #[sqlx::test(migrations = false)]
 async fn a_backlog_behind_stale_statistics_is_read_by_index(pool: PgPool) {
-    db::migrate(&pool).await.expect("migrate");
-    let name = QueueName::new("backlog").expect("name");
+    let (_, [name]) = with_queues(&pool, ["backlog"]).await;
     let mut conn = pool.acquire().await.expect("connection");
-    queue::create_with_dead_letter_queue(&mut conn, &name).await.expect("queues");
     let fill = "INSERT INTO pgmq.q_backlog (vt, message)
                 SELECT clock_timestamp(), jsonb_build_object('pad', repeat('x', 900), 'n', n) FROM generate_series(1, 20000) n";
     for statement in [
@@ -298,10 +295,7 @@ type ReadRow =
 /// how long until the first invisible message becomes visible (none when nothing waits).
 #[sqlx::test(migrations = false)]
 async fn an_empty_read_says_when_the_next_message_is_due(pool: PgPool) {
-    db::migrate(&pool).await.expect("migrate");
-    let name = QueueName::new("later").expect("name");
-    let mut conn = pool.acquire().await.expect("connection");
-    queue::create_with_dead_letter_queue(&mut conn, &name).await.expect("queues");
+    let (_, [name]) = with_queues(&pool, ["later"]).await;
     let read_or_next = queue::read_or_next_sql(&name);
     let read = |vt: i32| sqlx::query_as::<_, ReadRow>(&read_or_next).bind(10).bind(vt).fetch_all(&pool);
 
