@@ -2,19 +2,19 @@
 //! that records their idempotency keys and sends them to `submissions`, so a post is answered
 //! 202 only once its message is durable, and durability costs one commit per group, not per post.
 //!
-//! A few committer tasks share one channel. Each takes every post waiting when it starts (up to
-//! `max_batch`), so under load groups grow by themselves and at low load a post is committed
-//! at once, without a linger delay.
+//! A few committer tasks share one channel ([`pipeline::group`]). Each takes every post waiting
+//! when it starts (up to `max_batch`), so under load groups grow by themselves and at low load a
+//! post is committed at once, without a linger delay.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use pipeline::config::SubmitConfig;
+use pipeline::group::{self, Gatherer};
 use pipeline::queue::{self, QueueName};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -63,11 +63,10 @@ impl GroupCommit {
     /// Starts `config.committers` committer tasks on `tasks`. They stop once every
     /// [`GroupCommit`] clone is dropped and the channel is drained.
     pub(crate) fn start(pool: &PgPool, config: &SubmitConfig, tasks: &mut JoinSet<()>) -> crate::Result<Self> {
-        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (sender, gatherer) = group::channel(config.queue_capacity, config.max_batch);
         let queue = QueueName::new(queue::fixed::SUBMISSIONS)?;
         for _ in 0..config.committers.max(1) {
-            tasks.spawn(committer(pool.clone(), Arc::clone(&receiver), queue.clone(), config.max_batch.max(1)));
+            tasks.spawn(committer(pool.clone(), gatherer.clone(), queue.clone()));
         }
         Ok(Self { sender, timeout: config.commit_timeout })
     }
@@ -93,20 +92,8 @@ impl GroupCommit {
     }
 }
 
-async fn committer(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, queue: QueueName, max_batch: usize) {
-    loop {
-        let batch = {
-            let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match receiver.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
+async fn committer(pool: PgPool, gatherer: Gatherer<Pending>, queue: QueueName) {
+    while let Some(batch) = gatherer.next().await {
         commit_group(&pool, &queue, batch).await;
     }
 }

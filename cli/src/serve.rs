@@ -209,6 +209,7 @@ fn spawn_workers(
             breakers: Arc::new(Breakers::new(config.deliver.breaker_cache)),
             owner: format!("{}-{}", hostname(), std::process::id()),
             clock: system_clock(),
+            claims: workers::deliver::Claims::start(pool),
         };
         spawn_until_shutdown(
             tasks,

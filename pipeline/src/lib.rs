@@ -14,6 +14,7 @@ pub mod db;
 pub mod distribution;
 pub mod dlq;
 mod error;
+pub mod group;
 pub mod identity;
 pub mod leads;
 pub mod message;

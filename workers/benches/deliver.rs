@@ -105,6 +105,7 @@ async fn main() -> Result<(), BoxError> {
         breakers: Arc::new(Breakers::new(Duration::from_secs(1))),
         owner: "bench".to_owned(),
         clock: pipeline::distribution::system_clock(),
+        claims: workers::deliver::Claims::start(&pool),
     };
     let consumers = configs
         .iter()

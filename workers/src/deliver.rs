@@ -8,8 +8,11 @@
 //!    deliver it once. A lead whose key was delivered (or is in flight) within the window is
 //!    recorded `duplicate` and not sent.
 //! 2. The `leads` row (`pending`, `request_date`) is created, or found again on a redelivery.
-//!    Steps 1 and 2 commit on a transaction of their own before any call, so a key's claim
-//!    survives a batch that never commits; the rest happens in the consumer's transaction.
+//!    Steps 1 and 2 (the claim) commit on a transaction of their own before any call, so a key's
+//!    claim survives a batch that never commits; the rest happens in the consumer's transaction.
+//!    The claims of the partners' batches that wait at the same moment commit together, in one
+//!    transaction ([`Claims`]): with many partners each batch holds few leads, and a claim per
+//!    batch would cost more than the leads' calls.
 //! 3. The breaker (read through a short cache): open → the message waits until the retry time
 //!    (attempts untouched); due for a probe → one replica takes the probe lease (compare-and-swap
 //!    on `generation`, committed at once) and sends exactly one lead.
@@ -24,6 +27,7 @@
 //! another lead with it is a duplicate); the message reappears and the call is repeated once,
 //! with the same idempotency key.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -40,6 +44,7 @@ use pipeline::telemetry::LeadSpans;
 use rand::SeedableRng;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::{Error, Result};
@@ -51,6 +56,12 @@ const CONCURRENCY: usize = 32;
 /// The shortest wait of a lead held back by the breaker (an open circuit, another replica's
 /// probe, or this replica's probe in flight).
 const PROBE_WAIT: Duration = Duration::from_millis(500);
+/// Claim transactions in flight at once (each a group of batches).
+const CLAIMERS: usize = 2;
+/// The most batches one claim transaction takes.
+const MAX_CLAIM_GROUP: usize = 32;
+/// Batches waiting for a claimer, at most.
+const CLAIM_QUEUE: usize = 1_024;
 
 /// The breaker row as the worker last read it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -143,13 +154,139 @@ pub struct DeliverContext {
     pub owner: String,
     /// The time: partners' schedules and cap periods are read on it.
     pub clock: Clock,
+    /// Where the partners' batches are claimed, several in one transaction.
+    pub claims: Claims,
+}
+
+/// What a claim needs of a partner: its configuration (name, dedupe fields and window) and
+/// its availability (caps).
+struct Terms {
+    config: PartnerConfig,
+    availability: Availability,
+}
+
+/// One partner's batch to claim, at its consumer's time.
+struct Batch {
+    terms: Arc<Terms>,
+    leads: Vec<PartnerLead>,
+    now: DateTime<Utc>,
+}
+
+struct ClaimRequest {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Claimed>>,
+}
+
+/// Deliver's claims, gathered across partners ([`pipeline::group`]): the batches that wait for
+/// their claim at the same moment, of any partners, are claimed in one transaction, so a
+/// thousand partners with a few leads each cost a few claim transactions, not a thousand. A
+/// group that fails is claimed again batch by batch, so one partner's bad batch fails alone.
+/// Locks are taken in one sorted order across the group (dedupe keys, then cap counters), as a
+/// single batch takes them, so groups in several replicas cannot deadlock.
+#[derive(Clone)]
+pub struct Claims {
+    sender: mpsc::Sender<ClaimRequest>,
+}
+
+impl Claims {
+    /// Starts the claimer tasks on the current runtime; they end once every clone is dropped.
+    pub fn start(pool: &PgPool) -> Self {
+        let (sender, gatherer) = pipeline::group::channel(CLAIM_QUEUE, MAX_CLAIM_GROUP);
+        for _ in 0..CLAIMERS {
+            let (pool, gatherer) = (pool.clone(), gatherer.clone());
+            tokio::spawn(async move {
+                while let Some(group) = gatherer.next().await {
+                    claim_group(&pool, group).await;
+                }
+            });
+        }
+        Self { sender }
+    }
+
+    /// Claims `batch` (with whatever other batches wait now) and waits for its plans.
+    async fn claim(&self, batch: Batch) -> Result<Claimed> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(ClaimRequest { batch, reply }).await.map_err(|_| Error::ClaimsStopped)?;
+        answer.await.map_err(|_| Error::ClaimsStopped)?
+    }
+}
+
+/// Claims a group and answers each batch: all in one transaction, or, if that fails, each
+/// batch in its own.
+async fn claim_group(pool: &PgPool, group: Vec<ClaimRequest>) {
+    let started = Instant::now();
+    let (batches, replies): (Vec<Batch>, Vec<_>) = group.into_iter().map(|r| (r.batch, r.reply)).unzip();
+    sentry::metrics::distribution("deliver.claim.group_size", batches.len() as f64).capture();
+    let claimed = claim_batches(pool, &batches).await;
+    sentry::metrics::distribution("deliver.claim.duration", started.elapsed().as_secs_f64() * 1e3)
+        .unit(sentry::protocol::Unit::Millisecond)
+        .capture();
+    match claimed {
+        Ok(claimed) => {
+            for (reply, claimed) in replies.into_iter().zip(claimed) {
+                // A consumer that stopped waiting: its claim stands, as after a crash.
+                let _ = reply.send(Ok(claimed));
+            }
+        }
+        Err(error) if batches.len() > 1 => {
+            tracing::warn!(%error, batches = batches.len(), "a group of claims failed; claiming each batch alone");
+            for (reply, batch) in replies.into_iter().zip(&batches) {
+                let claimed = claim_batches(pool, std::slice::from_ref(batch)).await;
+                let _ = reply.send(claimed.map(|mut claimed| claimed.remove(0)));
+            }
+        }
+        Err(error) => {
+            let _ = replies.into_iter().next().map(|reply| reply.send(Err(error)));
+        }
+    }
+}
+
+/// Dedupe and rows of `batches`, committed before any call, in one transaction. A claim (a
+/// `pending` row) must outlive a batch cut between its calls and its commit (a crash, the
+/// database going away): rolled back with the batch, it would let another lead with the same
+/// key be sent before this message reappears, and the partner would receive the key twice.
+/// The message stays in its batch: if the batch does not commit, it reappears, finds its
+/// `pending` row and is sent again with the same Idempotency-Key.
+async fn claim_batches(pool: &PgPool, batches: &[Batch]) -> Result<Vec<Claimed>> {
+    let mut tx = pool.begin().await?;
+    let persons = identities(&mut tx, batches.iter().flat_map(|b| &b.leads)).await?;
+    let keys: Vec<Vec<String>> = batches
+        .iter()
+        .map(|b| {
+            let fields = &b.terms.config.dedupe_fields;
+            b.leads
+                .iter()
+                .map(|lead| dedupe_key(fields, lead, persons.get(&person_id(lead)).unwrap_or(&Value::Null)))
+                .collect()
+        })
+        .collect();
+    let locks = batches
+        .iter()
+        .zip(&keys)
+        .flat_map(|(b, keys)| keys.iter().map(|k| pipeline::db::advisory_key(&b.terms.config.name, k)))
+        .collect();
+    pipeline::db::lock_in_order(&mut tx, locks).await?;
+    let plans = prepare(&mut tx, batches, &keys).await?;
+    tx.commit().await?;
+    Ok(batches
+        .iter()
+        .zip(plans)
+        .map(|(b, plans)| Claimed {
+            plans,
+            persons: b
+                .leads
+                .iter()
+                .filter_map(|lead| persons.get(&person_id(lead)).map(|p| (person_id(lead), p.clone())))
+                .collect(),
+        })
+        .collect())
 }
 
 /// The handler of one partner's queue.
 pub struct Deliver {
     adapter: Adapter,
-    /// The partner's schedule, caps and budget.
-    availability: Availability,
+    /// The partner's configuration, and its schedule, caps and budget.
+    terms: Arc<Terms>,
     context: DeliverContext,
     rng: Mutex<rand::rngs::StdRng>,
 }
@@ -160,13 +297,19 @@ impl Deliver {
     pub fn new(partner: PartnerConfig, context: DeliverContext) -> Result<Self> {
         let adapter = Adapter::new(&partner)?;
         let availability = Availability::of(&partner).map_err(pipeline::Error::InvalidPartner)?;
-        Ok(Self { adapter, availability, context, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
+        let terms = Arc::new(Terms { config: partner, availability });
+        Ok(Self { adapter, terms, context, rng: Mutex::new(rand::rngs::StdRng::from_os_rng()) })
     }
 
     /// The partner this handler serves.
     pub fn partner(&self) -> &PartnerConfig {
         self.adapter.partner()
     }
+}
+
+/// The id of the record `lead` is known by: its alias record if it has one, else its person.
+fn person_id(lead: &PartnerLead) -> i64 {
+    lead.lead.alias_id.unwrap_or(lead.lead.person_id)
 }
 
 /// The dedupe key of a lead: the partner's fields, from the person (`email`, `phone`,
@@ -217,7 +360,7 @@ struct Claimed {
 impl Claimed {
     /// The identity of `lead`: its alias record if it has one, else its person.
     fn person(&self, lead: &PartnerLead) -> Value {
-        self.persons.get(&lead.lead.alias_id.unwrap_or(lead.lead.person_id)).cloned().unwrap_or(Value::Null)
+        self.persons.get(&person_id(lead)).cloned().unwrap_or(Value::Null)
     }
 }
 
@@ -354,18 +497,23 @@ fn to_send(plans: &[Plan], allowed: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Dedupe lookup, in one round trip: the batch's own rows (a redelivery finds its row again:
-/// `submission_id`, `id`, `state`, `attempts`), then the keys another lead of this partner
-/// claimed within the window (`dedupe_key` alone). The states that claim a key
-/// (`DeliveryState::claims_key`) are written out, not bound, so the planner can prove the
-/// partial index `leads_dedupe_idx` (`state <> 'duplicate'`) applies.
-const LOOKUP: &str = "SELECT submission_id, id, state, attempts, NULL AS dedupe_key FROM leads
-       WHERE partner = $1 AND submission_id = ANY($4)
+/// Dedupe lookup of a claim group, in one round trip: the batches' own rows (a redelivery finds
+/// its row again: `partner`, `submission_id`, `id`, `state`, `attempts`), then the keys other
+/// leads claimed for the same partner within its window (`partner`, `dedupe_key`). The states
+/// that claim a key (`DeliveryState::claims_key`) are written out, not bound, so the planner can
+/// prove the partial index `leads_dedupe_idx` (`state <> 'duplicate'`) applies.
+const LOOKUP: &str = "WITH own AS (
+         SELECT * FROM unnest($1::text[], $2::uuid[]) AS o(partner, submission_id)
+     ), wanted AS (
+         SELECT DISTINCT * FROM unnest($3::text[], $4::text[], $5::int[]) AS w(partner, dedupe_key, days)
+     )
+     SELECT l.partner, l.submission_id, l.id, l.state, l.attempts, NULL AS dedupe_key
+       FROM own JOIN leads l ON l.partner = own.partner AND l.submission_id = own.submission_id
      UNION ALL
-     SELECT DISTINCT NULL::uuid, NULL::bigint, NULL::text, NULL::int, dedupe_key FROM leads
-       WHERE partner = $1 AND dedupe_key = ANY($2)
-       AND state IN ('pending', 'accepted', 'rejected') AND request_date > now() - make_interval(days => $3)
-       AND NOT (submission_id = ANY($4))";
+     SELECT DISTINCT l.partner, NULL::uuid, NULL::bigint, NULL::text, NULL::int, l.dedupe_key
+       FROM wanted w JOIN leads l ON l.partner = w.partner AND l.dedupe_key = w.dedupe_key
+       WHERE l.state IN ('pending', 'accepted', 'rejected') AND l.request_date > now() - make_interval(days => w.days)
+       AND NOT EXISTS (SELECT FROM own WHERE own.partner = l.partner AND own.submission_id = l.submission_id)";
 
 impl Handler for Deliver {
     type Message = PartnerLead;
@@ -375,7 +523,7 @@ impl Handler for Deliver {
     /// queue waits (attempts untouched) until it takes leads again.
     fn ready(&self) -> bool {
         self.context.breakers.readable(&self.partner().name)
-            && self.availability.closed((self.context.clock)()).is_none()
+            && self.terms.availability.closed((self.context.clock)()).is_none()
     }
 
     async fn handle(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>> {
@@ -389,7 +537,12 @@ impl Deliver {
     /// → settle (pure) → record (the rows, in the batch's transaction, and the breaker).
     async fn deliver(&self, tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<Vec<Outcome>> {
         let started = Instant::now();
-        let claimed = self.claim(batch).await?;
+        let leads = batch.iter().map(|m| m.body.clone()).collect();
+        let claimed = self
+            .context
+            .claims
+            .claim(Batch { terms: Arc::clone(&self.terms), leads, now: (self.context.clock)() })
+            .await?;
         let allowed = match self.gate().await? {
             Gate::All => usize::MAX,
             Gate::Probe => 1,
@@ -421,27 +574,6 @@ impl Deliver {
             .attribute("partner", self.partner().name.clone())
             .capture();
         Ok(settlement.outcomes)
-    }
-
-    /// Dedupe and rows, committed before any call. A claim (a `pending` row) must outlive a
-    /// batch cut between its calls and its commit (a crash, the database going away): rolled
-    /// back with the batch, it would let another lead with the same key be sent before this
-    /// message reappears, and the partner would receive the key twice. The message stays in
-    /// the batch: if the batch does not commit, it reappears, finds its `pending` row and is
-    /// sent again with the same Idempotency-Key.
-    async fn claim(&self, batch: &[Envelope<PartnerLead>]) -> Result<Claimed> {
-        let mut claim = self.context.pool.begin().await?;
-        let persons = identities(&mut claim, batch).await?;
-        let mut claimed = Claimed { plans: Vec::new(), persons };
-        let keys: Vec<String> = batch
-            .iter()
-            .map(|m| dedupe_key(&self.partner().dedupe_fields, &m.body, &claimed.person(&m.body)))
-            .collect();
-        let locks = keys.iter().map(|k| pipeline::db::advisory_key(&self.partner().name, k)).collect();
-        pipeline::db::lock_in_order(&mut claim, locks).await?;
-        claimed.plans = self.prepare(&mut claim, batch, &keys).await?;
-        claim.commit().await?;
-        Ok(claimed)
     }
 
     /// The breaker (read through its cache): closed sends all; a due probe sends one, if this
@@ -489,177 +621,6 @@ impl Deliver {
             answers.extend(futures_util::future::join_all(calls).await);
         }
         answers
-    }
-
-    /// Dedupe and the `leads` rows of a batch, in two statements: rows found again (a
-    /// redelivery) with the keys already delivered within the window, then the new rows.
-    async fn prepare(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Envelope<PartnerLead>],
-        keys: &[String],
-    ) -> Result<Vec<Plan>> {
-        let partner = &self.partner().name;
-        let ids: Vec<uuid::Uuid> = batch.iter().map(|m| m.body.lead.submission_id).collect();
-        type Found = (Option<uuid::Uuid>, Option<i64>, Option<DeliveryState>, Option<i32>, Option<String>);
-        let mut existing: HashMap<uuid::Uuid, (i64, DeliveryState, i32)> = HashMap::new();
-        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let found: Vec<Found> = sqlx::query_as(LOOKUP)
-            .bind(partner)
-            .bind(keys)
-            .bind(self.partner().dedupe_window_days as i32)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-        for found in found {
-            match found {
-                (.., Some(key)) => {
-                    seen.insert(key);
-                }
-                // The row's columns are NOT NULL.
-                (Some(id), Some(row), Some(state), Some(attempts), None) => {
-                    existing.insert(id, (row, state, attempts));
-                }
-                _ => {}
-            }
-        }
-
-        // A lead of the batch whose own row claims its key (a redelivery) holds the key against
-        // the batch's new leads wherever it stands in the batch: the lookup above leaves the
-        // batch's rows out, and `pgmq.read` does not return a batch in queue order.
-        for (message, key) in batch.iter().zip(keys) {
-            if existing.get(&message.body.lead.submission_id).is_some_and(|(_, state, _)| state.claims_key()) {
-                seen.insert(key.clone());
-            }
-        }
-
-        // A new lead the router did not count against the partner's caps (one held for it, or
-        // routed before it had caps) is counted here, before it is sent; the counters are locked
-        // in this transaction, as the routers lock them.
-        let now = (self.context.clock)();
-        let uncounted = |message: &Envelope<PartnerLead>| {
-            message.body.reserved_at.is_none()
-                && !existing.contains_key(&message.body.lead.submission_id)
-                && self.availability.capped(message.body.rule.as_deref())
-        };
-        let wanted: Vec<_> =
-            batch.iter().filter(|m| uncounted(m)).map(|m| (&self.availability, m.body.rule.as_deref())).collect();
-        let mut ledger = Ledger::lock(tx, &wanted, now).await?;
-        // Leads counted by the router that turn out to be duplicates give their count back.
-        let mut released: Vec<&PartnerLead> = Vec::new();
-
-        // Decide in message order: a key sent by an earlier lead of the batch is a duplicate too.
-        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
-        let mut new_rows: Vec<(usize, DeliveryState)> = Vec::new();
-        // Failed rows whose letter was replayed from the DLQ: (row, new state).
-        let mut replayed: Vec<(i64, DeliveryState)> = Vec::new();
-        let done = || Some(Plan::Settled(Outcome::Done(Vec::new())));
-        for (i, (message, key)) in batch.iter().zip(keys).enumerate() {
-            match existing.get(&message.body.lead.submission_id) {
-                Some(&(row, DeliveryState::Pending, attempts)) => plans.push(Some(Plan::Send { row, attempts })),
-                // A `failed` lead's message comes back only when an operator replays its
-                // letter: it starts again with fresh attempts, unless its key went to another
-                // lead meanwhile.
-                Some(&(row, DeliveryState::Failed, _)) => {
-                    if seen.contains(key) {
-                        replayed.push((row, DeliveryState::Duplicate));
-                        plans.push(done());
-                    } else {
-                        seen.insert(key.clone());
-                        replayed.push((row, DeliveryState::Pending));
-                        plans.push(Some(Plan::Send { row, attempts: 0 }));
-                    }
-                }
-                Some(_) => plans.push(done()),
-                None if seen.contains(key) => {
-                    if message.body.reserved_at.is_some() {
-                        released.push(&message.body);
-                    }
-                    new_rows.push((i, DeliveryState::Duplicate));
-                    plans.push(done());
-                }
-                None => {
-                    if uncounted(message) {
-                        let rule = message.body.rule.as_deref();
-                        if let Err(why) = ledger.room(&self.availability, rule, now) {
-                            // It waits (no row, no claim on its key) until the cap has room.
-                            let wait = why.wait(now);
-                            plans.push(Some(Plan::Settled(Outcome::RetryIn(
-                                wait,
-                                format!("{}: {why}", self.partner().name),
-                            ))));
-                            continue;
-                        }
-                        ledger.take(&self.availability, rule, now);
-                    }
-                    seen.insert(key.clone());
-                    new_rows.push((i, DeliveryState::Pending));
-                    plans.push(None);
-                }
-            }
-        }
-        ledger.save(tx).await?;
-        let released: Vec<_> =
-            released.iter().map(|lead| (lead.rule.as_deref(), lead.reserved_at.unwrap_or(now))).collect();
-        Ledger::release(tx, &self.availability, &released).await?;
-        if !replayed.is_empty() {
-            sqlx::query(
-                "UPDATE leads SET state = u.state, attempts = 0, error = NULL, request_date = now(), updated_at = now()
-                 FROM unnest($1::bigint[], $2::text[]) AS u(id, state) WHERE leads.id = u.id",
-            )
-            .bind(replayed.iter().map(|&(row, _)| row).collect::<Vec<_>>())
-            .bind(replayed.iter().map(|&(_, state)| state).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !new_rows.is_empty() {
-            let lead = |i: usize| &batch[i].body;
-            let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-                "INSERT INTO leads (submission_id, partner, person_id, alias_id, rule_name, tree_version, state, dedupe_key,
-                                    fields, site, submitted_at, routing)
-                 SELECT s, $1, p, a, r, t, st, k, f, si, sa, ro
-                 FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[],
-                             $9::jsonb[], $10::text[], $11::timestamptz[], $12::jsonb[])
-                      AS u(s, p, a, r, t, st, k, f, si, sa, ro)
-                 RETURNING submission_id, id",
-            )
-            .bind(partner)
-            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.submission_id).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.person_id).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.alias_id).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(i, _)| lead(i).rule.clone()).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(i, _)| lead(i).tree_version).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(_, state)| state).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(i, _)| keys[i].as_str()).collect::<Vec<_>>())
-            // The routing fields the decision saw, so the stored lead can be explained.
-            .bind(new_rows.iter().map(|&(i, _)| Value::Object(lead(i).lead.fields.clone())).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.site.as_str()).collect::<Vec<_>>())
-            .bind(new_rows.iter().map(|&(i, _)| lead(i).lead.submitted_at).collect::<Vec<_>>())
-            // Why it came here: the candidates tried before this partner, and why each was skipped.
-            .bind(
-                new_rows
-                    .iter()
-                    .map(|&(i, _)| lead(i).routing.as_ref().and_then(|r| serde_json::to_value(r).ok()))
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            let row_of: HashMap<uuid::Uuid, i64> = rows.into_iter().collect();
-            let duplicates = new_rows.iter().filter(|(_, state)| *state == DeliveryState::Duplicate).count();
-            if duplicates > 0 {
-                sentry::metrics::counter("deliver.duplicates", duplicates as f64)
-                    .attribute("partner", partner.clone())
-                    .capture();
-            }
-            for (i, plan) in plans.iter_mut().enumerate() {
-                if plan.is_none() {
-                    let id = batch[i].body.lead.submission_id;
-                    let row = row_of.get(&id).copied().ok_or(Error::MissingLeadRow(id))?;
-                    *plan = Some(Plan::Send { row, attempts: 0 });
-                }
-            }
-        }
-        Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Settled(Outcome::Retry("not prepared".into())))).collect())
     }
 
     /// Takes the half-open probe lease (compare-and-swap on `generation`, committed at once).
@@ -770,6 +731,202 @@ impl Deliver {
     }
 }
 
+/// A lead of a claim group: its batch, and its place there.
+type At = (usize, usize);
+
+/// Dedupe and the `leads` rows of a claim group: the rows found again (redeliveries) with the
+/// keys already claimed within the windows, in one statement, then the decisions, made in
+/// memory batch by batch and lead by lead (a key claimed by an earlier lead of the group, for
+/// the same partner, makes a later one a duplicate), then the new rows in one statement. The
+/// group is decided at the time of its first batch. One plan per lead, per batch.
+async fn prepare(tx: &mut PgConnection, batches: &[Batch], keys: &[Vec<String>]) -> Result<Vec<Vec<Plan>>> {
+    let now = batches.first().map_or_else(Utc::now, |b| b.now);
+    let name = |b: usize| batches[b].terms.config.name.as_str();
+    let every = || batches.iter().enumerate().flat_map(|(b, batch)| (0..batch.leads.len()).map(move |i| (b, i)));
+    let lead = |(b, i): At| &batches[b].leads[i];
+    let key = |(b, i): At| keys[b][i].as_str();
+
+    type Found = (String, Option<uuid::Uuid>, Option<i64>, Option<DeliveryState>, Option<i32>, Option<String>);
+    let found: Vec<Found> = sqlx::query_as(LOOKUP)
+        .bind(every().map(|(b, _)| name(b)).collect::<Vec<_>>())
+        .bind(every().map(|at| lead(at).lead.submission_id).collect::<Vec<_>>())
+        .bind(every().map(|(b, _)| name(b)).collect::<Vec<_>>())
+        .bind(every().map(key).collect::<Vec<_>>())
+        .bind(every().map(|(b, _)| batches[b].terms.config.dedupe_window_days as i32).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    // Keyed by partner: a group may hold the same lead for several partners (multi-sell).
+    let mut existing: HashMap<(String, uuid::Uuid), (i64, DeliveryState, i32)> = HashMap::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for found in found {
+        match found {
+            (partner, .., Some(key)) => {
+                seen.insert((partner, key));
+            }
+            // The row's columns are NOT NULL.
+            (partner, Some(id), Some(row), Some(state), Some(attempts), None) => {
+                existing.insert((partner, id), (row, state, attempts));
+            }
+            _ => {}
+        }
+    }
+    let existing_of = |at: At| existing.get(&(name(at.0).to_owned(), lead(at).lead.submission_id)).copied();
+    let claim = |seen: &mut HashSet<(String, String)>, at: At| seen.insert((name(at.0).to_owned(), key(at).to_owned()));
+    let claimed =
+        |seen: &HashSet<(String, String)>, at: At| seen.contains(&(name(at.0).to_owned(), key(at).to_owned()));
+
+    // A lead of the group whose own row claims its key (a redelivery) holds the key against the
+    // group's new leads wherever it stands: the lookup above leaves the group's rows out, and
+    // `pgmq.read` does not return a batch in queue order.
+    for at in every() {
+        if existing_of(at).is_some_and(|(_, state, _)| state.claims_key()) {
+            claim(&mut seen, at);
+        }
+    }
+
+    // A new lead the router did not count against the partner's caps (one held for it, or
+    // routed before it had caps) is counted here, before it is sent; the counters are locked
+    // in this transaction, as the routers lock them.
+    let uncounted = |at: At| {
+        lead(at).reserved_at.is_none()
+            && existing_of(at).is_none()
+            && batches[at.0].terms.availability.capped(lead(at).rule.as_deref())
+    };
+    let wanted: Vec<_> = every()
+        .filter(|&at| uncounted(at))
+        .map(|at| (&batches[at.0].terms.availability, lead(at).rule.as_deref()))
+        .collect();
+    let mut ledger = Ledger::lock(tx, &wanted, now).await?;
+    // Leads counted by the router that turn out to be duplicates give their count back.
+    let mut released: Vec<At> = Vec::new();
+
+    // Decide in order: a key sent by an earlier lead of the group is a duplicate too.
+    let mut plans: Vec<Vec<Option<Plan>>> = batches.iter().map(|b| Vec::with_capacity(b.leads.len())).collect();
+    let mut new_rows: Vec<(At, DeliveryState)> = Vec::new();
+    // Failed rows whose letter was replayed from the DLQ: (row, new state).
+    let mut replayed: Vec<(i64, DeliveryState)> = Vec::new();
+    let done = || Some(Plan::Settled(Outcome::Done(Vec::new())));
+    for at in every() {
+        let plan = match existing_of(at) {
+            Some((row, DeliveryState::Pending, attempts)) => Some(Plan::Send { row, attempts }),
+            // A `failed` lead's message comes back only when an operator replays its letter: it
+            // starts again with fresh attempts, unless its key went to another lead meanwhile.
+            Some((row, DeliveryState::Failed, _)) => {
+                if claimed(&seen, at) {
+                    replayed.push((row, DeliveryState::Duplicate));
+                    done()
+                } else {
+                    claim(&mut seen, at);
+                    replayed.push((row, DeliveryState::Pending));
+                    Some(Plan::Send { row, attempts: 0 })
+                }
+            }
+            Some(_) => done(),
+            None if claimed(&seen, at) => {
+                if lead(at).reserved_at.is_some() {
+                    released.push(at);
+                }
+                new_rows.push((at, DeliveryState::Duplicate));
+                done()
+            }
+            None => {
+                let availability = &batches[at.0].terms.availability;
+                let rule = lead(at).rule.as_deref();
+                match uncounted(at).then(|| ledger.room(availability, rule, now)) {
+                    // It waits (no row, no claim on its key) until the cap has room.
+                    Some(Err(why)) => {
+                        Some(Plan::Settled(Outcome::RetryIn(why.wait(now), format!("{}: {why}", name(at.0)))))
+                    }
+                    counted => {
+                        if counted.is_some() {
+                            ledger.take(availability, rule, now);
+                        }
+                        claim(&mut seen, at);
+                        new_rows.push((at, DeliveryState::Pending));
+                        None
+                    }
+                }
+            }
+        };
+        plans[at.0].push(plan);
+    }
+    ledger.save(tx).await?;
+    for (b, batch) in batches.iter().enumerate() {
+        let released: Vec<_> = released
+            .iter()
+            .filter(|at| at.0 == b)
+            .map(|&at| (lead(at).rule.as_deref(), lead(at).reserved_at.unwrap_or(now)))
+            .collect();
+        Ledger::release(tx, &batch.terms.availability, &released).await?;
+    }
+    if !replayed.is_empty() {
+        sqlx::query(
+            "UPDATE leads SET state = u.state, attempts = 0, error = NULL, request_date = now(), updated_at = now()
+             FROM unnest($1::bigint[], $2::text[]) AS u(id, state) WHERE leads.id = u.id",
+        )
+        .bind(replayed.iter().map(|&(row, _)| row).collect::<Vec<_>>())
+        .bind(replayed.iter().map(|&(_, state)| state).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !new_rows.is_empty() {
+        let rows: Vec<(String, uuid::Uuid, i64)> = sqlx::query_as(
+            "INSERT INTO leads (submission_id, partner, person_id, alias_id, rule_name, tree_version, state, dedupe_key,
+                                fields, site, submitted_at, routing)
+             SELECT s, pa, p, a, r, t, st, k, f, si, sa, ro
+             FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[],
+                         $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[], $12::jsonb[])
+                  AS u(pa, s, p, a, r, t, st, k, f, si, sa, ro)
+             RETURNING partner, submission_id, id",
+        )
+        .bind(new_rows.iter().map(|&((b, _), _)| name(b)).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| lead(at).lead.submission_id).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| lead(at).lead.person_id).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| lead(at).lead.alias_id).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| lead(at).rule.as_deref()).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| lead(at).tree_version).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(_, state)| state).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| key(at)).collect::<Vec<_>>())
+        // The routing fields the decision saw, so the stored lead can be explained.
+        .bind(new_rows.iter().map(|&(at, _)| Value::Object(lead(at).lead.fields.clone())).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| lead(at).lead.site.as_str()).collect::<Vec<_>>())
+        .bind(new_rows.iter().map(|&(at, _)| lead(at).lead.submitted_at).collect::<Vec<_>>())
+        // Why it came here: the candidates tried before this partner, and why each was skipped.
+        .bind(
+            new_rows
+                .iter()
+                .map(|&(at, _)| lead(at).routing.as_ref().and_then(|r| serde_json::to_value(r).ok()))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let row_of: HashMap<(String, uuid::Uuid), i64> =
+            rows.into_iter().map(|(partner, id, row)| ((partner, id), row)).collect();
+        for (b, batch) in batches.iter().enumerate() {
+            let duplicates =
+                new_rows.iter().filter(|((nb, _), state)| *nb == b && *state == DeliveryState::Duplicate).count();
+            if duplicates > 0 {
+                sentry::metrics::counter("deliver.duplicates", duplicates as f64)
+                    .attribute("partner", batch.terms.config.name.clone())
+                    .capture();
+            }
+            for (i, plan) in plans[b].iter_mut().enumerate() {
+                if plan.is_none() {
+                    let id = batch.leads[i].lead.submission_id;
+                    let row = row_of.get(&(name(b).to_owned(), id)).copied().ok_or(Error::MissingLeadRow(id))?;
+                    *plan = Some(Plan::Send { row, attempts: 0 });
+                }
+            }
+        }
+    }
+    Ok(plans
+        .into_iter()
+        .map(|plans| {
+            plans.into_iter().map(|p| p.unwrap_or(Plan::Settled(Outcome::Retry("not prepared".into())))).collect()
+        })
+        .collect())
+}
+
 fn transition(partner: &str, to: CircuitState) {
     sentry::metrics::counter("deliver.circuit.transitions", 1.0)
         .attribute("partner", partner.to_owned())
@@ -854,8 +1011,8 @@ async fn record(tx: &mut PgConnection, partner: &str, updates: &[RowUpdate]) -> 
 }
 
 /// The identity of each lead (its alias record if it has one, else the main record).
-async fn identities(tx: &mut PgConnection, batch: &[Envelope<PartnerLead>]) -> Result<HashMap<i64, Value>> {
-    let ids: Vec<i64> = batch.iter().map(|m| m.body.lead.alias_id.unwrap_or(m.body.lead.person_id)).collect();
+async fn identities(tx: &mut PgConnection, leads: impl Iterator<Item = &PartnerLead>) -> Result<HashMap<i64, Value>> {
+    let ids: Vec<i64> = leads.map(person_id).collect();
     #[derive(sqlx::FromRow)]
     struct Person {
         id: i64,
@@ -1065,6 +1222,160 @@ mod tests {
         assert_eq!(settled.outcomes, [Outcome::Done(Vec::new()), Outcome::Done(Vec::new()), waiting.clone(), waiting]);
         assert_eq!(settled.updates.len(), 1);
         assert_eq!(to_send(&plans, usize::MAX), [1, 2, 3]);
+    }
+
+    /// A partner `name` (dedupe on the email) with `caps`, stored; its terms.
+    async fn stored_partner(pool: &PgPool, name: &str, caps: pipeline::distribution::Limits<u32>) -> Arc<Terms> {
+        let request = pipeline::partners::RequestTemplate {
+            method: "POST".to_owned(),
+            url: "http://127.0.0.1:9/leads".to_owned(),
+            headers: BTreeMap::new(),
+            encoding: "json".to_owned(),
+            body: json!({}),
+        };
+        let config = PartnerConfig { caps, ..PartnerConfig::new(name, request) };
+        let mut conn = pool.acquire().await.expect("connection");
+        pipeline::partners::apply(&mut conn, &config).await.expect("partner");
+        let availability = Availability::of(&config).expect("availability");
+        Arc::new(Terms { config, availability })
+    }
+
+    /// A new person with `email`.
+    async fn person(pool: &PgPool, email: &str) -> i64 {
+        sqlx::query_scalar("INSERT INTO persons (email, full_name) VALUES ($1, 'x') RETURNING id")
+            .bind(email)
+            .fetch_one(pool)
+            .await
+            .expect("person")
+    }
+
+    /// A lead of `person`, not counted against caps by a router.
+    async fn lead_of(pool: &PgPool, person: i64) -> PartnerLead {
+        sqlx::query(
+            "INSERT INTO decision_trees (version, rules_version, report) OVERRIDING SYSTEM VALUE VALUES (1, 1, '{}')
+             ON CONFLICT DO NOTHING",
+        )
+        .execute(pool)
+        .await
+        .expect("tree");
+        PartnerLead {
+            lead: pipeline::message::RoutingLead {
+                submission_id: uuid::Uuid::now_v7(),
+                site: "degreefinder".to_owned(),
+                person_id: person,
+                alias_id: None,
+                submitted_at: Utc::now(),
+                fields: serde_json::Map::new(),
+            },
+            route: String::new(),
+            rule: None,
+            tree_version: 1,
+            routing: None,
+            reserved_at: None,
+        }
+    }
+
+    fn batch(terms: &Arc<Terms>, leads: &[&PartnerLead]) -> Batch {
+        Batch { terms: Arc::clone(terms), leads: leads.iter().map(|&l| l.clone()).collect(), now: Utc::now() }
+    }
+
+    /// Each plan's kind: a send (new or found again) or a settled outcome.
+    fn kinds(claimed: &Claimed) -> Vec<String> {
+        claimed
+            .plans
+            .iter()
+            .map(|plan| match plan {
+                Plan::Send { attempts, .. } => format!("send {attempts}"),
+                Plan::Settled(Outcome::Done(_)) => "done".to_owned(),
+                Plan::Settled(other) => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_group_dedupes_per_partner_across_its_batches_and_shares_their_caps(pool: PgPool) {
+        pipeline::db::migrate(&pool).await.expect("migrate");
+        let a = stored_partner(&pool, "a", Default::default()).await;
+        let b = stored_partner(&pool, "b", Default::default()).await;
+        let capped =
+            stored_partner(&pool, "c", pipeline::distribution::Limits { total: Some(1), ..Default::default() }).await;
+        let same = person(&pool, "same@x.com").await;
+        let first = lead_of(&pool, same).await;
+        // The same person again (the same key), and a lead of someone else.
+        let again = lead_of(&pool, same).await;
+        let other = lead_of(&pool, person(&pool, "other@x.com").await).await;
+        let batches = [
+            batch(&a, &[&first]),
+            // Sold to b too (multi-sell): b's key is b's own.
+            batch(&b, &[&first]),
+            // Another batch of a in the same group: its key was claimed by the first batch.
+            batch(&a, &[&again]),
+            // Two batches of a partner capped at one lead: the second waits for room.
+            batch(&capped, &[&first]),
+            batch(&capped, &[&other]),
+        ];
+        let claimed = claim_batches(&pool, &batches).await.expect("claimed");
+        let plans: Vec<Vec<String>> = claimed.iter().map(kinds).collect();
+        assert_eq!(plans[..4], [["send 0"], ["send 0"], ["done"], ["send 0"]]);
+        assert!(plans[4][0].starts_with("RetryIn") && plans[4][0].contains("c: "), "{plans:?}");
+        let rows: Vec<(String, uuid::Uuid, String)> =
+            sqlx::query_as("SELECT partner, submission_id, state FROM leads ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .expect("rows");
+        let id = |lead: &PartnerLead| lead.lead.submission_id;
+        assert_eq!(
+            rows,
+            [
+                ("a".to_owned(), id(&first), "pending".to_owned()),
+                ("b".to_owned(), id(&first), "pending".to_owned()),
+                ("a".to_owned(), id(&again), "duplicate".to_owned()),
+                ("c".to_owned(), id(&first), "pending".to_owned()),
+            ]
+        );
+        let used: i64 = sqlx::query_scalar("SELECT sum(leads)::bigint FROM cap_usage WHERE partner = 'c'")
+            .fetch_one(&pool)
+            .await
+            .expect("usage");
+        assert_eq!(used, 1);
+        // Each batch carries the identities its templates use.
+        assert_eq!(claimed[0].person(&first)["email"], "same@x.com");
+
+        // Claimed again (a redelivery), in a group with a new lead of the same key: each finds
+        // its row; the new one is a duplicate of the pending claim.
+        let late = lead_of(&pool, same).await;
+        let claimed = claim_batches(&pool, &[batch(&b, &[&late]), batch(&a, &[&again, &first])]).await.expect("again");
+        assert_eq!(claimed.iter().map(kinds).collect::<Vec<_>>(), [vec!["done"], vec!["done", "send 0"]]);
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_group_that_fails_is_claimed_batch_by_batch_and_only_the_bad_batch_fails(pool: PgPool) {
+        pipeline::db::migrate(&pool).await.expect("migrate");
+        let a = stored_partner(&pool, "a", Default::default()).await;
+        let b = stored_partner(&pool, "b", Default::default()).await;
+        let good = lead_of(&pool, person(&pool, "good@x.com").await).await;
+        // A lead whose person does not exist: its row cannot be inserted.
+        let mut bad = lead_of(&pool, person(&pool, "bad@x.com").await).await;
+        bad.lead.person_id = -1;
+        let mut replies = Vec::new();
+        let group = [batch(&a, &[&good]), batch(&b, &[&bad])]
+            .into_iter()
+            .map(|batch| {
+                let (reply, answer) = oneshot::channel();
+                replies.push(answer);
+                ClaimRequest { batch, reply }
+            })
+            .collect();
+        claim_group(&pool, group).await;
+        let mut answers = Vec::new();
+        for reply in replies {
+            answers.push(reply.await.expect("answered"));
+        }
+        assert_eq!(kinds(answers[0].as_ref().expect("the good batch is claimed")), ["send 0"]);
+        let error = answers[1].as_ref().err().expect("the bad batch fails").to_string();
+        assert!(error.contains("foreign key"), "{error}");
+        let rows: Vec<String> = sqlx::query_scalar("SELECT partner FROM leads").fetch_all(&pool).await.expect("rows");
+        assert_eq!(rows, ["a"]);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Error {
     /// Deliver: a lead's claimed `leads` row was not returned by its insert.
     #[error("the new leads row of submission `{0}` is missing")]
     MissingLeadRow(uuid::Uuid),
+    /// Deliver: the claimer tasks are gone (the service is stopping).
+    #[error("deliver's claims have stopped")]
+    ClaimsStopped,
     /// Compile: the rules could not be checked or compiled at all (not findings: those refuse
     /// the version and are stored with it).
     #[error("compiler error: {0}")]

@@ -89,6 +89,7 @@ async fn deliver_a_lead(app: &Router, pool: &PgPool) -> (Uuid, String) {
         breakers: Arc::new(Breakers::new(Duration::ZERO)),
         owner: "test".to_owned(),
         clock: pipeline::distribution::system_clock(),
+        claims: workers::deliver::Claims::start(pool),
     };
     let mut conn = pool.acquire().await.expect("connection");
     for partner in &partners.partners {

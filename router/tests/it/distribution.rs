@@ -240,6 +240,7 @@ async fn a_shared_lead_is_sold_to_each_partner_and_one_dedupes_it(pool: PgPool) 
         breakers: Arc::new(workers::deliver::Breakers::new(Duration::ZERO)),
         owner: "test".to_owned(),
         clock: Arc::clone(&clock),
+        claims: workers::deliver::Claims::start(&s.pool),
     };
     let mut conn = s.pool.acquire().await.expect("connection");
     let configs = pipeline::partners::load_all(&mut conn).await.expect("partners");

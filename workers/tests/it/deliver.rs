@@ -73,6 +73,7 @@ async fn setup(pool: PgPool, config: PartnerConfig) -> Setup {
         breakers: Arc::new(Breakers::new(Duration::ZERO)),
         owner: "test".to_owned(),
         clock: pipeline::distribution::system_clock(),
+        claims: workers::deliver::Claims::start(&pool),
     };
     Setup { pool, mock, context, config }
 }
