@@ -96,12 +96,12 @@ pub async fn exists<'e>(executor: impl PgExecutor<'e>, queue: &QueueName) -> Res
 }
 
 /// Every dead-letter queue (a PGMQ queue whose name ends in `_dlq`) with its length, sorted by
-/// name.
+/// name; only those ever written are counted (`queue::lengths_ending_in`), so a thousand
+/// partners' empty DLQs cost milliseconds, not a count each.
 pub async fn dead_letter_queues<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(QueueName, i64)>> {
-    let queues = queue::lengths(executor)
+    let queues = queue::lengths_ending_in(executor, SUFFIX)
         .await?
         .into_iter()
-        .filter(|(name, _)| name.ends_with(SUFFIX))
         .filter_map(|(name, length)| QueueName::new(name).ok().map(|name| (name, length)))
         .collect();
     Ok(queues)

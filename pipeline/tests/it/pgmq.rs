@@ -140,6 +140,35 @@ async fn busy_lengths_count_the_queues_holding_messages(pool: PgPool) {
     assert_eq!(all.len(), 4 + queue::fixed::ALL.len(), "the idle queues are there, and left out: {all:?}");
 }
 
+/// The queues of a suffix with their exact lengths, as `pgmq.metrics_all()` gives them: a queue
+/// never written is empty without a count, and a queue written and emptied again still counts.
+#[sqlx::test(migrations = false)]
+async fn lengths_ending_in_a_suffix_are_exact_without_counting_queues_never_written(pool: PgPool) {
+    let (_, [full, emptied, never]) = with_queues(&pool, ["full_dlq", "emptied_dlq", "never_dlq"]).await;
+    let body = serde_json::json!({ "n": 1 });
+    queue::send_batch(&pool, &full, &[body.clone(), body.clone(), body.clone()]).await.expect("send");
+    queue::send(&pool, &emptied, &body).await.expect("send");
+    sqlx::query("DELETE FROM pgmq.q_emptied_dlq").execute(&pool).await.expect("emptied");
+    let size = |queue: &queue::QueueName| {
+        sqlx::query_scalar::<_, i64>("SELECT pg_relation_size(format('pgmq.%I', 'q_' || $1::text))")
+            .bind(queue.as_str().to_owned())
+            .fetch_one(&pool)
+    };
+    assert!(size(&emptied).await.expect("size") > 0, "the emptied queue keeps its page");
+    assert_eq!(size(&never).await.expect("size"), 0, "the premise: a queue never written has no page");
+
+    let lengths = queue::lengths_ending_in(&pool, "_dlq").await.expect("lengths");
+    let expected: Vec<(String, i64)> = queue::lengths(&pool)
+        .await
+        .expect("all lengths")
+        .into_iter()
+        .filter(|(name, _)| name.ends_with("_dlq"))
+        .collect();
+    assert_eq!(lengths, expected);
+    let of = |name: &str| lengths.iter().find(|(q, _)| q == name).map(|(_, length)| *length);
+    assert_eq!((of("full_dlq"), of("emptied_dlq"), of("never_dlq")), (Some(3), Some(0), Some(0)));
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_database_without_pgmq_is_a_clear_error(pool: PgPool) {
     let error = Pgmq::detect(&pool).await.expect_err("no pgmq yet");
