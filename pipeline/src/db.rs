@@ -94,6 +94,23 @@ pub async fn lock_in_order(conn: &mut PgConnection, mut keys: Vec<i64>) -> Resul
     Ok(())
 }
 
+/// Whether `error` says the connection is gone (the server restarted, or dropped it), rather
+/// than that the statement failed: I/O errors, and the server's `57P` (operator intervention,
+/// such as a shutdown) and `08` (connection exception) classes.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// Whether `error` says the database cannot be reached now (a lost connection, or the pool
+/// could not give one), rather than anything about the statement that met it.
+pub fn unreachable(error: &sqlx::Error) -> bool {
+    connection_lost(error) || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+}
+
 /// Drops and recreates the database `<name of url's database>_<suffix>` next to the one `url`
 /// names, migrates it, and returns a pool on it: a scratch database for benchmarks and load
 /// tests, so they never touch the real data.

@@ -210,24 +210,13 @@ impl Readers {
         let mut lost = 0;
         loop {
             match read(self.0.clone()).await {
-                Err(error) if connection_lost(&error) && lost < self.0.options().get_max_connections() => {
+                Err(error) if crate::db::connection_lost(&error) && lost < self.0.options().get_max_connections() => {
                     lost += 1;
                     tracing::info!(%error, "a queue reader's connection was lost; reading on another");
                 }
                 result => return result,
             }
         }
-    }
-}
-
-/// Whether `error` says the connection is gone (the server restarted, or dropped it), rather
-/// than that the statement failed: I/O errors, and the server's `57P` (operator intervention,
-/// such as a shutdown) and `08` (connection exception) classes.
-fn connection_lost(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
-        _ => false,
     }
 }
 

@@ -228,17 +228,29 @@ async fn claim_group(pool: &PgPool, group: Vec<ClaimRequest>) {
                 let _ = reply.send(Ok(claimed));
             }
         }
-        Err(error) if batches.len() > 1 => {
+        Err(error) if batches.len() > 1 && !database_unreachable(&error) => {
             tracing::warn!(%error, batches = batches.len(), "a group of claims failed; claiming each batch alone");
             for (reply, batch) in replies.into_iter().zip(&batches) {
                 let claimed = claim_batches(pool, std::slice::from_ref(batch)).await;
                 let _ = reply.send(claimed.map(|mut claimed| claimed.remove(0)));
             }
         }
+        // One batch, or a database that cannot be reached: no batch is to blame, and claiming
+        // each alone would only wait for the database once per batch.
         Err(error) => {
-            let _ = replies.into_iter().next().map(|reply| reply.send(Err(error)));
+            let shared = error.to_string();
+            let mut first = Some(error);
+            for reply in replies {
+                let error = first.take().unwrap_or_else(|| Error::ClaimGroup(shared.clone()));
+                let _ = reply.send(Err(error));
+            }
         }
     }
+}
+
+/// Whether a claim failed because the database cannot be reached now.
+fn database_unreachable(error: &Error) -> bool {
+    matches!(error, Error::Database(e) if pipeline::db::unreachable(e))
 }
 
 /// Dedupe and rows of `batches`, committed before any call, in one transaction. A claim (a
@@ -1376,6 +1388,36 @@ mod tests {
         assert!(error.contains("foreign key"), "{error}");
         let rows: Vec<String> = sqlx::query_scalar("SELECT partner FROM leads").fetch_all(&pool).await.expect("rows");
         assert_eq!(rows, ["a"]);
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_group_meeting_an_unreachable_database_fails_at_once_without_claiming_each_batch(pool: PgPool) {
+        pipeline::db::migrate(&pool).await.expect("migrate");
+        let a = stored_partner(&pool, "a", Default::default()).await;
+        let lead = lead_of(&pool, person(&pool, "a@x.com").await).await;
+        let mut replies = Vec::new();
+        let group = [batch(&a, &[&lead]), batch(&a, &[&lead])]
+            .into_iter()
+            .map(|batch| {
+                let (reply, answer) = oneshot::channel();
+                replies.push(answer);
+                ClaimRequest { batch, reply }
+            })
+            .collect();
+        pool.close().await;
+        claim_group(&pool, group).await;
+        let mut errors = Vec::new();
+        for reply in replies {
+            errors.push(reply.await.expect("answered").err().expect("failed"));
+        }
+        // The first batch gets the error itself; the others are told the group failed, rather
+        // than each meeting the closed pool again.
+        assert!(matches!(&errors[0], Error::Database(sqlx::Error::PoolClosed)), "{:?}", errors[0]);
+        assert!(
+            matches!(&errors[1], Error::ClaimGroup(message) if *message == errors[0].to_string()),
+            "{:?}",
+            errors[1]
+        );
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum Error {
     /// Deliver: a lead's claimed `leads` row was not returned by its insert.
     #[error("the new leads row of submission `{0}` is missing")]
     MissingLeadRow(uuid::Uuid),
+    /// Deliver: the claim of a group of batches failed for a reason no batch is to blame for
+    /// (the database cannot be reached); the first batch gets the error itself.
+    #[error("claiming a group of batches failed: {0}")]
+    ClaimGroup(String),
     /// Deliver: the claimer tasks are gone (the service is stopping).
     #[error("deliver's claims have stopped")]
     ClaimsStopped,
