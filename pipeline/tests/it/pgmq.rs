@@ -306,14 +306,24 @@ async fn a_backlog_behind_stale_statistics_is_read_by_index(pool: PgPool) {
     tx.commit().await.expect("commit");
     assert_eq!(ids(read), (1..=100).chain(20_001..=20_400).collect::<Vec<i64>>(), "the first 500 in msg_id order");
 
-    // The readers' sessions read by index with no transaction around the read.
+    // The readers' sessions read by index with no transaction around the read, and plan it
+    // once for every run (a generic plan: the one checked here).
     let readers = queue::Readers::new(&pool);
     by_index(plan(sqlx::query_scalar(&explain).bind(500).bind(30).fetch_all(readers.pool()).await.expect("plan")));
     let read = sqlx::query_as(&read_or_next).bind(500).bind(30).fetch_all(readers.pool()).await.expect("read");
     assert_eq!(ids(read), (20_401..=20_900).collect::<Vec<i64>>(), "the next 500, read on the readers' pool");
-    let enable_seqscan: String =
-        sqlx::query_scalar("SHOW enable_seqscan").fetch_one(&mut *conn).await.expect("the main pool's setting");
-    assert_eq!(enable_seqscan, "on", "the main pool's sessions keep the planner's choice");
+    let settings: (String, String) =
+        sqlx::query_as("SELECT current_setting('enable_seqscan'), current_setting('plan_cache_mode')")
+            .fetch_one(readers.pool())
+            .await
+            .expect("the readers' settings");
+    assert_eq!(settings, ("off".to_owned(), "force_generic_plan".to_owned()));
+    let settings: (String, String) =
+        sqlx::query_as("SELECT current_setting('enable_seqscan'), current_setting('plan_cache_mode')")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("the main pool's settings");
+    assert_eq!(settings, ("on".to_owned(), "auto".to_owned()), "the main pool's sessions keep the planner's choice");
 }
 
 /// A row of `queue::read_or_next_sql`: `msg_id`, `read_ct`, `enqueued_at`, `message`, `next_in`.
