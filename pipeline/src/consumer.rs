@@ -30,11 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -430,6 +430,12 @@ impl<H: Handler> Consumer<H> {
     pub async fn run_once(&self) -> Result<BatchReport> {
         if !self.handler.ready() {
             return Ok(BatchReport { not_ready: true, ..BatchReport::default() });
+        }
+        // This read answers every wake-up received before it starts: their messages were
+        // committed before they were announced, so it sees them. Left stored, such a wake-up
+        // would only bring a read of an empty queue once this batch is done.
+        if let Some(wakeup) = &self.wakeup {
+            let _ = wakeup.notified().now_or_never();
         }
         let (raw, next_visible) = self.read().await?;
         if raw.is_empty() {

@@ -373,6 +373,30 @@ async fn a_woken_consumer_takes_a_retry_when_it_is_due_though_no_notification_sa
     woken.stop().await;
 }
 
+/// A read answers the wake-ups received before it starts (their messages were committed
+/// before they were announced, so the read takes them): none is left standing to bring an
+/// empty read once the batch is done. One received after the read still stands.
+#[sqlx::test(migrations = false)]
+async fn a_read_answers_the_wake_ups_received_before_it(pool: PgPool) {
+    setup(&pool).await;
+    let wakeups = pipeline::wake::Wakeups::new();
+    let consumer = Consumer::new(pool.clone(), config(3, 100), TestHandler::new(Behaviour::Forward, "output"))
+        .with_wakeups(&wakeups);
+    let standing = || futures_util::FutureExt::now_or_never(wakeups.register("input").notified()).is_some();
+    for n in 0..3 {
+        queue::send(&pool, &queue_name("input"), &json!({ "n": n })).await.expect("send");
+        // What the listener does on each notification.
+        wakeups.wake("input");
+    }
+    let report = consumer.run_once().await.expect("batch");
+    assert_eq!((report.read, report.done), (3, 3), "{report:?}");
+    assert!(!standing(), "a wake-up the read already answered is left standing");
+
+    queue::send(&pool, &queue_name("input"), &json!({ "n": 3 })).await.expect("send");
+    wakeups.wake("input");
+    assert!(standing(), "a wake-up after the read stands until the next one");
+}
+
 /// A consumer of `input` woken by a process's listener of its own, running until [`Woken::stop`].
 struct Woken {
     consumer: Arc<Consumer<TestHandler>>,
