@@ -517,7 +517,7 @@ fn to_send(plans: &[Plan], allowed: usize) -> Vec<usize> {
 const LOOKUP: &str = "WITH own AS (
          SELECT * FROM unnest($1::text[], $2::uuid[]) AS o(partner, submission_id)
      ), wanted AS (
-         SELECT DISTINCT * FROM unnest($3::text[], $4::text[], $5::int[]) AS w(partner, dedupe_key, days)
+         SELECT DISTINCT * FROM unnest($1::text[], $3::text[], $4::int[]) AS w(partner, dedupe_key, days)
      )
      SELECT l.partner, l.submission_id, l.id, l.state, l.attempts, NULL AS dedupe_key
        FROM own JOIN leads l ON l.partner = own.partner AND l.submission_id = own.submission_id
@@ -762,37 +762,33 @@ async fn prepare(tx: &mut PgConnection, batches: &[Batch], keys: &[Vec<String>])
     let found: Vec<Found> = sqlx::query_as(LOOKUP)
         .bind(every().map(|(b, _)| name(b)).collect::<Vec<_>>())
         .bind(every().map(|at| lead(at).lead.submission_id).collect::<Vec<_>>())
-        .bind(every().map(|(b, _)| name(b)).collect::<Vec<_>>())
         .bind(every().map(key).collect::<Vec<_>>())
         .bind(every().map(|(b, _)| batches[b].terms.config.dedupe_window_days as i32).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
     // Keyed by partner: a group may hold the same lead for several partners (multi-sell).
-    let mut existing: HashMap<(String, uuid::Uuid), (i64, DeliveryState, i32)> = HashMap::new();
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    for found in found {
+    let mut existing: HashMap<(&str, uuid::Uuid), (i64, DeliveryState, i32)> = HashMap::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    for found in &found {
         match found {
             (partner, .., Some(key)) => {
                 seen.insert((partner, key));
             }
             // The row's columns are NOT NULL.
             (partner, Some(id), Some(row), Some(state), Some(attempts), None) => {
-                existing.insert((partner, id), (row, state, attempts));
+                existing.insert((partner, *id), (*row, *state, *attempts));
             }
             _ => {}
         }
     }
-    let existing_of = |at: At| existing.get(&(name(at.0).to_owned(), lead(at).lead.submission_id)).copied();
-    let claim = |seen: &mut HashSet<(String, String)>, at: At| seen.insert((name(at.0).to_owned(), key(at).to_owned()));
-    let claimed =
-        |seen: &HashSet<(String, String)>, at: At| seen.contains(&(name(at.0).to_owned(), key(at).to_owned()));
+    let existing_of = |at: At| existing.get(&(name(at.0), lead(at).lead.submission_id)).copied();
 
     // A lead of the group whose own row claims its key (a redelivery) holds the key against the
     // group's new leads wherever it stands: the lookup above leaves the group's rows out, and
     // `pgmq.read` does not return a batch in queue order.
     for at in every() {
         if existing_of(at).is_some_and(|(_, state, _)| state.claims_key()) {
-            claim(&mut seen, at);
+            seen.insert((name(at.0), key(at)));
         }
     }
 
@@ -824,17 +820,17 @@ async fn prepare(tx: &mut PgConnection, batches: &[Batch], keys: &[Vec<String>])
             // A `failed` lead's message comes back only when an operator replays its letter: it
             // starts again with fresh attempts, unless its key went to another lead meanwhile.
             Some((row, DeliveryState::Failed, _)) => {
-                if claimed(&seen, at) {
+                if seen.contains(&(name(at.0), key(at))) {
                     replayed.push((row, DeliveryState::Duplicate));
                     done()
                 } else {
-                    claim(&mut seen, at);
+                    seen.insert((name(at.0), key(at)));
                     replayed.push((row, DeliveryState::Pending));
                     Some(Plan::Send { row, attempts: 0 })
                 }
             }
             Some(_) => done(),
-            None if claimed(&seen, at) => {
+            None if seen.contains(&(name(at.0), key(at))) => {
                 if lead(at).reserved_at.is_some() {
                     released.push(at);
                 }
@@ -853,7 +849,7 @@ async fn prepare(tx: &mut PgConnection, batches: &[Batch], keys: &[Vec<String>])
                         if counted.is_some() {
                             ledger.take(availability, rule, now);
                         }
-                        claim(&mut seen, at);
+                        seen.insert((name(at.0), key(at)));
                         new_rows.push((at, DeliveryState::Pending));
                         None
                     }
@@ -1291,6 +1287,23 @@ mod tests {
         Batch { terms: Arc::clone(terms), leads: leads.iter().map(|&l| l.clone()).collect(), now: Utc::now() }
     }
 
+    /// What each of `batches`, sent to the claimers together as one group, is answered.
+    async fn claimed_as_a_group(pool: &PgPool, batches: Vec<Batch>) -> Vec<Result<Claimed>> {
+        let (group, replies): (Vec<_>, Vec<_>) = batches
+            .into_iter()
+            .map(|batch| {
+                let (reply, answer) = oneshot::channel();
+                (ClaimRequest { batch, reply }, answer)
+            })
+            .unzip();
+        claim_group(pool, group).await;
+        let mut answers = Vec::new();
+        for reply in replies {
+            answers.push(reply.await.expect("answered"));
+        }
+        answers
+    }
+
     /// Each plan's kind: a send (new or found again) or a settled outcome.
     fn kinds(claimed: &Claimed) -> Vec<String> {
         claimed
@@ -1369,20 +1382,7 @@ mod tests {
         // A lead whose person does not exist: its row cannot be inserted.
         let mut bad = lead_of(&pool, person(&pool, "bad@x.com").await).await;
         bad.lead.person_id = -1;
-        let mut replies = Vec::new();
-        let group = [batch(&a, &[&good]), batch(&b, &[&bad])]
-            .into_iter()
-            .map(|batch| {
-                let (reply, answer) = oneshot::channel();
-                replies.push(answer);
-                ClaimRequest { batch, reply }
-            })
-            .collect();
-        claim_group(&pool, group).await;
-        let mut answers = Vec::new();
-        for reply in replies {
-            answers.push(reply.await.expect("answered"));
-        }
+        let answers = claimed_as_a_group(&pool, vec![batch(&a, &[&good]), batch(&b, &[&bad])]).await;
         assert_eq!(kinds(answers[0].as_ref().expect("the good batch is claimed")), ["send 0"]);
         let error = answers[1].as_ref().err().expect("the bad batch fails").to_string();
         assert!(error.contains("foreign key"), "{error}");
@@ -1395,21 +1395,9 @@ mod tests {
         pipeline::db::migrate(&pool).await.expect("migrate");
         let a = stored_partner(&pool, "a", Default::default()).await;
         let lead = lead_of(&pool, person(&pool, "a@x.com").await).await;
-        let mut replies = Vec::new();
-        let group = [batch(&a, &[&lead]), batch(&a, &[&lead])]
-            .into_iter()
-            .map(|batch| {
-                let (reply, answer) = oneshot::channel();
-                replies.push(answer);
-                ClaimRequest { batch, reply }
-            })
-            .collect();
         pool.close().await;
-        claim_group(&pool, group).await;
-        let mut errors = Vec::new();
-        for reply in replies {
-            errors.push(reply.await.expect("answered").err().expect("failed"));
-        }
+        let answers = claimed_as_a_group(&pool, vec![batch(&a, &[&lead]), batch(&a, &[&lead])]).await;
+        let errors: Vec<Error> = answers.into_iter().map(|answer| answer.err().expect("failed")).collect();
         // The first batch gets the error itself; the others are told the group failed, rather
         // than each meeting the closed pool again.
         assert!(matches!(&errors[0], Error::Database(sqlx::Error::PoolClosed)), "{:?}", errors[0]);
